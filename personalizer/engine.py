@@ -1,0 +1,789 @@
+"""The embedded engine: Personalizer's multi-slot Rank / Reward / Activate loop on Vowpal Wabbit.
+
+``LocalPersonalizer`` validates a rank request, asks a conditional contextual
+bandit (VW ``--ccb_explore_adf``) which action fills each slot, logs the event,
+joins the rewards that arrive for it and learns once the event is complete:
+every slot rewarded (``earliest`` aggregation) or its reward wait time over
+(missing slots then take ``defaultReward``). Deferred events are learned only
+once activated.
+
+The SQLite event log (``store.EventLog``) is the truth; the VW model is a cache
+of it, checkpointed and rebuilt on start by replaying what was learned after the
+newest checkpoint. Memory holds only events not yet learned. One lock guards the
+workspace and the log: VW is not thread-safe, and Streamlit sessions or server
+threads share one engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import os
+import secrets
+import shlex
+import string
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from vowpalwabbit import Workspace
+
+from . import features
+from .contract import (
+    MultiSlotRankRequest,
+    MultiSlotRewardRequest,
+    PersonalizerError,
+    PolicyContract,
+    RankRequest,
+    RewardRequest,
+    ServiceConfiguration,
+    parse,
+)
+from .store import EventLog, StoredEvent
+
+#: The retired Azure service's default multi-slot learning settings (for comparison).
+RETIRED_POLICY_ARGUMENTS = "--ccb_explore_adf --epsilon 0.2 --power_t 0 -l 0.001 --cb_type mtr -q ::"
+#: This project's default, chosen by ``bench/learning.py`` (see README): same exploration,
+#: default adaptive learning rate, and cubic interactions so context x context x action is learnable.
+DEFAULT_POLICY_ARGUMENTS = "--ccb_explore_adf --epsilon 0.2 --cb_type mtr -q :: --cubic :::"
+DEFAULT_POLICY_NAME = "Personalizer Studio default"
+SINGLE_SLOT_ID = "__single__"
+
+# VW options a policy may use: learning settings only. Anything that reads or writes
+# files, opens sockets or changes the input format is refused.
+_ALLOWED_OPTIONS = {
+    "--ccb_explore_adf": 0, "--epsilon": 1, "--power_t": 1, "-l": 1, "--learning_rate": 1,
+    "--cb_type": 1, "-q": 1, "--quadratic": 1, "--cubic": 1, "--interactions": 1, "-b": 1,
+    "--bit_precision": 1, "--l1": 1, "--l2": 1, "--initial_t": 1, "--decay_learning_rate": 1,
+    "--ignore": 1, "--ignore_linear": 1, "--keep": 1, "--noconstant": 0, "--first": 1, "--bag": 1,
+    "--cover": 1, "--squarecb": 0, "--gamma_scale": 1, "--gamma_exponent": 1, "--softmax": 0,
+    "--lambda": 1, "--synthcover": 0, "--regcb": 0, "--regcbopt": 0, "--rnd": 1, "--adaptive": 0,
+    "--normalized": 0, "--invariant": 0, "--sgd": 0, "--nn": 1, "--leave_duplicate_interactions": 0,
+    "--cb_type_ips": 0, "--random_seed": 1, "--hash_seed": 1, "--loss_function": 1, "--coin": 0,
+    "--ftrl": 0, "--pistol": 0, "--freegrad": 0, "--all_slots_loss": 0, "--epsilon_decay": 0,
+}
+_REFUSED_HINT = "file, daemon and data options (-i, -f, -d, --daemon, ...) are not allowed"
+
+Clock = Callable[[], float]
+
+
+def new_event_id() -> str:
+    """An event id shaped like Personalizer's: 32 hex digits, '-', 5 alphanumerics."""
+    tail = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(5))
+    return f"{secrets.token_hex(16)}-{tail}"
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+# ---------------------------------------------------------------- policy arguments
+
+def validate_policy_arguments(arguments: str) -> list[str]:
+    """Split and check VW policy arguments; raise InvalidPolicyConfiguration when unsafe or not CCB."""
+    try:
+        tokens = shlex.split(arguments)
+    except ValueError as exc:
+        raise PersonalizerError("InvalidPolicyConfiguration", f"policy arguments do not parse: {exc}") from None
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        name, eq, value = tok.partition("=")
+        if name not in _ALLOWED_OPTIONS:
+            raise PersonalizerError(
+                "InvalidPolicyConfiguration",
+                f"policy option '{name}' is not allowed; learning options only ({_REFUSED_HINT})")
+        takes = _ALLOWED_OPTIONS[name]
+        if takes and not eq:
+            if i + 1 >= len(tokens):
+                raise PersonalizerError("InvalidPolicyConfiguration", f"policy option '{name}' needs a value")
+            value = tokens[i + 1]
+            i += 1
+        if not takes and eq:
+            raise PersonalizerError("InvalidPolicyConfiguration", f"policy option '{name}' takes no value")
+        if takes and any(c in value for c in " \t\n/\\") and name not in ("--interactions",):
+            raise PersonalizerError("InvalidPolicyConfiguration", f"policy option '{name}' has an invalid value")
+        out.extend([name, value] if takes else [name])
+        i += 1
+    if "--ccb_explore_adf" not in out:
+        raise PersonalizerError("InvalidPolicyConfiguration",
+                                "multi-slot policies need --ccb_explore_adf (conditional contextual bandits)")
+    return out
+
+
+def effective_arguments(arguments: str, exploration: float) -> str:
+    """Policy arguments with ``--epsilon`` rewritten to the configured exploration percentage."""
+    tokens = validate_policy_arguments(arguments)
+    out: list[str] = []
+    skip = False
+    for tok in tokens:
+        if skip:
+            skip = False
+            continue
+        if tok == "--epsilon":
+            skip = True
+            continue
+        out.append(tok)
+    out.extend(["--epsilon", repr(float(exploration))])
+    return " ".join(out)
+
+
+# ---------------------------------------------------------------- events in memory
+
+@dataclass
+class _Pending:
+    """An event not yet learned: its VW example, choices and the rewards joined so far."""
+
+    event_id: str
+    created: float
+    request_hash: str
+    response: dict[str, Any]
+    mode: str
+    deferred: bool
+    activated: bool
+    deadline: float
+    head: list[str]                      # shared + action lines
+    slot_bodies: list[str]
+    allowed: list[list[int]]
+    slot_ids: list[str]
+    chosen: list[int]
+    probabilities: list[float]
+    rewards: dict[str, float] = field(default_factory=dict)
+
+
+def _encode(request: dict[str, Any], event_id: str) -> tuple[list[str], list[str], list[list[int]], dict[str, int]]:
+    """VW lines of a canonical request: head lines, slot bodies, allowed action indices, action index."""
+    index = {a["id"]: i for i, a in enumerate(request["actions"])}
+    head = [features.shared_line(request["contextFeatures"])]
+    head.extend(features.action_line(a["id"], a["features"]) for a in request["actions"])
+    tag = f"seed={event_id}"
+    bodies, allowed = [], []
+    n = len(index)
+    for slot in request["slots"]:
+        excluded = {index[x] for x in slot["excludedActions"]}
+        allowed.append([i for i in range(n) if i not in excluded])
+        bodies.append(features.slot_body(slot["id"], slot["features"], tag))
+    return head, bodies, allowed, index
+
+
+def _check_rank(req: MultiSlotRankRequest) -> None:
+    """Cross-field rules of a multi-slot rank request (pydantic checked the shapes)."""
+    def bad(msg: str) -> PersonalizerError:
+        return PersonalizerError("InvalidRankRequest", msg, 400)
+
+    if not 1 <= len(req.actions) <= 50:
+        raise bad(f"actions: between 1 and 50 actions are allowed, got {len(req.actions)}")
+    ids: set[str] = set()
+    for a in req.actions:
+        if a.id in ids:
+            raise bad(f"actions: action id '{a.id}' appears more than once")
+        ids.add(a.id)
+    if not 1 <= len(req.slots) <= len(req.actions):
+        raise bad(f"slots: between 1 and {len(req.actions)} slots (the number of actions) are allowed, "
+                  f"got {len(req.slots)}")
+    slot_ids: set[str] = set()
+    baselines: dict[str, str] = {}
+    allowed_sets: list[set[str]] = []
+    for slot in req.slots:
+        if slot.id in slot_ids:
+            raise bad(f"slots: slot id '{slot.id}' appears more than once")
+        slot_ids.add(slot.id)
+        for x in slot.excluded_actions:
+            if x not in ids:
+                raise bad(f"slot '{slot.id}': excluded action '{x}' is not one of the actions")
+        if slot.baseline_action not in ids:
+            raise bad(f"slot '{slot.id}': baselineAction '{slot.baseline_action}' is not one of the actions")
+        if slot.baseline_action in slot.excluded_actions:
+            raise bad(f"slot '{slot.id}': baselineAction '{slot.baseline_action}' is in its own excludedActions")
+        if slot.baseline_action in baselines:
+            raise bad(f"slot '{slot.id}': baselineAction '{slot.baseline_action}' is already the baseline of "
+                      f"slot '{baselines[slot.baseline_action]}'")
+        baselines[slot.baseline_action] = slot.id
+        allowed = ids.difference(slot.excluded_actions)
+        if not allowed:
+            raise bad(f"slot '{slot.id}': excludedActions leave no action to choose")
+        # Slots are filled in order and each action fills one slot: every earlier slot that can
+        # take one of this slot's actions may use one up, so this slot needs one more than those.
+        competitors = sum(1 for earlier in allowed_sets if earlier & allowed)
+        if len(allowed) <= competitors:
+            raise bad(f"slot '{slot.id}': only {len(allowed)} allowed action(s), and {competitors} earlier "
+                      f"slot(s) may take them; exclude fewer actions")
+        allowed_sets.append(allowed)
+
+
+# ---------------------------------------------------------------- the engine
+
+class LocalPersonalizer:
+    """In-process Personalizer: ``rank``, ``reward``, ``activate`` with a durable log.
+
+    ``home`` is the data directory (default ``$PERSONALIZER_HOME`` or ``.personalizer``).
+    ``policy_arguments`` and ``configuration`` seed a new data directory; a directory
+    that already has settings keeps its own. ``clock`` returns epoch seconds (tests
+    inject one to control reward wait times).
+    """
+
+    def __init__(
+        self,
+        home: str | os.PathLike[str] | None = None,
+        *,
+        policy_arguments: str | None = None,
+        configuration: dict[str, Any] | None = None,
+        clock: Clock | None = None,
+        checkpoint_every: int = 1000,
+    ) -> None:
+        self._clock: Clock = clock or time.time
+        self._lock = threading.RLock()
+        self._log = EventLog(home)
+        self.home = self._log.home
+        self._checkpoint_every = checkpoint_every
+        self._pending: dict[str, _Pending] = {}
+        self._deadlines: list[tuple[float, str]] = []
+        with self._lock:
+            self._load_settings(policy_arguments, configuration)
+            self._restore()
+
+    # ------------------------------------------------------------ settings
+    def _load_settings(self, policy_arguments: str | None, configuration: dict[str, Any] | None) -> None:
+        stored_cfg = self._log.get_setting("service")
+        stored_policy = self._log.get_setting("policy")
+        if stored_cfg is None:
+            cfg = parse(ServiceConfiguration, configuration or {}, "InvalidServiceConfiguration")
+            cfg.last_configuration_edit_date = _iso(self._clock())
+            self._log.set_setting("service", cfg.model_dump(by_alias=True))
+        else:
+            cfg = ServiceConfiguration.model_validate(stored_cfg)
+        if stored_policy is None:
+            policy = PolicyContract(name=DEFAULT_POLICY_NAME if policy_arguments is None else "custom",
+                                    arguments=policy_arguments or DEFAULT_POLICY_ARGUMENTS)
+            validate_policy_arguments(policy.arguments)
+            self._log.set_setting("policy", policy.model_dump(by_alias=True))
+        else:
+            policy = PolicyContract.model_validate(stored_policy)
+        self._config = cfg
+        self._wait = cfg.reward_wait_seconds
+        self._policy = policy
+
+    @property
+    def arguments(self) -> str:
+        """The VW arguments the model runs with (policy with the configured exploration)."""
+        return effective_arguments(self._policy.arguments, self._config.exploration_percentage)
+
+    # ------------------------------------------------------------ VW workspace
+    def _workspace(self, model: bytes | None = None, arguments: str | None = None) -> Workspace:
+        args = (arguments or self.arguments) + " --quiet"
+        if model is None:
+            return Workspace(args)
+        fd, path = tempfile.mkstemp(suffix=".vw")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(model)
+            return Workspace(f"{args} -i {path}")
+        finally:
+            os.unlink(path)
+
+    def _model_bytes(self) -> bytes:
+        fd, path = tempfile.mkstemp(suffix=".vw")
+        os.close(fd)
+        try:
+            self._vw.save(path)
+            return Path(path).read_bytes()
+        finally:
+            os.unlink(path)
+
+    def _checkpoint(self, reason: str) -> None:
+        now = self._clock()
+        self._log.add_checkpoint(self._learn_seq, now, reason, self.arguments, self._model_bytes())
+        self._since_checkpoint = 0
+        if reason != "periodic":
+            self._created = now
+
+    def _restore(self) -> None:
+        """Load the newest checkpoint, replay what was learned after it, reload pending events."""
+        cp = self._log.latest_checkpoint()
+        self._learn_seq = self._log.max_learn_seq()
+        if cp is None:
+            self._vw = self._workspace()
+            start = 0
+            self._created = self._clock()
+        else:
+            self._vw = self._workspace(cp.model)
+            start = cp.learn_seq
+            origin = self._log.first_checkpoint_since_reset()
+            self._created = origin.created if origin else cp.created
+        self._modified: float | None = None
+        replayed = 0
+        for ev in self._log.learned_after(start):
+            head, bodies, allowed, index = _encode(ev.request, ev.event_id)
+            chosen = [index[s["rewardActionId"]] for s in ev.response["slots"]]
+            probs = [s["probability"] for s in ev.response["slots"]]
+            self._vw.learn(_labeled(head, bodies, allowed, chosen, probs, ev.labels or []))
+            self._modified = ev.closed
+            replayed += 1
+        self._since_checkpoint = replayed
+        if cp is None:
+            self._checkpoint("created")
+        for ev in self._log.pending_events():
+            self._reload_pending(ev)
+        self.replayed_on_start = replayed
+
+    def _reload_pending(self, ev: StoredEvent) -> None:
+        head, bodies, allowed, index = _encode(ev.request, ev.event_id)
+        slots = ev.response["slots"]
+        start = ev.activated if ev.activated is not None else ev.created
+        p = _Pending(
+            event_id=ev.event_id, created=ev.created, request_hash=ev.request_hash, response=ev.response,
+            mode=ev.mode, deferred=ev.deferred, activated=ev.activated is not None, deadline=start + self._wait,
+            head=head, slot_bodies=bodies, allowed=allowed, slot_ids=[s["id"] for s in slots],
+            chosen=[index[s["rewardActionId"]] for s in slots], probabilities=[s["probability"] for s in slots],
+        )
+        for slot_id, value, _ in self._log.rewards_of(ev.event_id):
+            self._aggregate(p, slot_id, value)
+        self._pending[p.event_id] = p
+        heapq.heappush(self._deadlines, (p.deadline, p.event_id))
+        if self._complete(p):  # a crash came between its last reward and its learning
+            with self._log.transaction():
+                self._learn(p, self._clock())
+
+    # ------------------------------------------------------------ rank
+    def rank(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Multi-slot rank: ``MultiSlotRankRequest`` dict -> ``MultiSlotRankResponse`` dict.
+
+        Each slot's ``probability`` (the chance its action was chosen) rides along as a
+        documented extension. The same eventId with the same body answers the same and
+        logs nothing new; with a different body it is a 409 error.
+        """
+        req = parse(MultiSlotRankRequest, request, "InvalidRankRequest")
+        _check_rank(req)
+        return self._rank(req)
+
+    def _rank(self, req: MultiSlotRankRequest, extra: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+        canonical = req.model_dump(by_alias=True, exclude={"event_id"})
+        canonical_json = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+        request_hash = hashlib.sha256(canonical_json.encode()).hexdigest()
+        given = req.event_id
+        with self._lock:
+            now = self._clock()
+            self._process_due(now)
+            if given is not None:
+                previous = self._previous_answer(given, request_hash)
+                if previous is not None:
+                    return previous
+            event_id = given or new_event_id()
+            head, bodies, allowed, index = _encode(canonical, event_id)
+            mode = self._config.learning_mode
+            if mode == "Online":
+                lines = head + [features.slot_line(b, a) for b, a in zip(bodies, allowed, strict=True)]
+                prediction = self._vw.predict(lines)
+                chosen = [slot[0][0] for slot in prediction]
+                probs = [float(slot[0][1]) for slot in prediction]
+            else:  # Apprentice and LoggingOnly serve the application's own baseline.
+                prediction = None
+                chosen = [index[s["baselineAction"]] for s in canonical["slots"]]
+                probs = [1.0] * len(chosen)
+            action_ids = [a["id"] for a in canonical["actions"]]
+            slot_ids = [s["id"] for s in canonical["slots"]]
+            response: dict[str, Any] = {
+                "eventId": event_id,
+                "slots": [{"id": sid, "rewardActionId": action_ids[c], "probability": p}
+                          for sid, c, p in zip(slot_ids, chosen, probs, strict=True)],
+            }
+            if extra is not None:
+                response.update(extra(prediction))
+            self._log.add_event(event_id, now, request_hash, canonical_json, response, mode,
+                                req.defer_activation)  # one statement: commits on its own
+            p = _Pending(
+                event_id=event_id, created=now, request_hash=request_hash, response=response, mode=mode,
+                deferred=req.defer_activation, activated=False, deadline=now + self._wait, head=head,
+                slot_bodies=bodies, allowed=allowed, slot_ids=slot_ids, chosen=chosen, probabilities=probs,
+            )
+            self._pending[event_id] = p
+            heapq.heappush(self._deadlines, (p.deadline, event_id))
+            return _copy(response)
+
+    def _previous_answer(self, event_id: str, request_hash: str) -> dict[str, Any] | None:
+        pending = self._pending.get(event_id)
+        if pending is not None:
+            stored_hash, response = pending.request_hash, pending.response
+        else:
+            stored = self._log.get_event(event_id)
+            if stored is None:
+                return None
+            stored_hash, response = stored.request_hash, stored.response
+        if stored_hash != request_hash:
+            raise PersonalizerError(
+                "InvalidRankRequest",
+                f"eventId '{event_id}' was already ranked with a different request; use a new eventId", 409)
+        return _copy(response)
+
+    def rank_single(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Single-slot rank (v1.0): every action with its probability (excluded ones 0) and the chosen one."""
+        req = parse(RankRequest, request, "InvalidRankRequest")
+        ids = [a.id for a in req.actions]
+        unknown = [x for x in req.excluded_actions if x not in ids]
+        if unknown:
+            raise PersonalizerError("InvalidRankRequest", f"excluded action '{unknown[0]}' is not one of the actions")
+        baseline = next((x for x in ids if x not in req.excluded_actions), None)
+        if baseline is None:
+            raise PersonalizerError("InvalidRankRequest", "excludedActions leave no action to choose")
+        multi = MultiSlotRankRequest.model_validate({
+            "contextFeatures": req.context_features, "actions": [a.model_dump() for a in req.actions],
+            "slots": [{"id": SINGLE_SLOT_ID, "features": [], "excludedActions": req.excluded_actions,
+                       "baselineAction": baseline}],
+            "eventId": req.event_id, "deferActivation": req.defer_activation,
+        })
+        _check_rank(multi)
+
+        def ranking(prediction: Any) -> dict[str, Any]:
+            probs = dict.fromkeys(ids, 0.0)
+            if prediction is None:
+                probs[baseline] = 1.0
+            else:
+                for idx, p in prediction[0]:
+                    probs[ids[idx]] = float(p)
+            return {"ranking": [{"id": i, "probability": probs[i]} for i in ids]}
+
+        answer = self._rank(multi, ranking)
+        chosen = answer["slots"][0]["rewardActionId"]
+        return {"ranking": answer.get("ranking", []), "eventId": answer["eventId"], "rewardActionId": chosen}
+
+    # ------------------------------------------------------------ reward
+    def reward(self, event_id: str, reward: dict[str, Any]) -> dict[str, Any]:
+        """Record per-slot rewards (``{"reward": [{"slotId", "value"}]}``) for an event.
+
+        Returns a receipt: ``{"eventId", "status"}`` where status is ``pending`` (waiting
+        for more rewards or the wait time), ``learned`` (this call completed the event),
+        or ``duplicate`` (the event was already learned and these slots already had
+        their earliest reward; nothing changes). A reward for an unknown event is a
+        404; one that arrives after the event was closed is logged as late and
+        answered with a 409, never silently dropped.
+        """
+        req = parse(MultiSlotRewardRequest, reward, "InvalidRewardRequest")
+        values = [(r.slot_id, r.value) for r in req.reward]
+        return self._reward(event_id, values)
+
+    def reward_single(self, event_id: str, reward: dict[str, Any]) -> dict[str, Any]:
+        """Single-slot reward ``{"value"}`` for an event with one slot."""
+        req = parse(RewardRequest, reward, "InvalidRewardRequest")
+        with self._lock:
+            slot_ids = self._slot_ids(event_id)
+            if len(slot_ids) != 1:
+                raise PersonalizerError("InvalidRewardRequest",
+                                        f"event '{event_id}' has {len(slot_ids)} slots; use the multi-slot reward")
+            return self._reward(event_id, [(slot_ids[0], req.value)])
+
+    def _slot_ids(self, event_id: str) -> list[str]:
+        p = self._pending.get(event_id)
+        if p is not None:
+            return p.slot_ids
+        stored = self._log.get_event(event_id)
+        if stored is None:
+            raise _unknown_event(event_id)
+        return [s["id"] for s in stored.response["slots"]]
+
+    def _reward(self, event_id: str, values: list[tuple[str, float]]) -> dict[str, Any]:
+        with self._lock:
+            now = self._clock()
+            self._process_due(now)
+            p = self._pending.get(event_id)
+            slot_ids = self._slot_ids(event_id)
+            for slot_id, _ in values:
+                if slot_id not in slot_ids:
+                    raise PersonalizerError("InvalidRewardRequest",
+                                            f"slotId '{slot_id}' is not a slot of event '{event_id}'", 400)
+            if p is None:
+                return self._reward_closed(event_id, values, now)
+            with self._log.transaction():
+                self._log.add_rewards(event_id, values, now)
+                for slot_id, value in values:
+                    self._aggregate(p, slot_id, value)
+                if self._complete(p):
+                    self._learn(p, now)
+                    return {"eventId": event_id, "status": "learned"}
+            return {"eventId": event_id, "status": "pending"}
+
+    def _reward_closed(self, event_id: str, values: list[tuple[str, float]], now: float) -> dict[str, Any]:
+        stored = self._log.get_event(event_id)
+        assert stored is not None
+        had = {slot for slot, _, _ in self._log.rewards_of(event_id)}
+        if self._config.reward_aggregation == "earliest" and all(slot in had for slot, _ in values):
+            return {"eventId": event_id, "status": "duplicate"}
+        with self._log.transaction():
+            self._log.add_rewards(event_id, values, now, late=True)
+        why = {"discarded": "it was never activated",
+               "logged": "it was logged (LoggingOnly)"}.get(stored.status, "its reward wait time had passed")
+        raise PersonalizerError(
+            "InvalidRewardRequest",
+            f"event '{event_id}' was closed at {_iso(stored.closed)} because {why}; "
+            "this late reward was logged but not learned", 409)
+
+    def _aggregate(self, p: _Pending, slot_id: str, value: float) -> None:
+        if self._config.reward_aggregation == "sum":
+            p.rewards[slot_id] = p.rewards.get(slot_id, 0.0) + value
+        else:
+            p.rewards.setdefault(slot_id, value)
+
+    def _complete(self, p: _Pending) -> bool:
+        """Earliest aggregation learns as soon as every slot has a reward (and the event is active)."""
+        return (self._config.reward_aggregation == "earliest" and len(p.rewards) == len(p.slot_ids)
+                and (p.activated or not p.deferred))
+
+    # ------------------------------------------------------------ activate
+    def activate(self, event_id: str) -> dict[str, Any]:
+        """Activate a deferred event so it will be learned; a no-op for active ones."""
+        with self._lock:
+            now = self._clock()
+            self._process_due(now)
+            p = self._pending.get(event_id)
+            if p is None:
+                stored = self._log.get_event(event_id)
+                if stored is None:
+                    raise PersonalizerError("InvalidEventIdToActivate",
+                                            f"no event '{event_id}' was ranked; nothing to activate", 404)
+                if stored.status == "discarded":
+                    raise PersonalizerError(
+                        "InvalidEventIdToActivate",
+                        f"event '{event_id}' was discarded at {_iso(stored.closed)}: not activated within the "
+                        f"reward wait time ({self._config.reward_wait_time})", 409)
+                return {"eventId": event_id, "status": stored.status}
+            if p.deferred and not p.activated:
+                p.activated = True
+                p.deadline = now + self._wait
+                heapq.heappush(self._deadlines, (p.deadline, event_id))
+                with self._log.transaction():
+                    self._log.set_activated(event_id, now)
+                    if self._complete(p):
+                        self._learn(p, now)
+                        return {"eventId": event_id, "status": "learned"}
+            return {"eventId": event_id, "status": "pending"}
+
+    # ------------------------------------------------------------ join and learn
+    def process_due(self) -> int:
+        """Close every event whose reward wait time has passed; returns how many."""
+        with self._lock:
+            return self._process_due(self._clock())
+
+    def _process_due(self, now: float) -> int:
+        closed = 0
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, event_id = heapq.heappop(self._deadlines)
+            p = self._pending.get(event_id)
+            if p is None or p.deadline != deadline:
+                continue  # stale heap entry: learned already, or activation moved its deadline
+            with self._log.transaction():
+                if p.deferred and not p.activated:
+                    self._log.close_event(event_id, "discarded", now, None, None)
+                    del self._pending[event_id]
+                else:
+                    self._learn(p, now)
+            closed += 1
+        return closed
+
+    def _learn(self, p: _Pending, now: float) -> None:
+        """Learn a complete event (missing slots take the default reward) and close it in the log."""
+        labels = [p.rewards.get(s, self._config.default_reward) for s in p.slot_ids]
+        del self._pending[p.event_id]
+        if p.mode == "LoggingOnly":
+            self._log.close_event(p.event_id, "logged", now, None, labels)
+            return
+        self._vw.learn(_labeled(p.head, p.slot_bodies, p.allowed, p.chosen, p.probabilities, labels))
+        self._learn_seq += 1
+        self._modified = now
+        self._log.close_event(p.event_id, "learned", now, self._learn_seq, labels)
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= self._checkpoint_every:
+            self._checkpoint("periodic")
+
+    # ------------------------------------------------------------ inspection
+    def greedy(self, request: dict[str, Any]) -> dict[str, str]:
+        """What the model would choose per slot with exploration off; logs nothing.
+
+        Slots are filled in order, each later slot conditioned on the earlier slots'
+        greedy choices (earlier slots are pinned to them in the VW example).
+        """
+        req = parse(MultiSlotRankRequest, request, "InvalidRankRequest")
+        _check_rank(req)
+        canonical = req.model_dump(by_alias=True, exclude={"event_id"})
+        head, bodies, allowed, _ = _encode(canonical, "greedy")
+        ids = [a["id"] for a in canonical["actions"]]
+        picks: list[int] = []
+        with self._lock:
+            for k in range(len(bodies)):
+                lines = list(head)
+                lines.extend(features.slot_line(bodies[j], [picks[j]]) for j in range(k))
+                lines.append(features.slot_line(bodies[k], allowed[k]))
+                dist = self._vw.predict(lines)[k]
+                best = max(dist, key=lambda ap: (ap[1], -ap[0]))[0]
+                picks.append(best)
+        return {s["id"]: ids[i] for s, i in zip(canonical["slots"], picks, strict=True)}
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for dashboards: events by status, rewards, pending in memory, settings."""
+        with self._lock:
+            counts = self._log.counts()
+            return {
+                "learned": counts.get("learned", 0), "logged": counts.get("logged", 0),
+                "discarded": counts.get("discarded", 0), "pending": len(self._pending),
+                "rewards": counts.get("rewards", 0), "learningMode": self._config.learning_mode,
+                "explorationPercentage": self._config.exploration_percentage,
+                "policy": self._policy.name, "arguments": self.arguments, "home": str(self.home),
+            }
+
+    def events(self, start: float | None = None, end: float | None = None) -> list[StoredEvent]:
+        """Logged events ranked in [start, end), oldest first (for evaluation and export)."""
+        with self._lock:
+            return list(self._log.iter_events(start, end))
+
+    # ------------------------------------------------------------ configuration
+    def get_service_configuration(self) -> dict[str, Any]:
+        """The service configuration with Personalizer's field names."""
+        with self._lock:
+            return self._config.model_dump(by_alias=True)
+
+    def update_service_configuration(self, configuration: dict[str, Any]) -> dict[str, Any]:
+        """Replace the configuration (fields not given keep their value); returns the new one."""
+        if not isinstance(configuration, dict):
+            raise PersonalizerError("InvalidServiceConfiguration", "configuration must be a JSON object")
+        with self._lock:
+            merged = {**self._config.model_dump(by_alias=True), **configuration}
+            cfg = parse(ServiceConfiguration, merged, "InvalidServiceConfiguration")
+            cfg.last_configuration_edit_date = _iso(self._clock())
+            old_args = self.arguments
+            previous = self._config
+            self._config = cfg
+            try:
+                if self.arguments != old_args:
+                    self._vw = self._workspace(self._model_bytes())
+            except Exception:
+                self._config = previous
+                raise
+            self._wait = cfg.reward_wait_seconds
+            self._log.set_setting("service", cfg.model_dump(by_alias=True))
+            return cfg.model_dump(by_alias=True)
+
+    def get_policy(self) -> dict[str, Any]:
+        """The learning policy: name and VW arguments (epsilon as configured)."""
+        with self._lock:
+            return {"name": self._policy.name, "arguments": self.arguments}
+
+    def update_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
+        """Set new learning settings; the model starts fresh with them (the log is kept)."""
+        contract = parse(PolicyContract, policy, "InvalidPolicyContract")
+        validate_policy_arguments(contract.arguments)
+        with self._lock:
+            args = effective_arguments(contract.arguments, self._config.exploration_percentage)
+            try:
+                vw = self._workspace(arguments=args)
+            except Exception as exc:
+                raise PersonalizerError("InvalidPolicyConfiguration",
+                                        f"Vowpal Wabbit refused the arguments: {_first_line(exc)}") from None
+            self._vw = vw
+            self._policy = contract
+            with self._log.transaction():
+                self._log.set_setting("policy", contract.model_dump(by_alias=True))
+                self._checkpoint("policy")
+            return self.get_policy()
+
+    def reset_policy(self) -> dict[str, Any]:
+        """Back to the default policy; returns it."""
+        return self.update_policy({"name": DEFAULT_POLICY_NAME, "arguments": DEFAULT_POLICY_ARGUMENTS})
+
+    # ------------------------------------------------------------ model
+    def export_model(self) -> bytes:
+        """The current VW model file."""
+        with self._lock:
+            return self._model_bytes()
+
+    def import_model(self, model: bytes) -> None:
+        """Replace the model with a VW CCB model file (e.g. one exported earlier)."""
+        if not model:
+            raise PersonalizerError("InvalidModelImportFormat", "the model file is empty")
+        with self._lock:
+            try:
+                vw = self._workspace(model)
+            except Exception as exc:
+                raise PersonalizerError("InvalidModelImportFormat",
+                                        f"not a Vowpal Wabbit model for this policy: {_first_line(exc)}") from None
+            if "ccb_explore_adf" not in vw.get_arguments():
+                raise PersonalizerError("InvalidModelImportFormat", "the model is not a multi-slot (CCB) model")
+            self._vw = vw
+            with self._log.transaction():
+                self._checkpoint("import")
+
+    def reset_model(self) -> None:
+        """Start a fresh model with the current policy (the event log is kept)."""
+        with self._lock:
+            self._vw = self._workspace()
+            with self._log.transaction():
+                self._checkpoint("reset")
+
+    def model_properties(self) -> dict[str, Any]:
+        """When the model was created (reset, import, policy change) and last learned."""
+        with self._lock:
+            return {"creationTime": _iso(self._created),
+                    "lastModifiedTime": _iso(self._modified if self._modified is not None else self._created)}
+
+    def log_properties(self) -> dict[str, Any]:
+        """The time range the event log covers."""
+        with self._lock:
+            rng = self._log.date_range()
+            return {"dateRange": None if rng is None else {"from": _iso(rng[0]), "to": _iso(rng[1])}}
+
+    def delete_logs(self) -> int:
+        """Delete closed events and their rewards (a checkpoint first keeps the model); returns how many."""
+        with self._lock:
+            with self._log.transaction():
+                self._checkpoint("periodic")
+            return self._log.delete_closed()
+
+    # ------------------------------------------------------------ lifecycle
+    def checkpoint(self) -> None:
+        """Save the model now (also done every ``checkpoint_every`` learned events and on close)."""
+        with self._lock, self._log.transaction():
+            self._checkpoint("periodic")
+
+    def close(self) -> None:
+        """Checkpoint what was learned since the last checkpoint and close the log."""
+        with self._lock:
+            if self._since_checkpoint:
+                self.checkpoint()
+            self._vw.finish()
+            self._log.close()
+
+    def __enter__(self) -> LocalPersonalizer:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+
+def _labeled(head: list[str], bodies: Sequence[str], allowed: Sequence[Sequence[int]], chosen: Sequence[int],
+             probs: Sequence[float], rewards: Sequence[float | None]) -> list[str]:
+    """A labeled CCB example: each slot carries ``chosen:cost:probability`` (cost = -reward)."""
+    lines = list(head)
+    for body, allow, c, p, r in zip(bodies, allowed, chosen, probs, rewards, strict=True):
+        lines.append(features.slot_line(body, allow, f"{c}:{-(r or 0.0)!r}:{max(p, 1e-6)!r}"))
+    return lines
+
+
+def _copy(response: dict[str, Any]) -> dict[str, Any]:
+    """A copy callers may mutate without touching the engine's record."""
+    out = dict(response)
+    out["slots"] = [dict(s) for s in response["slots"]]
+    if "ranking" in response:
+        out["ranking"] = [dict(r) for r in response["ranking"]]
+    return out
+
+
+def _unknown_event(event_id: str) -> PersonalizerError:
+    return PersonalizerError("ResourceNotFound", f"no event '{event_id}' was ranked", 404)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

@@ -1,0 +1,278 @@
+"""Durable event log and model checkpoints in SQLite (stdlib, WAL).
+
+The log is the source of truth: every ranked event, every reward the engine
+acknowledged, what was learned and in which order. The model is a cache of it:
+a checkpoint records how far into the learning order (``learn_seq``) it is, and
+on start the engine replays what was learned after the newest checkpoint.
+
+Writes commit before the engine answers, so an acknowledged reward survives a
+crash of the process. With ``synchronous=NORMAL`` (the default) a power loss can
+still drop the last transactions; set ``PERSONALIZER_SYNC=FULL`` to fsync each
+commit as well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id    TEXT NOT NULL UNIQUE,
+    created     REAL NOT NULL,
+    request_hash TEXT NOT NULL,
+    request     TEXT NOT NULL,      -- the validated rank request (JSON)
+    response    TEXT NOT NULL,      -- slots: id, rewardActionId, probability (JSON)
+    mode        TEXT NOT NULL,      -- learning mode when ranked
+    deferred    INTEGER NOT NULL,
+    activated   REAL,               -- when activated (deferred events only)
+    status      TEXT NOT NULL,      -- pending | learned | logged | discarded
+    closed      REAL,               -- when it left pending
+    learn_seq   INTEGER,            -- order in which it was learned
+    labels      TEXT                -- reward per slot that was learned (JSON list)
+);
+CREATE INDEX IF NOT EXISTS events_status ON events(status) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS events_learn_seq ON events(learn_seq) WHERE learn_seq IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_created ON events(created);
+CREATE TABLE IF NOT EXISTS rewards (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id    TEXT NOT NULL,
+    slot_id     TEXT NOT NULL,
+    value       REAL NOT NULL,
+    received    REAL NOT NULL,
+    late        INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS rewards_event ON rewards(event_id);
+CREATE TABLE IF NOT EXISTS settings (
+    key         TEXT PRIMARY KEY,
+    value       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    learn_seq   INTEGER NOT NULL,
+    created     REAL NOT NULL,
+    reason      TEXT NOT NULL,
+    arguments   TEXT NOT NULL,
+    model       BLOB NOT NULL
+);
+"""
+
+
+@dataclass
+class StoredEvent:
+    """One row of the event log."""
+
+    seq: int
+    event_id: str
+    created: float
+    request_hash: str
+    request: dict[str, Any]
+    response: dict[str, Any]
+    mode: str
+    deferred: bool
+    activated: float | None
+    status: str
+    closed: float | None
+    learn_seq: int | None
+    labels: list[float | None] | None
+
+
+@dataclass
+class Checkpoint:
+    """A saved model and how far into the learning order it is."""
+
+    id: int
+    learn_seq: int
+    created: float
+    reason: str
+    arguments: str
+    model: bytes
+
+
+def default_home() -> Path:
+    """The data directory: ``$PERSONALIZER_HOME`` or ``.personalizer/`` in the working directory."""
+    return Path(os.environ.get("PERSONALIZER_HOME") or ".personalizer")
+
+
+class EventLog:
+    """SQLite-backed event log; not thread-safe by itself (the engine holds one lock)."""
+
+    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+        self.home = Path(home) if home is not None else default_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.path = self.home / "personalizer.sqlite3"
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        sync = os.environ.get("PERSONALIZER_SYNC", "NORMAL").upper()
+        self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'FULL' else 'NORMAL'}")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._db.close()
+
+    # ------------------------------------------------------------ events
+    def add_event(self, event_id: str, created: float, request_hash: str, request_json: str,
+                  response: dict[str, Any], mode: str, deferred: bool) -> int:
+        """Log a ranked event as pending; returns its sequence number."""
+        cur = self._db.execute(
+            "INSERT INTO events (event_id, created, request_hash, request, response, mode, deferred, status)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
+            (event_id, created, request_hash, request_json, json.dumps(response), mode, int(deferred)),
+        )
+        return int(cur.lastrowid or 0)
+
+    def get_event(self, event_id: str) -> StoredEvent | None:
+        """The event with this id, or None."""
+        row = self._db.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,)).fetchone()
+        return _event(row) if row else None
+
+    def pending_events(self) -> list[StoredEvent]:
+        """Events not yet learned or discarded, in rank order."""
+        rows = self._db.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE status = 'pending' ORDER BY seq").fetchall()
+        return [_event(r) for r in rows]
+
+    def set_activated(self, event_id: str, when: float) -> None:
+        """Record that a deferred event was activated."""
+        self._db.execute("UPDATE events SET activated = ? WHERE event_id = ?", (when, event_id))
+
+    def close_event(self, event_id: str, status: str, when: float, learn_seq: int | None,
+                    labels: list[float | None] | None) -> None:
+        """Mark an event learned, logged (not learned, e.g. LoggingOnly) or discarded (never activated)."""
+        self._db.execute(
+            "UPDATE events SET status = ?, closed = ?, learn_seq = ?, labels = ? WHERE event_id = ?",
+            (status, when, learn_seq, None if labels is None else json.dumps(labels), event_id),
+        )
+
+    def learned_after(self, learn_seq: int) -> Iterator[StoredEvent]:
+        """Events learned after ``learn_seq``, in learning order (for replay)."""
+        cur = self._db.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE learn_seq > ? ORDER BY learn_seq", (learn_seq,))
+        for row in cur:
+            yield _event(row)
+
+    def max_learn_seq(self) -> int:
+        """The learning order of the last learned event (0 when none)."""
+        return int(self._db.execute("SELECT COALESCE(MAX(learn_seq), 0) FROM events").fetchone()[0])
+
+    def iter_events(self, start: float | None = None, end: float | None = None,
+                    statuses: tuple[str, ...] = ("learned", "logged", "pending")) -> Iterator[StoredEvent]:
+        """Events ranked in [start, end), in rank order (for evaluation and export)."""
+        marks = ",".join("?" for _ in statuses)
+        cur = self._db.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE created >= ? AND created < ? AND status IN ({marks})"
+            " ORDER BY seq",
+            (start if start is not None else float("-inf"), end if end is not None else float("inf"), *statuses),
+        )
+        for row in cur:
+            yield _event(row)
+
+    def counts(self) -> dict[str, int]:
+        """Number of events per status, and of rewards."""
+        out = dict(self._db.execute("SELECT status, COUNT(*) FROM events GROUP BY status").fetchall())
+        out["rewards"] = int(self._db.execute("SELECT COUNT(*) FROM rewards").fetchone()[0])
+        return {k: int(v) for k, v in out.items()}
+
+    def date_range(self) -> tuple[float, float] | None:
+        """Time of the first and last logged event."""
+        lo, hi = self._db.execute("SELECT MIN(created), MAX(created) FROM events").fetchone()
+        return None if lo is None else (float(lo), float(hi))
+
+    def delete_closed(self) -> int:
+        """Delete every event that is no longer pending, with its rewards; returns how many."""
+        with self.transaction():
+            self._db.execute(
+                "DELETE FROM rewards WHERE event_id IN (SELECT event_id FROM events WHERE status != 'pending')")
+            n = self._db.execute("DELETE FROM events WHERE status != 'pending'").rowcount
+        return int(n)
+
+    # ------------------------------------------------------------ rewards
+    def add_rewards(self, event_id: str, rewards: list[tuple[str, float]], when: float, late: bool = False) -> None:
+        """Log rewards for an event (every call is kept, whatever the aggregation)."""
+        self._db.executemany(
+            "INSERT INTO rewards (event_id, slot_id, value, received, late) VALUES (?, ?, ?, ?, ?)",
+            [(event_id, slot, value, when, int(late)) for slot, value in rewards],
+        )
+
+    def rewards_of(self, event_id: str) -> list[tuple[str, float, float]]:
+        """(slot_id, value, received) of an event's on-time rewards, in arrival order."""
+        return self._db.execute(
+            "SELECT slot_id, value, received FROM rewards WHERE event_id = ? AND late = 0 ORDER BY id",
+            (event_id,)).fetchall()
+
+    # ------------------------------------------------------------ settings
+    def get_setting(self, key: str) -> Any:
+        """A stored JSON setting, or None."""
+        row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_setting(self, key: str, value: Any) -> None:
+        """Store a JSON setting."""
+        self._db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    # ------------------------------------------------------------ checkpoints
+    def add_checkpoint(self, learn_seq: int, created: float, reason: str, arguments: str, model: bytes,
+                       keep: int = 3) -> None:
+        """Save a model checkpoint; keeps the newest ``keep``."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO checkpoints (learn_seq, created, reason, arguments, model) VALUES (?, ?, ?, ?, ?)",
+                (learn_seq, created, reason, arguments, model))
+            self._db.execute(
+                "DELETE FROM checkpoints WHERE id NOT IN (SELECT id FROM checkpoints ORDER BY id DESC LIMIT ?)",
+                (keep,))
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        """The newest checkpoint, or None."""
+        row = self._db.execute(
+            "SELECT id, learn_seq, created, reason, arguments, model FROM checkpoints ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return Checkpoint(*row[:5], bytes(row[5])) if row else None
+
+    def first_checkpoint_since_reset(self) -> Checkpoint | None:
+        """The newest checkpoint made by a reset, import or policy change (the model's creation)."""
+        row = self._db.execute(
+            "SELECT id, learn_seq, created, reason, arguments, model FROM checkpoints"
+            " WHERE reason != 'periodic' ORDER BY id DESC LIMIT 1").fetchone()
+        return Checkpoint(*row[:5], bytes(row[5])) if row else None
+
+    # ------------------------------------------------------------ transactions
+    def transaction(self) -> _Transaction:
+        """Context manager grouping writes into one commit."""
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._outer = False
+
+    def __enter__(self) -> None:
+        self._outer = not self._db.in_transaction
+        if self._outer:
+            self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if not self._outer:
+            return
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+_EVENT_COLUMNS = ("seq, event_id, created, request_hash, request, response, mode, deferred, activated,"
+                  " status, closed, learn_seq, labels")
+
+
+def _event(row: tuple[Any, ...]) -> StoredEvent:
+    return StoredEvent(
+        seq=row[0], event_id=row[1], created=row[2], request_hash=row[3], request=json.loads(row[4]),
+        response=json.loads(row[5]), mode=row[6], deferred=bool(row[7]), activated=row[8], status=row[9],
+        closed=row[10], learn_seq=row[11], labels=json.loads(row[12]) if row[12] else None,
+    )
