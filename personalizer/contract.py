@@ -66,6 +66,8 @@ def check_features(value: Any, where: str) -> None:
 def _check_feature_values(obj: dict[str, Any], where: str) -> None:
     for key, val in obj.items():
         path = f"{where}.{key}"
+        if key.startswith("_"):
+            continue  # ignored entirely, as Personalizer did (metadata such as _label)
         if val is None or isinstance(val, (str, bool)):
             continue
         if isinstance(val, (int, float)):

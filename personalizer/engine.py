@@ -323,7 +323,7 @@ class LocalPersonalizer:
             head, bodies, allowed, index = _encode(ev.request, ev.event_id)
             chosen = [index[s["rewardActionId"]] for s in ev.response["slots"]]
             probs = [s["probability"] for s in ev.response["slots"]]
-            self._vw.learn(_labeled(head, bodies, allowed, chosen, probs, ev.labels or []))
+            self._vw.learn(_labeled(head, bodies, allowed, chosen, probs, ev.labels or [], ev.mode))
             self._modified = ev.closed
             replayed += 1
         self._since_checkpoint = replayed
@@ -592,7 +592,7 @@ class LocalPersonalizer:
         if p.mode == "LoggingOnly":
             self._log.close_event(p.event_id, "logged", now, None, labels)
             return
-        self._vw.learn(_labeled(p.head, p.slot_bodies, p.allowed, p.chosen, p.probabilities, labels))
+        self._vw.learn(_labeled(p.head, p.slot_bodies, p.allowed, p.chosen, p.probabilities, labels, p.mode))
         self._learn_seq += 1
         self._modified = now
         self._log.close_event(p.event_id, "learned", now, self._learn_seq, labels)
@@ -636,9 +636,17 @@ class LocalPersonalizer:
             }
 
     def events(self, start: float | None = None, end: float | None = None) -> list[StoredEvent]:
-        """Logged events ranked in [start, end), oldest first (for evaluation and export)."""
+        """Logged events ranked in [start, end), oldest first (for evaluation and export).
+
+        Discarded events (deferred and never activated) are left out: nobody saw them.
+        """
         with self._lock:
             return list(self._log.iter_events(start, end))
+
+    def event(self, event_id: str) -> StoredEvent | None:
+        """One logged event, whatever its status, or None."""
+        with self._lock:
+            return self._log.get_event(event_id)
 
     # ------------------------------------------------------------ configuration
     def get_service_configuration(self) -> dict[str, Any]:
@@ -764,11 +772,18 @@ class LocalPersonalizer:
 
 
 def _labeled(head: list[str], bodies: Sequence[str], allowed: Sequence[Sequence[int]], chosen: Sequence[int],
-             probs: Sequence[float], rewards: Sequence[float | None]) -> list[str]:
-    """A labeled CCB example: each slot carries ``chosen:cost:probability`` (cost = -reward)."""
+             probs: Sequence[float], rewards: Sequence[float | None], mode: str = "Online") -> list[str]:
+    """A labeled CCB example: each slot carries ``chosen:cost:probability``.
+
+    Online events cost ``-reward``. Apprentice events (the baseline was served) cost
+    ``-(1 + reward) / 2``: never worse than an unseen action, so the model learns to
+    imitate the baseline, while better outcomes still count for more.
+    """
     lines = list(head)
     for body, allow, c, p, r in zip(bodies, allowed, chosen, probs, rewards, strict=True):
-        lines.append(features.slot_line(body, allow, f"{c}:{-(r or 0.0)!r}:{max(p, 1e-6)!r}"))
+        reward = r or 0.0
+        cost = -(1.0 + reward) / 2.0 if mode == "Apprentice" else -reward
+        lines.append(features.slot_line(body, allow, f"{c}:{cost!r}:{max(p, 1e-6)!r}"))
     return lines
 
 

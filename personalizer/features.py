@@ -8,7 +8,8 @@ Encoding (one rule, so replay and evaluation rebuild the exact same examples):
 - keys starting with ``_`` are ignored, as Personalizer did;
 - every action also gets its id in namespace ``_`` and every slot its id in
   namespace ``~``, so items with identical features stay distinguishable;
-- every name is percent-escaped, so ``|``, ``:``, spaces, quotes or newlines in
+- keys are taken in sorted order, so key order never changes the example;
+- every name is percent-escaped, so ``|``, ``:``, ``=``, spaces, quotes or newlines in
   a name or value can never break the line or inject a feature.
 """
 
@@ -18,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 # Characters that mean something in VW's text format, plus '%' so escaping is reversible.
-_ESCAPES = {ord(c): f"%{ord(c):02X}" for c in "|: \t\n\r\x0b\x0c%'"}
+_ESCAPES = {ord(c): f"%{ord(c):02X}" for c in "|: \t\n\r\x0b\x0c%'="}
 _ESCAPES.update({i: f"%{i:02X}" for i in range(32) if i not in _ESCAPES})
 # User namespaces must not start with the reserved namespace characters.
 _RESERVED_FIRST = {ord("_"): "%5F", ord("~"): "%7E"}
@@ -44,7 +45,7 @@ def _number(value: float) -> str:
 def _features(obj: dict[str, Any], out: list[str], prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
     """Append ``obj``'s scalar features to ``out``; return its nested namespaces."""
     nested: list[tuple[str, dict[str, Any]]] = []
-    for key, value in obj.items():
+    for key, value in sorted(obj.items()):
         if key[:1] == "_" or value is None:
             continue
         name = escape(prefix + key) if prefix else escape(key)
@@ -61,20 +62,20 @@ def _features(obj: dict[str, Any], out: list[str], prefix: str = "") -> list[tup
     return nested
 
 
-_SCALARS: dict[tuple[str, Any], str] = {}
+_SCALARS: dict[tuple[str, Any, type], str] = {}
 
 
 def _scalar_namespace(key: str, value: Any) -> str:
     """``|key key=value`` for one top-level scalar feature, memoized: catalogs repeat these."""
     cache_key = (key, value, type(value))
-    hit = _SCALARS.get(cache_key)  # type: ignore[arg-type]
+    hit = _SCALARS.get(cache_key)
     if hit is None:
         feats: list[str] = []
         _features({key: value}, feats)
         hit = f"|{_namespace(key)} {' '.join(feats)}" if feats else ""
         if len(_SCALARS) > 100_000:
             _SCALARS.clear()
-        _SCALARS[cache_key] = hit  # type: ignore[index]
+        _SCALARS[cache_key] = hit
     return hit
 
 
@@ -82,7 +83,9 @@ def namespaces(feature_objects: Iterable[dict[str, Any]]) -> str:
     """Encode a list of feature objects as VW namespaces: ``|ns f1 f2 |ns2 ...``."""
     parts: list[str] = []
     for obj in feature_objects:
-        for key, value in obj.items():
+        # Sorted keys: the same object always makes the same line, however its keys were
+        # ordered (the log stores requests with sorted keys, and replay must match live).
+        for key, value in sorted(obj.items()):
             if key[:1] == "_" or value is None:
                 continue
             if isinstance(value, dict):
@@ -111,7 +114,8 @@ def _encode_namespace(key: str, obj: dict[str, Any], parts: list[str], path: str
 
 def shared_line(context_features: Sequence[dict[str, Any]]) -> str:
     """The ``ccb shared`` line for a context."""
-    return f"ccb shared {namespaces(context_features)}".rstrip()
+    # A bare "ccb shared" does not parse: an empty context still needs its bar.
+    return f"ccb shared {namespaces(context_features) or '|'}"
 
 
 def action_line(action_id: str, features: Sequence[dict[str, Any]]) -> str:
