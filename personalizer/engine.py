@@ -51,7 +51,7 @@ from .store import EventLog, StoredEvent
 RETIRED_POLICY_ARGUMENTS = "--ccb_explore_adf --epsilon 0.2 --power_t 0 -l 0.001 --cb_type mtr -q ::"
 #: This project's default, chosen by ``bench/learning.py`` (see README): same exploration,
 #: default adaptive learning rate, and cubic interactions so context x context x action is learnable.
-DEFAULT_POLICY_ARGUMENTS = "--ccb_explore_adf --epsilon 0.2 --cb_type mtr -q :: --cubic :::"
+DEFAULT_POLICY_ARGUMENTS = "--ccb_explore_adf --epsilon 0.2 --cb_type mtr -q :: --cubic @@_"
 DEFAULT_POLICY_NAME = "Personalizer Studio default"
 SINGLE_SLOT_ID = "__single__"
 
@@ -65,7 +65,7 @@ _ALLOWED_OPTIONS = {
     "--cover": 1, "--squarecb": 0, "--gamma_scale": 1, "--gamma_exponent": 1, "--softmax": 0,
     "--lambda": 1, "--synthcover": 0, "--regcb": 0, "--regcbopt": 0, "--rnd": 1, "--adaptive": 0,
     "--normalized": 0, "--invariant": 0, "--sgd": 0, "--nn": 1, "--leave_duplicate_interactions": 0,
-    "--cb_type_ips": 0, "--random_seed": 1, "--hash_seed": 1, "--loss_function": 1, "--coin": 0,
+    "--hash_seed": 1, "--loss_function": 1, "--coin": 0,
     "--ftrl": 0, "--pistol": 0, "--freegrad": 0, "--all_slots_loss": 0, "--epsilon_decay": 0,
 }
 _REFUSED_HINT = "file, daemon and data options (-i, -f, -d, --daemon, ...) are not allowed"
@@ -73,10 +73,14 @@ _REFUSED_HINT = "file, daemon and data options (-i, -f, -d, --daemon, ...) are n
 Clock = Callable[[], float]
 
 
+_ALPHANUMERIC = string.ascii_letters + string.digits
+
+
 def new_event_id() -> str:
     """An event id shaped like Personalizer's: 32 hex digits, '-', 5 alphanumerics."""
-    tail = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(5))
-    return f"{secrets.token_hex(16)}-{tail}"
+    raw = secrets.token_bytes(21)
+    tail = "".join(_ALPHANUMERIC[b % 62] for b in raw[16:])
+    return f"{raw[:16].hex()}-{tail}"
 
 
 def _iso(ts: float | None) -> str | None:
@@ -163,13 +167,12 @@ def _encode(request: dict[str, Any], event_id: str) -> tuple[list[str], list[str
     index = {a["id"]: i for i, a in enumerate(request["actions"])}
     head = [features.shared_line(request["contextFeatures"])]
     head.extend(features.action_line(a["id"], a["features"]) for a in request["actions"])
-    tag = f"seed={event_id}"
     bodies, allowed = [], []
     n = len(index)
     for slot in request["slots"]:
         excluded = {index[x] for x in slot["excludedActions"]}
         allowed.append([i for i in range(n) if i not in excluded])
-        bodies.append(features.slot_body(slot["id"], slot["features"], tag))
+        bodies.append(features.slot_body(slot["id"], slot["features"], event_id))
     return head, bodies, allowed, index
 
 
@@ -364,8 +367,10 @@ class LocalPersonalizer:
         return self._rank(req)
 
     def _rank(self, req: MultiSlotRankRequest, extra: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
-        canonical = req.model_dump(by_alias=True, exclude={"event_id"})
-        canonical_json = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+        # The validated request as the log stores it; live ranking encodes the very same
+        # structure replay will read back, so both build identical VW examples.
+        canonical_json = req.model_dump_json(by_alias=True, exclude={"event_id"})
+        canonical = json.loads(canonical_json)
         request_hash = hashlib.sha256(canonical_json.encode()).hexdigest()
         given = req.event_id
         with self._lock:

@@ -1,16 +1,24 @@
 """Personalizer JSON features -> Vowpal Wabbit conditional contextual bandit examples.
 
 Encoding (one rule, so replay and evaluation rebuild the exact same examples):
-- each top-level key of a feature object becomes a namespace; a string value
-  becomes the feature ``key=value``, a number ``key:value``, a boolean
+- top-level keys of the feature objects become features of one namespace per
+  role: ``@`` for the context, ``_`` for an action, ``~`` for a slot. A string
+  value becomes the feature ``key=value``, a number ``key:value``, a boolean
   ``key=true|false``; null is skipped; an array of numbers ``key[i]:value``;
-- a nested object is a namespace of its own; its keys become features as above;
+- a nested object is a namespace of its own (named by its key), as in
+  Personalizer's JSON; deeper objects add a dotted path to the feature name;
+- every action also carries its id and every slot its id in their role
+  namespace, so items with identical features stay distinguishable;
 - keys starting with ``_`` are ignored, as Personalizer did;
-- every action also gets its id in namespace ``_`` and every slot its id in
-  namespace ``~``, so items with identical features stay distinguishable;
 - keys are taken in sorted order, so key order never changes the example;
-- every name is percent-escaped, so ``|``, ``:``, ``=``, spaces, quotes or newlines in
-  a name or value can never break the line or inject a feature.
+- every name is percent-escaped, so ``|``, ``:``, ``=``, spaces, quotes or
+  newlines can never break the line or inject a feature, and a user namespace
+  can never start with a role namespace's character.
+
+One namespace per role keeps interactions cheap and meaningful: ``-q ::`` crosses
+context with action and slot, and ``--cubic @@_`` crosses pairs of context
+features with the action (time x device x product) without the blow-up that
+per-key namespaces would cause under ``--cubic :::``.
 """
 
 from __future__ import annotations
@@ -21,11 +29,12 @@ from typing import Any
 # Characters that mean something in VW's text format, plus '%' so escaping is reversible.
 _ESCAPES = {ord(c): f"%{ord(c):02X}" for c in "|: \t\n\r\x0b\x0c%'="}
 _ESCAPES.update({i: f"%{i:02X}" for i in range(32) if i not in _ESCAPES})
-# User namespaces must not start with the reserved namespace characters.
-_RESERVED_FIRST = {ord("_"): "%5F", ord("~"): "%7E"}
 
-ACTION_ID_NAMESPACE = "_"
-SLOT_ID_NAMESPACE = "~"
+CONTEXT_NAMESPACE = "@"
+ACTION_NAMESPACE = "_"
+SLOT_NAMESPACE = "~"
+# User namespaces must not start with a role namespace's character.
+_RESERVED_FIRST = {ord(c): f"%{ord(c):02X}" for c in CONTEXT_NAMESPACE + ACTION_NAMESPACE + SLOT_NAMESPACE}
 
 
 def escape(text: str) -> str:
@@ -42,91 +51,77 @@ def _number(value: float) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
-def _features(obj: dict[str, Any], out: list[str], prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
-    """Append ``obj``'s scalar features to ``out``; return its nested namespaces."""
-    nested: list[tuple[str, dict[str, Any]]] = []
-    for key, value in sorted(obj.items()):
-        if key[:1] == "_" or value is None:
-            continue
-        name = escape(prefix + key) if prefix else escape(key)
-        if isinstance(value, str):
-            out.append(f"{name}={escape(value)}")
-        elif isinstance(value, bool):
-            out.append(f"{name}={'true' if value else 'false'}")
-        elif isinstance(value, (int, float)):
-            out.append(f"{name}:{_number(value)}")
-        elif isinstance(value, dict):
-            nested.append((key, value))
-        elif isinstance(value, list):
-            out.extend(f"{name}[{i}]:{_number(v)}" for i, v in enumerate(value))
-    return nested
-
-
 _SCALARS: dict[tuple[str, Any, type], str] = {}
 
 
-def _scalar_namespace(key: str, value: Any) -> str:
-    """``|key key=value`` for one top-level scalar feature, memoized: catalogs repeat these."""
-    cache_key = (key, value, type(value))
-    hit = _SCALARS.get(cache_key)
-    if hit is None:
-        feats: list[str] = []
-        _features({key: value}, feats)
-        hit = f"|{_namespace(key)} {' '.join(feats)}" if feats else ""
-        if len(_SCALARS) > 100_000:
-            _SCALARS.clear()
-        _SCALARS[cache_key] = hit
-    return hit
+def _scalar(key: str, value: Any) -> str:
+    """The feature text of one scalar or numeric-array value, memoized: catalogs repeat these."""
+    cache_key = (key, value if not isinstance(value, list) else None, type(value))
+    hit = _SCALARS.get(cache_key) if not isinstance(value, list) else None
+    if hit is not None:
+        return hit
+    name = escape(key)
+    if isinstance(value, str):
+        text = f"{name}={escape(value)}"
+    elif isinstance(value, bool):
+        text = f"{name}={'true' if value else 'false'}"
+    elif isinstance(value, (int, float)):
+        text = f"{name}:{_number(value)}"
+    else:  # an array of numbers (validated by the contract)
+        return " ".join(f"{name}[{i}]:{_number(v)}" for i, v in enumerate(value))
+    if len(_SCALARS) > 100_000:
+        _SCALARS.clear()
+    _SCALARS[cache_key] = text
+    return text
 
 
-def namespaces(feature_objects: Iterable[dict[str, Any]]) -> str:
-    """Encode a list of feature objects as VW namespaces: ``|ns f1 f2 |ns2 ...``."""
-    parts: list[str] = []
+def _flatten(obj: dict[str, Any], prefix: str, out: list[str]) -> None:
+    """All features of a nested object, deeper keys as dotted paths."""
+    for key, value in sorted(obj.items()):
+        if key[:1] == "_" or value is None:
+            continue
+        if isinstance(value, dict):
+            _flatten(value, f"{prefix}{key}.", out)
+        else:
+            out.append(_scalar(prefix + key, value))
+
+
+def namespaces(feature_objects: Iterable[dict[str, Any]], role: str, extra: str = "") -> str:
+    """Encode feature objects: the role namespace (with ``extra`` first), then nested namespaces."""
+    flat: list[str] = [extra] if extra else []
+    nested: list[str] = []
     for obj in feature_objects:
-        # Sorted keys: the same object always makes the same line, however its keys were
-        # ordered (the log stores requests with sorted keys, and replay must match live).
         for key, value in sorted(obj.items()):
             if key[:1] == "_" or value is None:
                 continue
             if isinstance(value, dict):
-                _encode_namespace(key, value, parts)
-            elif isinstance(value, list):
                 feats: list[str] = []
-                _features({key: value}, feats)
+                _flatten(value, "", feats)
                 if feats:
-                    parts.append(f"|{_namespace(key)} {' '.join(feats)}")
+                    nested.append(f"|{_namespace(key)} {' '.join(feats)}")
             else:
-                hit = _scalar_namespace(key, value)
-                if hit:
-                    parts.append(hit)
-    return " ".join(parts)
-
-
-def _encode_namespace(key: str, obj: dict[str, Any], parts: list[str], path: str = "") -> None:
-    feats: list[str] = []
-    deeper = _features(obj, feats, path)
-    if feats:
-        parts.append(f"|{_namespace(key)} {' '.join(feats)}")
-    for sub_key, sub_obj in deeper:
-        # Deeper objects stay in the top-level namespace with a dotted path.
-        _encode_namespace(key, sub_obj, parts, f"{path}{sub_key}.")
+                flat.append(_scalar(key, value))
+    head = f"|{role} {' '.join(flat)}" if flat else f"|{role}"
+    return " ".join([head, *nested])
 
 
 def shared_line(context_features: Sequence[dict[str, Any]]) -> str:
     """The ``ccb shared`` line for a context."""
-    # A bare "ccb shared" does not parse: an empty context still needs its bar.
-    return f"ccb shared {namespaces(context_features) or '|'}"
+    return f"ccb shared {namespaces(context_features, CONTEXT_NAMESPACE)}"
 
 
 def action_line(action_id: str, features: Sequence[dict[str, Any]]) -> str:
-    """The ``ccb action`` line for one action."""
-    return f"ccb action |{ACTION_ID_NAMESPACE} {escape(action_id)} {namespaces(features)}".rstrip()
+    """The ``ccb action`` line for one action (its id is a feature too)."""
+    return f"ccb action {namespaces(features, ACTION_NAMESPACE, '_id=' + escape(action_id))}"
 
 
-def slot_body(slot_id: str, features: Sequence[dict[str, Any]], tag: str | None) -> str:
-    """Everything of a slot line after its label and allowed-action list: tag and features."""
-    tag_text = f"'{escape(tag)}" if tag is not None else ""
-    return f"{tag_text}|{SLOT_ID_NAMESPACE} {escape(slot_id)} {namespaces(features)}".rstrip()
+def slot_body(slot_id: str, features: Sequence[dict[str, Any]], seed: str | None) -> str:
+    """Everything of a slot line after its label and allowed-action list: tag and features.
+
+    The tag ``'seed=<seed>`` makes VW's exploration draw for the slot deterministic.
+    """
+    tag_text = f"'seed={escape(seed)}" if seed is not None else ""
+    return f"{tag_text}{namespaces(features, SLOT_NAMESPACE, '_id=' + escape(slot_id))}"
 
 
 def slot_line(body: str, allowed: Sequence[int], label: str = "") -> str:
@@ -142,8 +137,7 @@ def example(
     seed: str | None = None,
 ) -> list[str]:
     """A whole unlabeled CCB example: shared line, action lines, slot lines (seeded by ``seed``)."""
-    tag = None if seed is None else f"seed={seed}"
     lines = [shared_line(context_features)]
     lines.extend(action_line(a_id, feats) for a_id, feats in actions)
-    lines.extend(slot_line(slot_body(s_id, feats, tag), allowed) for s_id, feats, allowed in slots)
+    lines.extend(slot_line(slot_body(s_id, feats, seed), allowed) for s_id, feats, allowed in slots)
     return lines

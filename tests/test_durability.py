@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,7 @@ def test_sigkill_mid_stream_loses_no_acknowledged_reward(tmp_path: Path) -> None
     acknowledged.extend(_drain(proc))
     assert proc.returncode == -signal.SIGKILL
 
-    with sqlite3.connect(data / "personalizer.sqlite3") as db:
+    with closing(sqlite3.connect(data / "personalizer.sqlite3")) as db:
         logged = {(e, s, v) for e, s, v in db.execute("SELECT event_id, slot_id, value FROM rewards")}
     assert set(acknowledged) <= logged
 
@@ -82,8 +83,9 @@ def test_sigkill_mid_stream_loses_no_acknowledged_reward(tmp_path: Path) -> None
         assert restarted.stats()["learned"] == learned + 1
 
     # A model rebuilt from the log alone (no checkpoint) is the restarted one, weight for weight.
-    with sqlite3.connect(reference_dir / "personalizer.sqlite3") as db:
+    with closing(sqlite3.connect(reference_dir / "personalizer.sqlite3")) as db:
         db.execute("DELETE FROM checkpoints")
+        db.commit()
     with LocalPersonalizer(reference_dir) as rebuilt:
         assert rebuilt.replayed_on_start == learned
         assert _page(rebuilt) == page

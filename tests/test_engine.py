@@ -303,3 +303,11 @@ def test_greedy_policy_learns_context_dependent_preferences(tmp_path: Path) -> N
             eng.reward(answer["eventId"], both_rewards(float(accepted), 0.0))
         hits = sum(eng.greedy(seed_request(t, d))["BigHeroPosition"] == best[t] for t in TIMES for d in DEVICES)
     assert hits >= 11  # of 12 contexts; random would get about a third
+
+
+def test_one_process_owns_a_data_directory(tmp_path: Path) -> None:
+    with LocalPersonalizer(tmp_path):
+        with pytest.raises(PersonalizerError) as err:
+            LocalPersonalizer(tmp_path)
+        assert err.value.status == 503 and "in use" in err.value.message
+    LocalPersonalizer(tmp_path).close()  # free again once the owner closed it

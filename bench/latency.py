@@ -1,0 +1,166 @@
+"""Engine latency and loop throughput beside bare Vowpal Wabbit on the same examples.
+
+    python bench/latency.py [--seconds 3] [--policy ARGS]
+
+For the seed request (4 actions, 2 slots) and a large one (50 actions x 10 slots,
+~20 features each) it measures, in one run:
+- bare VW: ``predict`` and ``learn`` of pre-built example lines (no validation, no log);
+- the engine: ``rank`` p50/p99, and the full loop rank -> reward -> learn with the
+  durable SQLite log on.
+Machines here are noisy: read the ratios, not the absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vowpalwabbit import Workspace
+
+from personalizer import features
+from personalizer.engine import LocalPersonalizer, _encode, _labeled
+
+SEED_ACTIONS = [
+    {"id": "Red-Polo-Shirt-432", "features": [{"onSale": "true", "price": 20, "category": "Clothing"}]},
+    {"id": "Tennis-Racket-133", "features": [{"onSale": "false", "price": 70, "category": "Sports"}]},
+    {"id": "31-Inch-Monitor-771", "features": [{"onSale": "true", "price": 200, "category": "Electronics"}]},
+    {"id": "XBox-Series X-117", "features": [{"onSale": "false", "price": 499, "category": "Electronics"}]},
+]
+SEED_SLOTS = [
+    {"id": "BigHeroPosition", "features": [{"size": "large", "position": "left"}],
+     "excludedActions": ["31-Inch-Monitor-771"], "baselineAction": "Red-Polo-Shirt-432"},
+    {"id": "SmallSidebar", "features": [{"size": "small", "position": "right"}],
+     "excludedActions": ["Tennis-Racket-133"], "baselineAction": "XBox-Series X-117"},
+]
+
+
+def seed_requests(n: int, rng: random.Random) -> list[dict[str, Any]]:
+    """Seed-quickstart requests over random (time, device) contexts."""
+    times, devices = ["morning", "afternoon", "evening", "night"], ["mobile", "tablet", "desktop"]
+    return [{"contextFeatures": [{"time": rng.choice(times)}, {"device": rng.choice(devices)}],
+             "actions": SEED_ACTIONS, "slots": SEED_SLOTS} for _ in range(n)]
+
+
+def large_requests(n: int, rng: random.Random) -> list[dict[str, Any]]:
+    """50 actions x 10 slots, ~20 features on the context, each action and each slot."""
+    actions = [{"id": f"item-{i}", "features": [
+        {f"attr{j}": f"v{(i * 7 + j) % 13}" for j in range(12)},
+        {"stats": {f"m{j}": round((i * 31 + j * 17) % 100 / 10, 1) for j in range(8)}},
+    ]} for i in range(50)]
+    slots = [{"id": f"slot-{k}", "features": [{f"s{j}": f"p{(k + j) % 5}" for j in range(20)}],
+              "excludedActions": [f"item-{(k * 3 + 1) % 50}"], "baselineAction": f"item-{k * 5}"} for k in range(10)]
+
+    def context() -> list[dict[str, Any]]:
+        return [{f"c{j}": f"x{rng.randrange(6)}" for j in range(14)},
+                {"user": {f"u{j}": rng.random() for j in range(6)}}]
+
+    return [{"contextFeatures": context(), "actions": actions, "slots": slots} for _ in range(n)]
+
+
+def _bare_examples(requests: list[dict[str, Any]], rng: random.Random) -> list[tuple[list[str], list[str]]]:
+    """Pre-built (unlabeled, labeled) VW lines, so bare VW pays for nothing but VW."""
+    out = []
+    for i, req in enumerate(requests):
+        canonical = {**req, "slots": [{"features": [], "excludedActions": [], **s} for s in req["slots"]]}
+        head, bodies, allowed, _ = _encode(canonical, f"bench-{i}")
+        unlabeled = head + [features.slot_line(b, a) for b, a in zip(bodies, allowed, strict=True)]
+        taken: set[int] = set()
+        chosen = []
+        for a in allowed:
+            c = next(x for x in a if x not in taken)
+            taken.add(c)
+            chosen.append(c)
+        labeled = _labeled(head, bodies, allowed, chosen, [0.5] * len(bodies),
+                           [float(rng.random() < 0.3) for _ in bodies])
+        out.append((unlabeled, labeled))
+    return out
+
+
+def _timed(fn: Callable[[int], Any], n: int) -> list[float]:
+    samples = []
+    for i in range(n):
+        t = time.perf_counter()
+        fn(i)
+        samples.append(time.perf_counter() - t)
+    return samples
+
+
+def _pct(samples: list[float], q: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def measure(name: str, requests: list[dict[str, Any]], policy: str, rng: random.Random) -> dict[str, float]:
+    """Bare VW vs engine on one workload; returns microseconds and loops per second."""
+    n = len(requests)
+    bare = Workspace(f"{policy} --epsilon 0.2 --quiet")
+    examples = _bare_examples(requests, rng)
+    bare_predict = _timed(lambda i: bare.predict(examples[i][0]), n)
+    bare_learn = _timed(lambda i: bare.learn(examples[i][1]), n)
+    bare_loop = [p + q for p, q in zip(bare_predict, bare_learn, strict=True)]
+
+    with tempfile.TemporaryDirectory() as home:
+        engine = LocalPersonalizer(home, policy_arguments=policy)
+        answers: list[dict[str, Any]] = []
+        rank = _timed(lambda i: answers.append(engine.rank(requests[i])), n)
+
+        def reward(i: int) -> None:
+            engine.reward(answers[i]["eventId"],
+                          {"reward": [{"slotId": s["id"], "value": float(rng.random() < 0.3)}
+                                      for s in answers[i]["slots"]]})
+
+        rewards = _timed(reward, n)
+        loop = [a + b for a, b in zip(rank, rewards, strict=True)]
+        engine.close()
+    return {
+        "bare_predict_p50": _pct(bare_predict, 0.5) * 1e6, "bare_predict_p99": _pct(bare_predict, 0.99) * 1e6,
+        "rank_p50": _pct(rank, 0.5) * 1e6, "rank_p99": _pct(rank, 0.99) * 1e6,
+        "bare_loops_s": 1 / statistics.mean(bare_loop), "loops_s": 1 / statistics.mean(loop),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed-events", type=int, default=4000)
+    parser.add_argument("--large-events", type=int, default=300)
+    parser.add_argument("--policy", default=None, help="VW policy arguments (default: the engine's default)")
+    args = parser.parse_args()
+    from personalizer.engine import DEFAULT_POLICY_ARGUMENTS
+
+    policy = args.policy or DEFAULT_POLICY_ARGUMENTS
+    policy = " ".join(t for t in policy.split() if t != "--epsilon" and not t.replace(".", "").isdigit())
+    rng = random.Random(0)
+    rows = [
+        ("seed (4 actions x 2 slots)", measure("seed", seed_requests(args.seed_events, rng), policy, rng)),
+        ("large (50 actions x 10 slots)", measure("large", large_requests(args.large_events, rng), policy, rng)),
+    ]
+    print(f"policy: {policy} --epsilon 0.2\n")
+    print("| workload | bare VW predict p50 / p99 (µs) | engine rank p50 / p99 (µs) | rank overhead (p50) "
+          "| bare VW predict+learn loops/s | engine rank+reward+learn loops/s (SQLite log) | loop overhead |")
+    print("|---|---|---|---|---|---|---|")
+    for name, m in rows:
+        print(f"| {name} | {m['bare_predict_p50']:.0f} / {m['bare_predict_p99']:.0f} "
+              f"| {m['rank_p50']:.0f} / {m['rank_p99']:.0f} | {m['rank_p50'] / m['bare_predict_p50']:.2f}x "
+              f"| {m['bare_loops_s']:.0f} | {m['loops_s']:.0f} | {m['bare_loops_s'] / m['loops_s']:.2f}x |")
+    seed, large = rows[0][1], rows[1][1]
+    print("\nTargets:")
+    checks = [
+        ("seed loop overhead <= 3x bare VW", seed["bare_loops_s"] / seed["loops_s"] <= 3),
+        ("large loop overhead <= 1.5x bare VW", large["bare_loops_s"] / large["loops_s"] <= 1.5),
+        (">= 2,000 full loops/s on the seed catalog with the durable log", seed["loops_s"] >= 2000),
+    ]
+    for text, ok in checks:
+        print(f"- [{'x' if ok else ' '}] {text}")
+
+
+if __name__ == "__main__":
+    main()
