@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vowpalwabbit import Workspace
 
 from personalizer import features
-from personalizer.engine import LocalPersonalizer, _encode, _labeled, vw_learn, vw_predict
+from personalizer.engine import LocalPersonalizer, encode_request, labeled_example, vw_learn, vw_predict
 
 SEED_ACTIONS = [
     {"id": "Red-Polo-Shirt-432", "features": [{"onSale": "true", "price": 20, "category": "Clothing"}]},
@@ -73,7 +73,7 @@ def _bare_examples(requests: list[dict[str, Any]], rng: random.Random) -> list[t
     out = []
     for i, req in enumerate(requests):
         canonical = {**req, "slots": [{"features": [], "excludedActions": [], **s} for s in req["slots"]]}
-        head, bodies, allowed, _ = _encode(canonical, f"bench-{i}")
+        head, bodies, allowed, _ = encode_request(canonical, f"bench-{i}")
         unlabeled = head + [features.slot_line(b, a) for b, a in zip(bodies, allowed, strict=True)]
         taken: set[int] = set()
         chosen = []
@@ -81,7 +81,7 @@ def _bare_examples(requests: list[dict[str, Any]], rng: random.Random) -> list[t
             c = next(x for x in a if x not in taken)
             taken.add(c)
             chosen.append(c)
-        labeled = _labeled(head, bodies, allowed, chosen, [0.5] * len(bodies),
+        labeled = labeled_example(head, bodies, allowed, chosen, [0.5] * len(bodies),
                            [float(rng.random() < 0.3) for _ in bodies])
         out.append((unlabeled, labeled))
     return out

@@ -2,12 +2,17 @@
 
 from .contract import PersonalizerError
 
-__all__ = ["PersonalizerError", "LocalPersonalizer"]
+__all__ = ["LocalPersonalizer", "PersonalizerClient", "PersonalizerError"]
 
 
-def __getattr__(name: str):  # lazy: importing the contract must not load Vowpal Wabbit
+def __getattr__(name: str) -> object:
+    """Lazy exports: importing the contract or the client must not load Vowpal Wabbit."""
     if name == "LocalPersonalizer":
         from .engine import LocalPersonalizer
 
         return LocalPersonalizer
+    if name == "PersonalizerClient":
+        from .client import PersonalizerClient
+
+        return PersonalizerClient
     raise AttributeError(name)

@@ -188,17 +188,23 @@ class _Pending:
     rewards: dict[str, float] = field(default_factory=dict)
 
 
-def _encode(request: dict[str, Any], event_id: str) -> tuple[list[str], list[str], list[list[int]], dict[str, int]]:
-    """VW lines of a canonical request: head lines, slot bodies, allowed action indices, action index."""
+def encode_request(request: dict[str, Any], event_id: str
+                   ) -> tuple[list[str], list[str], list[list[int]], dict[str, int]]:
+    """VW lines of a canonical (logged) request: head lines, slot bodies, allowed action indices, action index.
+
+    Each slot is seeded with ``<eventId>#<slot position>``: one seed for the whole event
+    would give every slot the same random draw, so later slots would explore exactly
+    when the first one does and their logged probabilities would be wrong.
+    """
     index = {a["id"]: i for i, a in enumerate(request["actions"])}
     head = [features.shared_line(request["contextFeatures"])]
     head.extend(features.action_line(a["id"], a["features"]) for a in request["actions"])
     bodies, allowed = [], []
     n = len(index)
-    for slot in request["slots"]:
+    for k, slot in enumerate(request["slots"]):
         excluded = {index[x] for x in slot["excludedActions"]}
         allowed.append([i for i in range(n) if i not in excluded])
-        bodies.append(features.slot_body(slot["id"], slot["features"], event_id))
+        bodies.append(features.slot_body(slot["id"], slot["features"], f"{event_id}#{k}"))
     return head, bodies, allowed, index
 
 
@@ -330,8 +336,9 @@ class LocalPersonalizer:
         now = self._clock()
         self._log.add_checkpoint(self._learn_seq, now, reason, self.arguments, self._model_bytes())
         self._since_checkpoint = 0
-        if reason != "periodic":
+        if reason != "periodic":  # a new model lineage: nothing learned into it yet
             self._created = now
+            self._modified = None
 
     def _restore(self) -> None:
         """Load the newest checkpoint, replay what was learned after it, reload pending events."""
@@ -349,10 +356,10 @@ class LocalPersonalizer:
         self._modified: float | None = None
         replayed = 0
         for ev in self._log.learned_after(start):
-            head, bodies, allowed, index = _encode(ev.request, ev.event_id)
+            head, bodies, allowed, index = encode_request(ev.request, ev.event_id)
             chosen = [index[s["rewardActionId"]] for s in ev.response["slots"]]
             probs = [s["probability"] for s in ev.response["slots"]]
-            vw_learn(self._vw, _labeled(head, bodies, allowed, chosen, probs, ev.labels or [], ev.mode))
+            vw_learn(self._vw, labeled_example(head, bodies, allowed, chosen, probs, ev.labels or [], ev.mode))
             self._modified = ev.closed
             replayed += 1
         self._since_checkpoint = replayed
@@ -363,7 +370,7 @@ class LocalPersonalizer:
         self.replayed_on_start = replayed
 
     def _reload_pending(self, ev: StoredEvent) -> None:
-        head, bodies, allowed, index = _encode(ev.request, ev.event_id)
+        head, bodies, allowed, index = encode_request(ev.request, ev.event_id)
         slots = ev.response["slots"]
         start = ev.activated if ev.activated is not None else ev.created
         p = _Pending(
@@ -407,7 +414,7 @@ class LocalPersonalizer:
                 if previous is not None:
                     return previous
             event_id = given or new_event_id()
-            head, bodies, allowed, index = _encode(canonical, event_id)
+            head, bodies, allowed, index = encode_request(canonical, event_id)
             mode = self._config.learning_mode
             if mode == "Online":
                 lines = head + [features.slot_line(b, a) for b, a in zip(bodies, allowed, strict=True)]
@@ -623,7 +630,7 @@ class LocalPersonalizer:
         if p.mode == "LoggingOnly":
             self._log.close_event(p.event_id, "logged", now, None, labels)
             return
-        vw_learn(self._vw, _labeled(p.head, p.slot_bodies, p.allowed, p.chosen, p.probabilities, labels, p.mode))
+        vw_learn(self._vw, labeled_example(p.head, p.slot_bodies, p.allowed, p.chosen, p.probabilities, labels, p.mode))
         self._learn_seq += 1
         self._modified = now
         self._log.close_event(p.event_id, "learned", now, self._learn_seq, labels)
@@ -641,7 +648,7 @@ class LocalPersonalizer:
         req = parse(MultiSlotRankRequest, request, "InvalidRankRequest")
         _check_rank(req)
         canonical = req.model_dump(by_alias=True, exclude={"event_id"})
-        head, bodies, allowed, _ = _encode(canonical, "greedy")
+        head, bodies, allowed, _ = encode_request(canonical, "greedy")
         ids = [a["id"] for a in canonical["actions"]]
         picks: list[int] = []
         with self._lock:
@@ -802,7 +809,7 @@ class LocalPersonalizer:
         self.close()
 
 
-def _labeled(head: list[str], bodies: Sequence[str], allowed: Sequence[Sequence[int]], chosen: Sequence[int],
+def labeled_example(head: list[str], bodies: Sequence[str], allowed: Sequence[Sequence[int]], chosen: Sequence[int],
              probs: Sequence[float], rewards: Sequence[float | None], mode: str = "Online") -> list[str]:
     """A labeled CCB example: each slot carries ``chosen:cost:probability``.
 

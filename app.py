@@ -1,0 +1,23 @@
+"""Personalizer Studio: the Streamlit entry point (page config, navigation, shared sidebar).
+
+Run it with ``streamlit run app.py``. Pages live in ``pages/``; everything they
+use lives in ``personalizer.dashboard``.
+"""
+
+import streamlit as st
+
+from personalizer.dashboard import routing, sidebar
+
+st.set_page_config(page_title="Personalizer Studio", page_icon="🎯", layout="wide",
+                   initial_sidebar_state="expanded")
+
+page = st.navigation([
+    st.Page("pages/rank_and_reward.py", title="Rank & reward", icon=":material/ads_click:", default=True),
+    st.Page("pages/reward_trends.py", title="Reward trends", icon=":material/monitoring:"),
+    st.Page("pages/simulator.py", title="Simulator", icon=":material/group:"),
+])
+routing.begin_app_run()
+refresh_counts = sidebar.draw()
+page.run()
+refresh_counts()
+routing.end_app_run()

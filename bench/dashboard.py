@@ -1,0 +1,153 @@
+"""Dashboard speed beside the engine-only time of the same work, measured in one run.
+
+    python bench/dashboard.py [--visitors 10000] [--sim-visitors 3000] [--clicks 30]
+
+Three measurements, each with its engine-only twin:
+- the rerun after an Accept click (AppTest wall time of the whole script run:
+  sidebar, rank page, cards) vs. the engine's ``activate`` + ``reward`` for that slot;
+- the Reward trends page with a long history (``--visitors`` simulated visitors,
+  two history rows each) vs. the same pandas + altair work without Streamlit;
+- the simulator through the page (progress bar every 100 visitors, rows into the
+  history) vs. ``simulation.simulate`` on the bare engine.
+AppTest adds its own overhead (a script thread, parsing the output), so its times
+are an upper bound of what a server spends. Machines here are noisy: read ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.testing.v1 import AppTest
+
+from personalizer.dashboard import charts, trends
+from personalizer.dashboard.backend import embedded_engine, resolve_home
+from personalizer.dashboard.history import History
+from personalizer.dashboard.scenarios import builtin
+from personalizer.dashboard.simulator import run_simulation
+from personalizer.engine import LocalPersonalizer
+from personalizer.simulation import simulate
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+TARGETS = {"accept": 0.150, "trends": 1.0, "simulator": 1000.0}
+
+
+def _navigation_only() -> None:
+    """Route AppTest's pages through app.py, as a server does (see tests/dashboard_fixtures.py)."""
+    original = PagesManager.__init__
+
+    def init(self: PagesManager, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    PagesManager.__init__ = init  # type: ignore[method-assign]
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench_accept(clicks: int) -> tuple[float, float]:
+    """Median seconds: the rerun after Accept; the engine's activate + reward for one slot."""
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    engine = embedded_engine(resolve_home())
+    reruns = []
+    for _ in range(clicks):
+        at.button(key="next-visitor").click().run()
+        reruns.append(_timed(lambda: at.button(key="accept-BigHeroPosition").click().run()))
+        assert not at.exception and at.button(key="accept-BigHeroPosition").disabled
+    scenario = builtin("seed")
+    direct = []
+    for _ in range(clicks):
+        event = engine.rank(scenario.rank_request({"time": "morning", "device": "mobile"}, defer=True))
+        reward = {"reward": [{"slotId": "BigHeroPosition", "value": 1.0}]}
+        direct.append(_timed(lambda e=event, r=reward: (engine.activate(e["eventId"]),
+                                                         engine.reward(e["eventId"], r))))
+    return statistics.median(reruns), statistics.median(direct)
+
+
+def bench_trends(visitors: int) -> tuple[float, float, float, int]:
+    """Seconds: first trends run with a fresh history frame, a rerun, the same work without Streamlit."""
+    history = History()
+    with LocalPersonalizer(Path(tempfile.mkdtemp()) / "fill") as engine:
+        run_simulation(engine, builtin("seed"), visitors, history, seed=7)
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.session_state["studio.history"] = history
+    first = _timed(lambda: at.switch_page("pages/reward_trends.py").run())
+    assert not at.exception and at.metric
+    rerun = statistics.median(_timed(lambda: at.run()) for _ in range(5))
+
+    def logic() -> None:
+        history.version += 1  # force the frame to be rebuilt, as on the first run
+        df = history.frame()
+        summary = trends.summarize(df)
+        order = [s.slot for s in summary.slots]
+        specs = [charts.accept_rate_bars(trends.slot_rates(df), order), charts.action_mix_chart(trends.action_mix(df))]
+        curves = trends.learning_curves(df, 50)
+        specs += [charts.learning_curve(curves[curves["slot"] == s], 50) for s in order]
+        for chart in specs:
+            chart.to_dict()
+
+    direct = statistics.median(_timed(logic) for _ in range(5))
+    return first, rerun, direct, len(history)
+
+
+def bench_simulator(visitors: int) -> tuple[float, float, float]:
+    """Visitors per second: through the simulator page (AppTest wall), its own count, bare simulate()."""
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    at.switch_page("pages/simulator.py").run()
+    at.number_input(key="sim-visitors").set_value(visitors)
+    wall = _timed(lambda: at.button(key="sim-run").click().run())
+    assert not at.exception
+    result = at.session_state["studio.sim_result"]
+    with LocalPersonalizer(Path(tempfile.mkdtemp()) / "bare") as engine:
+        bare = _timed(lambda: simulate(engine, builtin("seed"), visitors, seed=7))
+    return visitors / wall, result.per_second, visitors / bare
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--visitors", type=int, default=10_000, help="simulated visitors in the trends history")
+    parser.add_argument("--sim-visitors", type=int, default=3_000, help="visitors for the simulator run")
+    parser.add_argument("--clicks", type=int, default=30, help="Accept clicks to time")
+    args = parser.parse_args()
+    os.environ["PERSONALIZER_HOME"] = str(Path(tempfile.mkdtemp()) / "home")
+    _navigation_only()
+
+    accept, accept_engine = bench_accept(args.clicks)
+    first, rerun, logic, rows = bench_trends(args.visitors)
+    page_rate, run_rate, bare_rate = bench_simulator(args.sim_visitors)
+    embedded_engine.clear()
+
+    def ok(good: bool) -> str:
+        return "yes" if good else "**no**"
+
+    print(f"Dashboard benchmark (Python {sys.version.split()[0]}, {os.cpu_count()} CPUs)\n")
+    print("| measurement | dashboard | same work, engine / logic only | target | met |")
+    print("|---|---|---|---|---|")
+    print(f"| rerun after an Accept click (median of {args.clicks}) | {accept * 1000:.0f} ms "
+          f"| {accept_engine * 1000:.2f} ms (activate + reward) | <= 150 ms | {ok(accept <= TARGETS['accept'])} |")
+    print(f"| Reward trends, {args.visitors:,} visitors ({rows:,} history rows), first run | {first * 1000:.0f} ms "
+          f"| {logic * 1000:.0f} ms (pandas + altair, no Streamlit) | <= 1 s | {ok(first <= TARGETS['trends'])} |")
+    print(f"| Reward trends, same history, rerun | {rerun * 1000:.0f} ms | — | <= 1 s "
+          f"| {ok(rerun <= TARGETS['trends'])} |")
+    print(f"| simulator, {args.sim_visitors:,} visitors with progress bar | {page_rate:,.0f} visitors/s "
+          f"(run's own clock {run_rate:,.0f}/s) | {bare_rate:,.0f} visitors/s (bare simulate) | >= 1,000/s "
+          f"| {ok(page_rate >= TARGETS['simulator'])} |")
+
+
+if __name__ == "__main__":
+    main()

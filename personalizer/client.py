@@ -1,0 +1,328 @@
+"""A ``requests`` client for any Personalizer-compatible endpoint (this project's server or a look-alike).
+
+``PersonalizerClient`` offers the embedded engine's methods with the same dicts in
+and out and the same ``PersonalizerError``, so code written against one backend
+runs against the other. The endpoint may be given with or without a trailing
+slash or a ``/personalizer`` suffix, so the seed quickstart's URL-joining bug
+cannot happen here.
+
+Retries are bounded (``retries`` extra attempts, exponential ``backoff``,
+``Retry-After`` honoured) and happen only when repeating the call cannot do
+harm: on 429/503 answers and on connections that were never made, for every
+call; on ambiguous failures (timeout or connection lost after sending) only for
+calls that are safe to repeat. Rank is made safe by design: a request without an
+``eventId`` gets one generated here, and the server answers a repeated
+(eventId, request) with the first answer instead of ranking twice.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import secrets
+import string
+import time
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from .contract import PersonalizerError
+
+__all__ = ["API_VERSION", "PersonalizerClient", "normalize_endpoint"]
+
+API_VERSION = "2022-09-01-preview"
+KEY_HEADER = "Ocp-Apim-Subscription-Key"
+_API_QUERY = f"?api-version={API_VERSION}"
+_RETRY_STATUSES = frozenset({429, 503})
+_MAX_RETRY_AFTER = 30.0
+_STATUS_CODES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "ResourceNotFound",
+                 405: "OperationNotAllowed", 408: "RequestTimeout", 409: "Conflict", 413: "PayloadSizeExceeded",
+                 415: "UnsupportedMediaType", 429: "TooManyRequests", 500: "InternalServerError",
+                 502: "BadGateway", 503: "ServiceUnavailable", 504: "GatewayTimeout"}
+_NO_BODY: Any = object()  # a JSON body of null is still a body
+_SUFFIX = re.compile(r"/personalizer(/v\d[^/]*)?$", re.IGNORECASE)
+
+
+def normalize_endpoint(endpoint: str) -> str:
+    """The service root (``scheme://host[:port][/prefix]``, no trailing slash) of an endpoint URL.
+
+    Accepts ``http://host:8000``, ``http://host:8000/``, ``.../personalizer`` and
+    ``.../personalizer/v1.1-preview.1/``; raises ValueError for anything but http(s).
+    """
+    url = (endpoint or "").strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", url, re.IGNORECASE):
+        raise ValueError(f"endpoint must be an http:// or https:// URL, not {endpoint!r}")
+    return _SUFFIX.sub("", url).rstrip("/")
+
+
+def _new_event_id() -> str:
+    """An event id shaped like Personalizer's (32 hex digits, '-', 5 alphanumerics)."""
+    tail = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(5))
+    return f"{secrets.token_hex(16)}-{tail}"
+
+
+class PersonalizerClient:
+    """Personalizer over HTTP with the embedded engine's interface.
+
+    ``endpoint``: the server's base URL. ``key``: sent as ``Ocp-Apim-Subscription-Key``
+    (never shown in messages or repr). ``timeout``: seconds per attempt. ``retries``:
+    extra attempts for retryable failures, waiting ``backoff * 2**attempt`` seconds
+    (or the server's Retry-After). ``session``: a ``requests.Session`` to reuse
+    (the client then does not close it).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        key: str | None = None,
+        *,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.2,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.endpoint = normalize_endpoint(endpoint)
+        self._base = f"{self.endpoint}/personalizer"
+        self._key = key or None
+        self.timeout = timeout
+        self.retries = max(0, int(retries))
+        self.backoff = max(0.0, float(backoff))
+        self._own_session = session is None
+        self.session = session if session is not None else _session_for(self.endpoint)
+
+    def __repr__(self) -> str:
+        return f"PersonalizerClient({self.endpoint!r}, key={'***' if self._key else None})"
+
+    # ------------------------------------------------------------ the loop
+    def rank(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Multi-slot rank: ``MultiSlotRankRequest`` dict -> ``MultiSlotRankResponse`` dict (201)."""
+        body = self._with_event_id(request)
+        return _json_of(self._call("POST", "/multislot/rank", json_body=body, safe=True))
+
+    def reward(self, event_id: str, reward: dict[str, Any]) -> dict[str, Any]:
+        """Per-slot rewards ``{"reward": [{"slotId", "value"}]}``; returns the receipt ``{"eventId", "status"}``.
+
+        Retried when ambiguous: with the default ``earliest`` aggregation a repeated reward
+        changes nothing that was learned (with ``sum`` a repeat after a lost answer could count twice).
+        """
+        resp = self._call("POST", f"/multislot/events/{_quote(event_id)}/reward", json_body=reward, safe=True)
+        return _receipt(event_id, resp)
+
+    def activate(self, event_id: str) -> dict[str, Any]:
+        """Activate a deferred event; idempotent. Returns the receipt ``{"eventId", "status"}``."""
+        resp = self._call("POST", f"/multislot/events/{_quote(event_id)}/activate", safe=True)
+        return _receipt(event_id, resp)
+
+    def rank_single(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Single-slot rank (v1.0 contract): ``RankRequest`` dict -> ``RankResponse`` dict."""
+        body = self._with_event_id(request)
+        return _json_of(self._call("POST", "/rank", json_body=body, safe=True))
+
+    def reward_single(self, event_id: str, reward: dict[str, Any]) -> dict[str, Any]:
+        """Single-slot reward ``{"value"}``; returns the receipt."""
+        resp = self._call("POST", f"/events/{_quote(event_id)}/reward", json_body=reward, safe=True)
+        return _receipt(event_id, resp)
+
+    # ------------------------------------------------------------ configuration
+    def get_service_configuration(self) -> dict[str, Any]:
+        """The service configuration."""
+        return _json_of(self._call("GET", "/configurations/service", safe=True))
+
+    def update_service_configuration(self, configuration: dict[str, Any]) -> dict[str, Any]:
+        """Update the configuration; returns the new one."""
+        return _json_of(self._call("PUT", "/configurations/service", json_body=configuration, safe=True))
+
+    def get_policy(self) -> dict[str, Any]:
+        """The learning policy ``{"name", "arguments"}``."""
+        return _json_of(self._call("GET", "/configurations/policy", safe=True))
+
+    def update_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
+        """Set the learning policy (the model restarts); returns it. Not repeated after an ambiguous failure."""
+        return _json_of(self._call("PUT", "/configurations/policy", json_body=policy, safe=False))
+
+    def reset_policy(self) -> dict[str, Any]:
+        """Back to the default policy; returns it."""
+        return _json_of(self._call("DELETE", "/configurations/policy", safe=False))
+
+    # ------------------------------------------------------------ model and log
+    def export_model(self) -> bytes:
+        """The current Vowpal Wabbit model file."""
+        return self._call("GET", "/model", safe=True).content
+
+    def import_model(self, model: bytes) -> None:
+        """Replace the model with a VW multi-slot model file (raw bytes)."""
+        self._call("PUT", "/model", data=bytes(model), content_type="application/octet-stream", safe=True)
+
+    def reset_model(self) -> None:
+        """Start a fresh model with the current policy."""
+        self._call("DELETE", "/model", safe=False)
+
+    def model_properties(self) -> dict[str, Any]:
+        """``{"creationTime", "lastModifiedTime"}`` of the model."""
+        return _json_of(self._call("GET", "/model/properties", safe=True))
+
+    def log_properties(self) -> dict[str, Any]:
+        """``{"dateRange": {"from", "to"}}`` of the event log."""
+        return _json_of(self._call("GET", "/logs/properties", safe=True))
+
+    def delete_logs(self) -> int:
+        """Delete closed events from the log; returns how many (when the server tells)."""
+        resp = self._call("DELETE", "/logs", safe=True)
+        try:
+            return int(resp.headers.get("x-personalizer-deleted", "0"))
+        except ValueError:
+            return 0
+
+    def stats(self) -> dict[str, Any]:
+        """Event counts and settings (this project's server extension)."""
+        return _json_of(self._call("GET", "/stats", safe=True))
+
+    def health(self) -> dict[str, Any]:
+        """The server's health answer (``{"status": "ok", ...}``); needs no key."""
+        return _json_of(self._call("GET", "/health", safe=True, api_version=False))
+
+    # ------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Close the HTTP session if this client created it."""
+        if self._own_session:
+            self.session.close()
+
+    def __enter__(self) -> PersonalizerClient:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ transport
+    @staticmethod
+    def _with_event_id(request: Any) -> Any:
+        """The request with an eventId, so a retried rank is answered, not ranked twice."""
+        if isinstance(request, dict) and request.get("eventId") is None:
+            return {**request, "eventId": _new_event_id()}
+        return request
+
+    def _call(self, method: str, path: str, *, json_body: Any = _NO_BODY, data: bytes | None = None,
+              content_type: str | None = None, safe: bool, api_version: bool = True) -> requests.Response:
+        """One call with bounded retries; raises PersonalizerError for every failure."""
+        headers = {"Accept": "application/json"}
+        if self._key:
+            headers[KEY_HEADER] = self._key
+        if json_body is not _NO_BODY:
+            data = json.dumps(json_body).encode()
+            content_type = "application/json"
+        if content_type:
+            headers["Content-Type"] = content_type
+        url = self._base + path + (_API_QUERY if api_version else "")
+        attempt = 0
+        while True:
+            try:
+                resp = self.session.request(method, url, data=data, headers=headers, timeout=self.timeout)
+            except requests.RequestException as exc:
+                unsent = _never_sent(exc)
+                if attempt < self.retries and (safe or unsent):
+                    self._sleep(attempt, None)
+                    attempt += 1
+                    continue
+                raise self._transport_error(exc, unsent) from None
+            if resp.status_code < 400:
+                return resp
+            if resp.status_code in _RETRY_STATUSES and attempt < self.retries:
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
+                resp.close()
+                self._sleep(attempt, retry_after)
+                attempt += 1
+                continue
+            raise self._http_error(resp)
+
+    def _sleep(self, attempt: int, retry_after: float | None) -> None:
+        delay = retry_after if retry_after is not None else self.backoff * (2 ** attempt)
+        time.sleep(min(max(delay, 0.0), _MAX_RETRY_AFTER))
+
+    def _http_error(self, resp: requests.Response) -> PersonalizerError:
+        status = resp.status_code
+        code, message = None, None
+        try:
+            body = resp.json()
+            err = body.get("error") if isinstance(body, dict) else None
+            if isinstance(err, dict):
+                code, message = err.get("code"), err.get("message")
+        except ValueError:
+            pass
+        if not isinstance(code, str) or not code:
+            code = _STATUS_CODES.get(status, f"Http{status}")
+        if not isinstance(message, str) or not message:
+            text = (resp.text or "").strip().replace("\n", " ")[:200]
+            message = f"HTTP {status} {resp.reason or ''}".strip() + (f": {text}" if text else "")
+        return PersonalizerError(code, self._scrub(message), status)
+
+    def _transport_error(self, exc: requests.RequestException, unsent: bool) -> PersonalizerError:
+        if isinstance(exc, requests.Timeout) and not unsent:
+            return PersonalizerError("RequestTimeout", f"no answer from {self.endpoint} within {self.timeout} s", 408)
+        detail = self._scrub(str(exc).splitlines()[0][:200]) if str(exc) else type(exc).__name__
+        return PersonalizerError("ServiceUnreachable", f"cannot reach {self.endpoint}: {detail}", 503)
+
+    def _scrub(self, text: str) -> str:
+        """Messages never carry the key, even if a server or proxy echoed it."""
+        return text.replace(self._key, "***") if self._key else text
+
+
+def _session_for(url: str) -> requests.Session:
+    """A session with the environment's proxy, CA bundle and netrc settings resolved once.
+
+    requests re-reads them on every call when ``trust_env`` is on (about 0.3 ms a call
+    here, as much as the server's own work), so they are pinned at construction.
+    """
+    session = requests.Session()
+    env = session.merge_environment_settings(url, {}, None, None, None)
+    session.proxies.update(env.get("proxies") or {})
+    if env.get("verify") not in (None, True):
+        session.verify = env["verify"]
+    auth = requests.utils.get_netrc_auth(url)
+    if auth:
+        session.auth = auth
+    session.trust_env = False
+    return session
+
+
+def _json_of(resp: requests.Response) -> Any:
+    """The JSON answer, or a PersonalizerError if the endpoint answered something else."""
+    try:
+        return resp.json()
+    except ValueError:
+        raise PersonalizerError("InvalidResponse", f"the endpoint answered HTTP {resp.status_code} without JSON "
+                                f"({resp.headers.get('content-type', 'no content type')})", 502) from None
+
+
+def _quote(event_id: str) -> str:
+    return quote(str(event_id), safe="")
+
+
+def _receipt(event_id: str, resp: requests.Response) -> dict[str, Any]:
+    return {"eventId": event_id, "status": resp.headers.get("x-personalizer-status", "accepted")}
+
+
+def _never_sent(exc: requests.RequestException) -> bool:
+    """True when the request certainly never reached the server (refused or timed-out connect)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.ConnectionError):
+        text = repr(exc.args[0] if exc.args else exc)
+        return "NewConnectionError" in text or "Connection refused" in text or "NameResolutionError" in text
+    return False
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

@@ -1,0 +1,182 @@
+"""The shared sidebar: backend (settings, events learned, reset) and scenario (built-in or uploaded)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import streamlit as st
+
+from ..simulation import Scenario
+from . import state
+from .backend import backend_stats, service_configuration
+from .ranking import error_text
+from .scenarios import DEFAULT_SCENARIO, builtin, builtin_names, scenario_from_upload
+from .text import md, md_block
+
+log = logging.getLogger(__name__)
+
+UPLOAD = "__upload__"
+LEARNING_MODES = {
+    "Online": "Online: learn and explore",
+    "Apprentice": "Apprentice: serve baselines, learn to imitate",
+    "LoggingOnly": "LoggingOnly: serve baselines, only log",
+}
+_SIDEBAR_FLASH = "studio.sidebar_flash"
+_UPLOADED = "studio.uploaded"
+
+
+def draw() -> Callable[[], None]:
+    """Draw the sidebar, put this run's scenario in the session; return a function that refreshes the counts.
+
+    ``app.py`` calls the returned function after the page ran, so "events
+    learned" includes what the page (an answer, a simulation) just taught.
+    """
+    with st.sidebar:
+        refresh = _backend_section()
+        st.divider()
+        state.set_scenario(_scenario_section())
+    return refresh
+
+
+# ---------------------------------------------------------------- backend
+
+def _sidebar_flash(kind: str, text: str) -> None:
+    st.session_state.setdefault(_SIDEBAR_FLASH, []).append((kind, text))
+
+
+def _apply(field: str, key: str, convert: Callable[[Any], Any]) -> None:
+    """Callback of a settings widget: write one service-configuration field to the backend."""
+    try:
+        state.backend().update_service_configuration({field: convert(st.session_state[key])})
+    except Exception as exc:
+        log.warning("could not set %s: %r", field, exc)
+        _sidebar_flash("error", f"Could not change {field}. {error_text(exc)}")
+
+
+def _reset_model() -> None:
+    """Callback of the confirmed reset."""
+    state.set_confirming_reset(False)
+    try:
+        state.backend().reset_model()
+    except Exception as exc:
+        _sidebar_flash("error", f"Could not reset the model. {error_text(exc)}")
+        return
+    _sidebar_flash("success", "Model reset: it starts fresh. The event log and your history are kept.")
+
+
+def _backend_section() -> Callable[[], None]:
+    st.subheader("Backend", anchor=False)
+    choice = state.backend_choice()
+    st.caption(f"{md(choice.label)} · data in {md(choice.home or '')}")
+    for kind, text in st.session_state.pop(_SIDEBAR_FLASH, []):
+        getattr(st, kind, st.info)(md_block(text))
+    try:
+        backend = state.backend()
+        config = service_configuration(backend)
+    except Exception as exc:
+        st.error(f"The backend is not available. {md(error_text(exc))}", icon=":material/error:")
+        return lambda: None
+    if config is not None and hasattr(backend, "update_service_configuration"):
+        # Settings are the backend's, shared by every tab: show its values, not this tab's last ones.
+        st.session_state["engine-learning-mode"] = config.get("learningMode", "Online")
+        st.session_state["engine-exploration"] = round(100 * float(config.get("explorationPercentage", 0.2)))
+        st.selectbox("Learning mode", list(LEARNING_MODES), key="engine-learning-mode",
+                     format_func=LEARNING_MODES.get, on_change=_apply,
+                     args=("learningMode", "engine-learning-mode", str),
+                     help="Shared by every tab. Apprentice and LoggingOnly show each slot's baseline action.")
+        st.slider("Exploration", 0, 100, key="engine-exploration", format="%d%%", on_change=_apply,
+                  args=("explorationPercentage", "engine-exploration", lambda v: v / 100),
+                  help="Share of ranks that try something other than the model's top pick (shared by every tab).")
+    counts = st.empty()
+
+    def refresh() -> None:
+        try:
+            stats = backend_stats(backend)
+        except Exception as exc:
+            counts.caption(f"Counts unavailable: {md(error_text(exc))}")
+            return
+        if stats is None:
+            counts.empty()
+            return
+        with counts.container():
+            st.markdown(f"**{stats.get('learned', 0):,}** events learned",
+                        help="Learned: events the model trained on. Waiting: ranked events whose rewards or "
+                             "reward wait time are still open. Never activated: visitors only looked at, "
+                             "dropped after the reward wait time and never learned.")
+            st.caption(f"{stats.get('pending', 0):,} waiting for rewards · "
+                       f"{stats.get('discarded', 0):,} never activated")
+
+    refresh()
+    if hasattr(backend, "reset_model"):
+        if not state.confirming_reset():
+            st.button("Reset model…", key="reset-model", icon=":material/restart_alt:",
+                      on_click=state.set_confirming_reset, args=(True,),
+                      help="Start a fresh model. The event log and this tab's history are kept.")
+        else:
+            st.warning("Reset the model? It forgets everything it learned, for every tab. "
+                       "The event log is kept.", icon=":material/warning:")
+            with st.container(horizontal=True, gap="small"):
+                st.button("Yes, reset", key="reset-confirm", type="primary", on_click=_reset_model)
+                st.button("Cancel", key="reset-cancel", on_click=state.set_confirming_reset, args=(False,))
+    return refresh
+
+
+# ---------------------------------------------------------------- scenario
+
+def _label(name: str) -> str:
+    if name == UPLOAD:
+        return "Upload a scenario JSON…"
+    return f"{name} (quickstart catalog)" if name == DEFAULT_SCENARIO else name
+
+
+def _uploaded(data: bytes, filename: str) -> Scenario:
+    """Parse an upload once per content (reruns reuse it)."""
+    digest = hashlib.sha256(data).hexdigest()
+    cached = st.session_state.get(_UPLOADED)
+    if cached is not None and cached[0] == digest:
+        if isinstance(cached[1], Exception):
+            raise cached[1]
+        return cached[1]
+    try:
+        scenario = scenario_from_upload(data, filename)
+    except ValueError as exc:
+        st.session_state[_UPLOADED] = (digest, exc)
+        raise
+    st.session_state[_UPLOADED] = (digest, scenario)
+    return scenario
+
+
+def _scenario_section() -> Scenario | None:
+    st.subheader("Scenario", anchor=False)
+    options = [*builtin_names(), UPLOAD]
+    if st.session_state.get("scenario-choice") not in options:
+        st.session_state["scenario-choice"] = DEFAULT_SCENARIO if DEFAULT_SCENARIO in options else options[0]
+    choice = st.selectbox("Catalog and visitors", options, key="scenario-choice", format_func=_label,
+                          help="The actions, slots and context selectors of the rank page, and the hidden "
+                               "preferences of simulated visitors.")
+    scenario: Scenario | None = None
+    if choice == UPLOAD:
+        upload = st.file_uploader("Scenario JSON", type=["json"], key="scenario-upload",
+                                  help="Same format as personalizer/scenarios/*.json.")
+        if upload is None:
+            st.caption("Upload a file to use it; the pages wait for it.")
+            return None
+        try:
+            scenario = _uploaded(upload.getvalue(), upload.name)
+        except ValueError as exc:
+            st.error(f"**This scenario cannot be used.**  \n{md_block(exc)}", icon=":material/error:")
+            return None
+        st.success(f"Loaded {md(scenario.name)}", icon=":material/check_circle:")
+    else:
+        try:
+            scenario = builtin(choice)
+        except ValueError as exc:
+            st.error(md_block(exc))
+            return None
+    if scenario.description:
+        with st.expander("About this scenario"):
+            st.caption(md(scenario.description))
+    return scenario

@@ -1,0 +1,111 @@
+"""Simulated visitors through a backend, appended to a tab's history chunk by chunk.
+
+The run is split into chunks (default 100 visitors): after each chunk its rows
+join the history and the progress callback fires. Streamlit can stop a script
+only at a Streamlit call, i.e. in the callback, between chunks, so an
+interrupted run (the person clicks elsewhere) keeps every visitor the backend
+already learned from in the history. A drifting profile switches at the same
+visitor as one uninterrupted :func:`simulation.simulate` run would.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..simulation import Scenario, simulate
+from .history import History
+from .ranking import Backend
+
+MIN_VISITORS = 10
+MAX_VISITORS = 10_000
+CHUNK = 100
+
+Progress = Callable[[int, int, float], None]
+
+
+@dataclass
+class SimulationResult:
+    """What a run did: visitors, time, and accept rates against the references."""
+
+    profile: str
+    visitors: int
+    seconds: float
+    accept_rate: float
+    first_rate: float
+    last_rate: float
+    oracle_rate: float
+    baseline_rate: float
+
+    @property
+    def per_second(self) -> float:
+        """Visitors per second (backend, history and progress included)."""
+        return self.visitors / self.seconds if self.seconds > 0 else math.inf
+
+
+def _phases(profile: Scenario) -> tuple[Scenario, Scenario | None]:
+    """The profile without drift, and (if it drifts) the profile that takes over, as drift-free scenarios."""
+    if profile.drift is None:
+        return profile, None
+    data = profile.to_dict()
+    data.pop("drift")
+    before = Scenario.from_dict(data)
+    data["preferences"] = profile.drift["preferences"]
+    return before, Scenario.from_dict(data)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def run_simulation(backend: Backend, profile: Scenario, visitors: int, history: History, *,
+                   seed: int | None = None, on_progress: Progress | None = None,
+                   chunk: int = CHUNK) -> SimulationResult:
+    """Play ``visitors`` simulated visitors with ``profile``'s hidden preferences through ``backend``.
+
+    Rows go into ``history`` as ``simulated`` after every chunk; ``on_progress(done,
+    total, seconds)`` is called after each chunk. Event ids are fresh per run
+    (``sim-<random>-<chunk>-<i>``), so a durable backend never sees one twice.
+    """
+    if not MIN_VISITORS <= visitors <= MAX_VISITORS:
+        raise ValueError(f"visitors must be between {MIN_VISITORS} and {MAX_VISITORS:,}, got {visitors}")
+    seed = secrets.randbits(31) if seed is None else seed
+    run_id = secrets.token_hex(4)
+    before, after = _phases(profile)
+    switch = visitors if after is None else math.ceil(float(profile.drift_at or 1.0) * visitors)
+    accepted: list[float] = []
+    oracle: list[float] = []
+    baseline: list[float] = []
+    per_visitor: list[float] = []
+    start = time.perf_counter()
+    done = 0
+    k = 0
+    while done < visitors:
+        phase = 1 if done >= switch else 0
+        limit = visitors if phase == 1 else switch
+        size = min(chunk, limit - done)
+        truth = after if phase == 1 and after is not None else before
+        records = simulate(backend, truth, size, seed + k, event_prefix=f"sim-{run_id}-{k}-")
+        for r in records:
+            r["phase"] = phase
+        history.add_simulated(records, profile.name)
+        for i in range(0, len(records), len(truth.slot_ids)):
+            group = records[i:i + len(truth.slot_ids)]
+            per_visitor.append(_mean([g["accepted"] for g in group]))
+        accepted.extend(r["accepted"] for r in records)
+        oracle.extend(r["oracle_expected"] for r in records)
+        baseline.extend(r["baseline_expected"] for r in records)
+        done += size
+        k += 1
+        if on_progress is not None:
+            on_progress(done, visitors, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    tenth = max(1, visitors // 10)
+    return SimulationResult(
+        profile=profile.name, visitors=visitors, seconds=seconds, accept_rate=_mean(accepted),
+        first_rate=_mean(per_visitor[:tenth]), last_rate=_mean(per_visitor[-tenth:]),
+        oracle_rate=_mean(oracle), baseline_rate=_mean(baseline),
+    )

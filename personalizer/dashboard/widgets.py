@@ -1,0 +1,141 @@
+"""Streamlit drawing helpers the pages share: context selectors, slot cards, messages.
+
+Every string from a scenario goes through :func:`.text.md` before it reaches an
+element that renders Markdown; nothing here uses ``unsafe_allow_html``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import streamlit as st
+
+from ..simulation import Scenario
+from . import state
+from .ranking import RankedEvent, SlotChoice, answer, error_text, exploration_label
+from .text import context_label, currency, describe_features, is_true, lookup, md, md_block
+
+log = logging.getLogger(__name__)
+
+#: Feature names a card shows in their own place rather than in the feature line.
+_CARD_FEATURES = ("category", "price", "onSale")
+CARDS_PER_ROW = 3
+
+
+def show_error(exc: BaseException, doing: str) -> None:
+    """A backend error as a readable message with its Personalizer code; the page goes on."""
+    log.warning("%s: %r", doing, exc)
+    st.error(f"**{md(doing)}.** {md(error_text(exc))}", icon=":material/error:")
+
+
+def show_flashes() -> None:
+    """Messages queued by callbacks (a refused reward, a reset model) for this draw."""
+    for kind, text in state.take_flashes():
+        icon = {"error": ":material/error:", "warning": ":material/warning:",
+                "success": ":material/check_circle:", "info": ":material/info:"}.get(kind)
+        getattr(st, kind, st.info)(md_block(text), icon=icon)
+
+
+def scenario_missing() -> None:
+    """What a page shows while the sidebar has no valid scenario."""
+    st.info("Choose a built-in scenario in the sidebar, or upload a valid scenario JSON file.",
+            icon=":material/upload_file:")
+
+
+def context_selectors(scenario: Scenario, event: RankedEvent | None) -> dict[str, str]:
+    """One selector per context feature of the scenario; returns the chosen context.
+
+    A selector's value survives a visit to another page: when Streamlit has dropped
+    the widget's state, it is restored from the visitor being shown.
+    """
+    names = list(scenario.context_options)
+    columns = st.columns(len(names) + 1, vertical_alignment="bottom")
+    context: dict[str, str] = {}
+    for name, column in zip(names, columns, strict=False):
+        key = f"ctx-{name}"
+        options = scenario.context_options[name]
+        if st.session_state.get(key) not in options:
+            shown = event.context.get(name) if event is not None and event.scenario == scenario.name else None
+            st.session_state[key] = shown if shown in options else options[0]
+        context[name] = column.selectbox(md(name), options, key=key)
+    columns[-1].button("Next visitor", key="next-visitor", icon=":material/person_add:",
+                       on_click=state.request_new_visitor, width="stretch",
+                       help="Rank again for the same context with a new eventId.")
+    return context
+
+
+def _on_answer(event_id: str, slot_id: str, value: float) -> None:
+    """Accept / Reject callback: one reward for one slot of the visitor on screen."""
+    event = state.current_event()
+    if event is None or event.event_id != event_id:
+        state.flash("warning", "That visitor is gone (a new one was ranked); nothing was sent.")
+        return
+    try:
+        sent = answer(state.backend(), event, slot_id, value)
+    except Exception as exc:
+        log.warning("reward for %s/%s failed: %r", event_id, slot_id, exc)
+        state.flash("error", f"Could not send the reward for slot {slot_id}. {error_text(exc)}")
+        return
+    if sent:
+        state.history().set_reward(event_id, slot_id, value)
+
+
+def event_header(event: RankedEvent) -> None:
+    """The visitor line above the cards: context, answers so far, eventId."""
+    done = event.answered
+    total = len(event.slots)
+    if done == total:
+        badge = ":green-badge[:material/done_all: All slots answered]"
+    elif done:
+        badge = f":blue-badge[:material/pending: {done} of {total} answered]"
+    else:
+        badge = ":gray-badge[:material/hourglass_empty: Waiting for answers]"
+    st.markdown(f"**Visitor** · {md(context_label(event.context))} &nbsp; {badge}")
+    st.caption(f"eventId {md(event.event_id)}")
+
+
+def slot_card(event: RankedEvent, slot: SlotChoice) -> None:
+    """One slot: where it is, what was chosen (category, price, sale, features), baseline, exploration, answer."""
+    with st.container(border=True):
+        where = md(describe_features(slot.slot_features))
+        st.markdown(f":material/view_quilt: **{md(slot.slot_id)}**" + (f" :gray[· {where}]" if where else ""))
+        st.caption("CHOSEN ACTION")
+        st.markdown(f"### {md(slot.action_id)}")
+        features = slot.action_features
+        with st.container(horizontal=True, vertical_alignment="center", gap="small"):
+            category = lookup(features, "category")
+            if category is not None:
+                st.badge(md(category), icon=":material/sell:", color="blue")
+            price = currency(lookup(features, "price"))
+            if price is not None:
+                st.markdown(f"**{md(price)}**")
+            if is_true(lookup(features, "onSale")):
+                st.badge("On sale", icon=":material/percent:", color="green")
+        rest = describe_features(features, skip=_CARD_FEATURES)
+        if rest:
+            st.caption(md(rest))
+        same = slot.baseline_id == slot.action_id
+        st.caption(f"Without personalization: **{md(slot.baseline_id)}**" + (" (the same)" if same else ""))
+        icon = ":material/explore:" if slot.exploration else ":material/target:"
+        st.caption(f"{icon} {md(exploration_label(slot, event))}")
+        decided = slot.decision is not None
+        with st.container(horizontal=True, gap="small"):
+            st.button("Accept", key=f"accept-{slot.slot_id}", type="primary", icon=":material/thumb_up:",
+                      disabled=decided, on_click=_on_answer, args=(event.event_id, slot.slot_id, 1.0))
+            st.button("Reject", key=f"reject-{slot.slot_id}", icon=":material/thumb_down:",
+                      disabled=decided, on_click=_on_answer, args=(event.event_id, slot.slot_id, 0.0))
+        if slot.decision is not None:
+            if slot.decision > 0:
+                st.success("Accepted · reward 1 sent", icon=":material/check_circle:")
+            else:
+                st.info("Rejected · reward 0 sent", icon=":material/cancel:")
+
+
+def slot_cards(event: RankedEvent) -> None:
+    """The slot cards in slot order, up to three per row."""
+    per_row = min(CARDS_PER_ROW, len(event.slots))
+    for start in range(0, len(event.slots), per_row):
+        columns = st.columns(per_row)
+        for column, slot in zip(columns, event.slots[start:start + per_row], strict=False):
+            with column:
+                slot_card(event, slot)

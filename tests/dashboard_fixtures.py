@@ -1,0 +1,135 @@
+"""Fixtures and helpers for the dashboard's AppTest tests.
+
+Import them into a test module (``from dashboard_fixtures import app_fixture``);
+the fixtures are named ``app`` and ``studio_home``.
+
+Each test gets its own data directory (``PERSONALIZER_HOME`` in a temp dir), so
+the shared ``st.cache_resource`` engine is a fresh one; it is released (closed)
+after the test.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the app imports the package from the checkout
+    sys.path.insert(0, str(ROOT))
+
+from personalizer.dashboard.backend import embedded_engine, resolve_home  # noqa: E402
+from personalizer.engine import LocalPersonalizer  # noqa: E402
+
+APP = str(ROOT / "app.py")
+RANK = "pages/rank_and_reward.py"
+TRENDS = "pages/reward_trends.py"
+SIMULATOR = "pages/simulator.py"
+SLOTS = ["BigHeroPosition", "SmallSidebar"]
+
+
+def navigation_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make AppTest route pages through ``app.py``'s ``st.navigation``, as a real server does.
+
+    AppTest resets Streamlit's "app has a pages/ directory" flag before every run,
+    so from the second run on it executes ``pages/<page>.py`` on its own (the old
+    pages-directory mode) and skips ``app.py`` and its sidebar. A running server
+    clears that flag for good the first time ``st.navigation`` is called.
+    """
+    original = PagesManager.__init__
+
+    def init(self: PagesManager, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+
+
+@pytest.fixture(name="studio_home")
+def studio_home_fixture(tmp_path: Path) -> Iterator[Path]:
+    """A fresh data directory for the embedded engine; the cached engine is closed afterwards."""
+    home = tmp_path / "personalizer-home"
+    with pytest.MonkeyPatch.context() as patch:  # its own patcher: tests may undo theirs freely
+        patch.setenv("PERSONALIZER_HOME", str(home))
+        navigation_only(patch)
+        yield home
+        embedded_engine.clear()
+
+
+@pytest.fixture(name="app")
+def app_fixture(studio_home: Path) -> AppTest:
+    """The dashboard after its first run (the rank page, a visitor ranked)."""
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def shared_engine() -> LocalPersonalizer:
+    """The shared engine the app in this test uses."""
+    return embedded_engine(resolve_home())
+
+
+def history(at: AppTest) -> pd.DataFrame:
+    """The tab's history as a DataFrame."""
+    return at.session_state["studio.history"].frame()
+
+
+def event_id(at: AppTest) -> str:
+    """The eventId of the visitor on the rank page."""
+    return at.session_state["studio.event"].event_id
+
+
+def raw_texts(at: AppTest) -> str:
+    """All markdown, caption, alert and metric text of the last run as sent (Markdown source)."""
+    parts: list[str] = []
+    for kind in ("markdown", "caption", "error", "warning", "success", "info", "title", "subheader"):
+        parts.extend(str(e.value) for e in getattr(at, kind))
+    parts.extend(f"{m.label} {m.value}" for m in at.metric)
+    return "\n".join(parts)
+
+
+def unescape(markdown: str) -> str:
+    """Markdown source with backslash escapes removed: what a person reads."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+
+
+def texts(at: AppTest) -> str:
+    """:func:`raw_texts` as a person reads it (escapes removed)."""
+    return unescape(raw_texts(at))
+
+
+def charts(at: AppTest) -> list[Any]:
+    """The Vega-Lite chart elements of the main area (altair charts), in page order."""
+    return [e for e in at.main if getattr(e, "type", None) == "vega_lite_chart"]
+
+
+def spec(chart: Any) -> dict[str, Any]:
+    """A chart's Vega-Lite spec, read from the element proto."""
+    return json.loads(chart.proto.spec)
+
+
+def chart_data(chart: Any) -> pd.DataFrame:
+    """All rows of a chart's datasets (Arrow in the proto), concatenated."""
+    frames = [pa.ipc.open_stream(d.data.data).read_all().to_pandas() for d in chart.proto.datasets]
+    if chart.proto.data.data:
+        frames.append(pa.ipc.open_stream(chart.proto.data.data).read_all().to_pandas())
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def run_simulator(at: AppTest, visitors: int = 200) -> AppTest:
+    """Open the simulator page and run it for ``visitors`` visitors."""
+    at.switch_page(SIMULATOR).run()
+    at.number_input(key="sim-visitors").set_value(visitors)
+    at.button(key="sim-run").click().run()
+    assert not at.exception, at.exception
+    return at

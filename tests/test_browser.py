@@ -1,0 +1,297 @@
+"""A real browser against ``streamlit run app.py``: headless Debian Chromium driven by Playwright.
+
+The app runs as a subprocess on a free loopback port with its own data
+directory; the test stops it. Screenshots land in ``test-artifacts/browser/``.
+Run ``python tests/test_browser.py docs/screenshots`` to refresh the README's
+screenshots (a longer simulation, so the curves have something to show).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("STUDIO_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+EVIL = "<img src=x onerror=alert(1)>"
+
+pytestmark = pytest.mark.browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def streamlit_app(home: Path, log: Path) -> Iterator[str]:
+    """``streamlit run app.py`` on a free loopback port; yields its URL and stops it afterwards."""
+    port = _free_port()
+    env = {**os.environ, "PERSONALIZER_HOME": str(home)}
+    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+           "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"streamlit did not start; see {log}") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@contextmanager
+def browser_page(width: int = 1400, height: int = 1000) -> Iterator[object]:
+    """A Chromium page (Debian's binary; Playwright downloads nothing)."""
+    try:
+        from playwright import sync_api
+    except ImportError:
+        pytest.fail("the Python package playwright is missing (pip install -r requirements-dev.txt); "
+                    "or deselect this test with -m 'not browser'")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (Playwright's own browser download "
+                    "is not used); or deselect this test with -m 'not browser'")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(30_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def _choose(page, label: str, option: str) -> None:
+    """Pick an option of a Streamlit selectbox by its label."""
+    page.get_by_role("combobox", name=label, exact=True).click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def _button(page, key: str):
+    return page.locator(f".st-key-{key} button:visible")
+
+
+def _nav(page, name: str):
+    """A page link of the sidebar menu."""
+    return page.get_by_test_id("stSidebarNavItems").get_by_role("link", name=name)
+
+
+def _metric(page, label: str) -> str:
+    """The value of the metric with this exact label."""
+    label_el = page.get_by_test_id("stMetricLabel").get_by_text(label, exact=True)
+    return page.get_by_test_id("stMetric").filter(has=label_el).get_by_test_id("stMetricValue").inner_text()
+
+
+def _event_id(page) -> str:
+    text = page.get_by_text(re.compile(r"^eventId ")).inner_text()
+    return text.removeprefix("eventId ").strip()
+
+
+_IDLE = """() => !document.querySelector("[data-testid='stStatusWidget']")
+    && !document.querySelector("[data-stale='true']")"""
+
+
+def _settle(page) -> None:
+    """Wait until Streamlit finished its run: no 'Running' widget and no stale element, twice in a row."""
+    for _ in range(2):
+        page.wait_for_timeout(200)
+        page.wait_for_function(_IDLE, timeout=60_000)
+
+
+def _shoot(page, name: str, height: int | None = None) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    if height:
+        page.set_viewport_size({"width": page.viewport_size["width"], "height": height})
+        page.wait_for_timeout(800)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path))
+    return path
+
+
+def _evil_scenario() -> bytes:
+    data = json.loads((ROOT / "personalizer" / "scenarios" / "seed.json").read_text())
+    old = data["actions"][0]["id"]
+    text = json.dumps(data).replace(json.dumps(old), json.dumps(EVIL))
+    data = json.loads(text)
+    data["name"] = "evil"
+    data.pop("drift", None)
+    return json.dumps(data).encode()
+
+
+def test_the_demo_end_to_end_in_chromium(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    dialogs: list[str] = []
+    with streamlit_app(home, tmp_path / "streamlit.log") as url, browser_page() as page:
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+
+        # A deep link as the server's very first request still gets the app's sidebar and menu.
+        page.goto(f"{url}/reward_trends")
+        page.get_by_text("No rewards yet").wait_for()
+        page.get_by_role("heading", name="Backend").wait_for()
+        _shoot(page, "01-trends-empty")
+
+        # Load: a visitor is ranked, one card per slot.
+        page.goto(url)
+        _button(page, "accept-BigHeroPosition").wait_for()
+        _settle(page)
+        first = _event_id(page)
+        assert page.get_by_text("time=morning, device=mobile").count() == 1
+        _shoot(page, "02-rank-first")
+
+        # Change a selector: a new visitor for that context.
+        _choose(page, "time", "evening")
+        page.get_by_text("time=evening, device=mobile").wait_for()
+        _settle(page)
+        second = _event_id(page)
+        assert second != first
+
+        # Accept one slot (a double click sends one reward) and reject the other.
+        _button(page, "accept-BigHeroPosition").dblclick()
+        page.get_by_text("Accepted · reward 1 sent").wait_for()
+        _settle(page)
+        assert _button(page, "accept-BigHeroPosition").is_disabled()
+        assert _button(page, "reject-BigHeroPosition").is_disabled()
+        assert _button(page, "accept-SmallSidebar").is_enabled()
+        _button(page, "reject-SmallSidebar").click()
+        page.get_by_text("Rejected · reward 0 sent").wait_for()
+        page.get_by_text("All slots answered").wait_for()
+        _settle(page)
+        _shoot(page, "03-rank-answered")
+
+        # Next visitor: the cards change and can be answered again.
+        _button(page, "next-visitor").click()
+        page.get_by_text("Waiting for answers").wait_for()
+        _settle(page)
+        assert _event_id(page) != second
+        assert _button(page, "accept-BigHeroPosition").is_enabled()
+
+        # The simulator: 200 visitors through the same engine.
+        _nav(page, "Simulator").click()
+        visitors = page.get_by_label("Visitors", exact=True)
+        visitors.fill("200")
+        visitors.press("Enter")
+        _settle(page)
+        _button(page, "sim-run").click()
+        page.get_by_text(re.compile(r"Simulated 200 visitors")).wait_for(timeout=60_000)
+        _settle(page)
+        _shoot(page, "04-simulator")
+
+        # The trends page draws its charts.
+        _nav(page, "Reward trends").click()
+        page.get_by_text("Accept rate per slot").wait_for()
+        charts = page.locator("[data-testid='stVegaLiteChart']")
+        charts.nth(3).wait_for()
+        assert charts.count() == 4  # accept-rate bars, action mix, a learning curve per slot
+        for i in range(4):
+            drawn = charts.nth(i).locator("canvas, svg").first
+            drawn.wait_for()
+            box = drawn.bounding_box()
+            assert box is not None and box["width"] > 100 and box["height"] > 100
+        assert (_metric(page, "Events"), _metric(page, "Rewarded slots")) == ("203", "402")
+        _settle(page)
+        _shoot(page, "05-trends", height=2300)
+        with page.expect_download() as download:
+            _button(page, "download-history").click()
+        csv = Path(download.value.path()).read_text().splitlines()
+        assert csv[0].startswith("visitor,time,eventId,context,slot,action,baseline,probability")
+        assert len(csv) == 1 + 406  # 203 visitors x 2 slots
+
+        # An uploaded scenario's ids show as text and run nothing.
+        page.set_viewport_size({"width": 1400, "height": 1000})
+        _nav(page, "Rank & reward").click()
+        _choose(page, "Catalog and visitors", "Upload a scenario JSON…")
+        page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(
+            {"name": "evil.json", "mimeType": "application/json", "buffer": _evil_scenario()})
+        page.get_by_text("Loaded evil").wait_for()
+        _settle(page)
+        for _ in range(8):  # rank until the evil action is on a card (it is allowed in both slots)
+            if page.get_by_text(EVIL, exact=False).count():
+                break
+            _button(page, "next-visitor").click()
+            _settle(page)
+        assert page.get_by_text(EVIL, exact=False).count() >= 1  # shown literally
+        assert page.locator("img[src='x']").count() == 0
+        _shoot(page, "06-escaped-ids")
+        assert not dialogs, dialogs
+        assert not errors, errors
+
+    # After the server stopped, the data directory holds exactly what was clicked.
+    sys.path.insert(0, str(ROOT))
+    from personalizer.engine import LocalPersonalizer
+
+    with LocalPersonalizer(home) as engine:
+        stats = engine.stats()
+        manual = [e for e in engine.events() if not e.event_id.startswith("sim-")]
+    answered = [e for e in manual if e.activated is not None]
+    assert len(answered) == 1 and answered[0].event_id == second and answered[0].labels == [1.0, 0.0]
+    assert stats["rewards"] == 2 + 400 and stats["learned"] == 1 + 200
+
+
+def readme_screenshots(out: Path, visitors: int = 3000) -> None:
+    """Screenshots for the README: the rank page and the trends page after a simulator run."""
+    out.mkdir(parents=True, exist_ok=True)
+    home = Path(os.environ.get("TMPDIR", "/tmp")) / f"studio-shots-{os.getpid()}"
+    shutil.rmtree(home, ignore_errors=True)
+    with streamlit_app(home, out / ".streamlit.log") as url, browser_page(1400, 1000) as page:
+        page.goto(f"{url}/simulator")
+        visitors_input = page.get_by_label("Visitors", exact=True)
+        visitors_input.fill(str(visitors))
+        visitors_input.press("Enter")
+        _settle(page)
+        _button(page, "sim-run").click()
+        page.get_by_text(re.compile(r"Simulated [\d,]+ visitors")).wait_for(timeout=120_000)
+        _settle(page)
+        _nav(page, "Rank & reward").click()
+        _button(page, "accept-BigHeroPosition").wait_for()
+        _choose(page, "time", "afternoon")
+        page.get_by_text("time=afternoon, device=mobile").wait_for()
+        _settle(page)
+        _button(page, "accept-BigHeroPosition").click()
+        page.get_by_text("Accepted · reward 1 sent").wait_for()
+        _settle(page)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(out / "rank.png"))
+        _nav(page, "Reward trends").click()
+        page.locator("[data-testid='stVegaLiteChart']").nth(3).wait_for()
+        page.set_viewport_size({"width": 1400, "height": 1900})
+        _settle(page)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(out / "trends.png"))
+    (out / ".streamlit.log").unlink(missing_ok=True)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    readme_screenshots(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/screenshots"))
