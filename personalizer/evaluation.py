@@ -1281,6 +1281,11 @@ class Evaluations:
     def get(self, evaluation_id: str, *, api_version: str = API_V1, interval_minutes: int | None = None,
             start: Any = None, end: Any = None, window: str = "Expanding") -> dict[str, Any]:
         """The evaluation in the shape of ``api_version`` (v1.1-preview.1 or 2022-09-01-preview)."""
+        # Checked here, not only when results exist: a bad query is a 400 while the evaluation runs too.
+        if interval_minutes is not None and interval_minutes not in INTERVALS_MINUTES:
+            raise PersonalizerError("BadRequest", f"intervalInMinutes must be one of {list(INTERVALS_MINUTES)}")
+        if not isinstance(window, str) or window.lower() not in ("expanding", "rolling"):
+            raise PersonalizerError("BadRequest", "window must be Expanding or Rolling")
         with self._lock:
             rec = self._get(evaluation_id)
             return self._render(rec, api_version, interval_minutes,

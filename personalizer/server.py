@@ -17,8 +17,15 @@ type, JSON, then the engine's own validation before it touches any state.
 Hot-path handlers (rank, reward, activate) call the engine inline on the event
 loop: the engine serialises on one lock anyway, and a thread hop per request
 cost about 0.3 ms more server CPU per request than it bought. Slow administrative calls
-(model export/import, policy changes, log deletion) run in the thread pool so
+(model export/import, policy changes, log deletion, evaluations) run in the thread pool so
 they do not stall the loop.
+
+Offline evaluations (``personalizer.evaluation.Evaluations``, one manager per app,
+closed with it) run on the manager's background thread: create answers at once with
+the evaluation pending, and GET shows it pending until it completes. Their shapes
+follow the path: v1.x paths (POST to create, 201 + Location) answer the
+v1.1-preview.1 ``Evaluation``; ``/personalizer/...?api-version=2022-09-01-preview``
+(PUT /evaluations/{id} to create, 200; list as ``{"value", "nextLink"}``) the 2022 one.
 """
 
 from __future__ import annotations
@@ -29,14 +36,18 @@ import hmac
 import json
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -55,6 +66,9 @@ from .contract import (
     RewardRequest,
     ServiceConfiguration,
 )
+
+if TYPE_CHECKING:  # the manager loads Vowpal Wabbit; create_app imports it when an app is built
+    from .evaluation import Evaluations
 
 __all__ = [
     "API_VERSIONS",
@@ -86,9 +100,14 @@ _STATUS_CODES = {400: "BadRequest", 401: "Unauthorized", 404: "ResourceNotFound"
                  409: "Conflict", 413: "PayloadSizeExceeded", 415: "UnsupportedMediaType",
                  429: "TooManyRequests", 500: "InternalServerError", 501: "OperationNotAllowed",
                  503: "ServiceUnavailable"}
-# Contract operations this server does not implement (offline evaluations and friends): a clear 501.
-_UNSUPPORTED = ("/evaluations", "/featureImportances", "/configurations/applyFromEvaluation",
-                "/logs/interactions", "/logs/observations")
+# Contract operations this server does not implement (feature importances, log exports): a clear 501.
+_UNSUPPORTED = ("/featureImportances", "/logs/interactions", "/logs/observations")
+#: Route tag of the unversioned paths (``?api-version=...``); the versioned ones are tagged by their version.
+_API_VERSION_TAG = "api-version"
+# The evaluations manager's names for the two wire shapes of an evaluation: every v1.x path
+# (v1.0 .. v1.1-preview.3) answers the v1.1-preview.1 one (evaluation.API_V1, evaluation.API_2022).
+_V1_SHAPE = "v1.1-preview.1"
+_2022_SHAPE = API_VERSIONS[0]
 
 
 # ---------------------------------------------------------------- responses
@@ -170,6 +189,14 @@ class _Operation:
     binary_body: bool = False
     binary_response: bool = False
     multislot: bool = False
+    #: Route tags (versions, or ``api-version``) serving the operation; None: all (v1.0 aside for multi-slot).
+    served: tuple[str, ...] | None = None
+    #: The handler gets the app's ``Evaluations`` manager instead of the engine.
+    evaluations: bool = False
+    #: The path parameter passed to the handler as its third argument.
+    path_param: str = "eventId"
+    #: Documented query parameters: (name, JSON type, description).
+    query: tuple[tuple[str, str, str], ...] = ()
 
 
 def _receipt(receipt: dict[str, Any] | None) -> Response:
@@ -257,6 +284,156 @@ async def _stats(engine: Any, request: Request, _: str) -> Response:
     return _json(stats)
 
 
+# ---------------------------------------------------------------- evaluations
+
+class EvaluationContract(BaseModel):
+    """An offline evaluation to run (the body of POST /evaluations and PUT /evaluations/{evaluationId}).
+
+    Declared for the OpenAPI document only: the evaluations manager validates bodies itself,
+    so that errors carry Personalizer's codes (InvalidEvaluationContract, DuplicateCustomPolicyNames...).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(max_length=256, description="The evaluation's name.")
+    startTime: datetime = Field(description="Start of the logged events to evaluate (ISO-8601; naive means UTC).")
+    endTime: datetime = Field(description="End (exclusive) of the logged events to evaluate; after startTime.")
+    policies: list[PolicyContract] = Field(
+        default_factory=list, max_length=10,
+        description="Up to 10 learning settings to evaluate beside Online, Baseline and Random; unique names.")
+    enableOfflineExperimentation: bool | None = Field(
+        default=None, description="v1.x: also evaluate the preset learning settings (OfflineExperimentation).")
+    enablePolicyOptimization: bool | None = Field(
+        default=None, description="2022-09-01-preview name of enableOfflineExperimentation.")
+
+
+class PolicyReferenceContract(BaseModel):
+    """A policy of a finished evaluation (the body of POST /configurations/applyFromEvaluation)."""
+
+    evaluationId: str = Field(max_length=256)
+    policyName: str | None = Field(
+        default=None, max_length=256,
+        description="Required by the contract; this server applies the evaluation's optimalPolicy when absent.")
+
+
+def _evaluation_arguments(body: Any) -> dict[str, Any]:
+    """The manager's ``create`` arguments from an EvaluationContract body."""
+    if not isinstance(body, dict):
+        raise PersonalizerError("InvalidEvaluationContract",
+                                "the body must be a JSON object: {name, startTime, endTime, policies}")
+    explore = body.get("enableOfflineExperimentation")
+    if explore is None:
+        explore = body.get("enablePolicyOptimization")
+    if explore is not None and not isinstance(explore, bool):
+        raise PersonalizerError("InvalidEvaluationContract", "enableOfflineExperimentation must be true or false")
+    return {"name": body.get("name"), "start": body.get("startTime"), "end": body.get("endTime"),
+            "policies": body.get("policies", []), "enable_offline_experimentation": bool(explore)}
+
+
+async def _create_evaluation_v1(evaluations: Evaluations, request: Request, _: str) -> Response:
+    arguments = _evaluation_arguments(await _json_body(request))
+    created = await run_in_threadpool(evaluations.create, None, **arguments)
+    location = str(request.url.replace(query="")).rstrip("/") + "/" + quote(created["id"], safe="")
+    return Response(_dumps(created), status_code=201, media_type=_JSON, headers={"Location": location})
+
+
+async def _create_evaluation(evaluations: Evaluations, request: Request, evaluation_id: str) -> Response:
+    arguments = _evaluation_arguments(await _json_body(request))
+
+    def create() -> dict[str, Any]:
+        evaluations.create(evaluation_id, **arguments)
+        return evaluations.get(evaluation_id, api_version=_2022_SHAPE)
+
+    return _json(await run_in_threadpool(create))
+
+
+async def _get_evaluation_v1(evaluations: Evaluations, request: Request, evaluation_id: str) -> Response:
+    return _json(await run_in_threadpool(evaluations.get, evaluation_id, api_version=_V1_SHAPE))
+
+
+async def _get_evaluation(evaluations: Evaluations, request: Request, evaluation_id: str) -> Response:
+    # startTime and endTime (required by the contract, always sent by the SDK) default to the evaluation's range.
+    q = request.query_params
+    interval = _int_param(request, "intervalInMinutes", minimum=1)
+    window = q.get("window") or "Expanding"
+    return _json(await run_in_threadpool(
+        evaluations.get, evaluation_id, api_version=_2022_SHAPE, interval_minutes=interval,
+        start=q.get("startTime") or None, end=q.get("endTime") or None, window=window))
+
+
+async def _list_evaluations_v1(evaluations: Evaluations, request: Request, _: str) -> Response:
+    return _json(await run_in_threadpool(evaluations.list, api_version=_V1_SHAPE))
+
+
+async def _list_evaluations(evaluations: Evaluations, request: Request, _: str) -> Response:
+    """``{"value": [EvaluationDetails], "nextLink"}``, filtered, then ``skip``/``top``, in pages of ``maxpagesize``."""
+    keep = _evaluation_filter(request.query_params.get("filter"))
+    skip = _int_param(request, "skip", minimum=0) or 0
+    top = _int_param(request, "top", minimum=0)
+    page_size = _int_param(request, "maxpagesize", minimum=1) or 100
+    items = [e for e in await run_in_threadpool(evaluations.list, api_version=_2022_SHAPE) if keep(e)]
+    wanted = items[skip:] if top is None else items[skip:skip + top]
+    page = wanted[:page_size]
+    body: dict[str, Any] = {"value": page}
+    if len(wanted) > len(page):
+        rest = {"skip": skip + len(page)} | ({} if top is None else {"top": top - len(page)})
+        body["nextLink"] = str(request.url.include_query_params(**rest))
+    return _json(body)
+
+
+async def _delete_evaluation(evaluations: Evaluations, request: Request, evaluation_id: str) -> Response:
+    await run_in_threadpool(evaluations.delete, evaluation_id)
+    return Response(status_code=204)
+
+
+async def _apply_from_evaluation(evaluations: Evaluations, request: Request, _: str) -> Response:
+    body = await _json_body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("evaluationId"), str):
+        raise PersonalizerError("BadRequest", "the body must be a JSON object {evaluationId, policyName}")
+    name = body.get("policyName")
+    if name is not None and not isinstance(name, str):
+        raise PersonalizerError("BadRequest", "policyName must be a string")
+    await run_in_threadpool(evaluations.apply, body["evaluationId"], name or None)
+    return Response(status_code=204)
+
+
+def _int_param(request: Request, name: str, *, minimum: int) -> int | None:
+    value = request.query_params.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = minimum - 1
+    if number < minimum:
+        raise PersonalizerError("BadRequest", f"{name} must be an integer >= {minimum}, not '{value[:32]}'")
+    return number
+
+
+_FILTER_CLAUSE = re.compile(r"^\s*(\w+)\s+eq\s+'([^']*)'\s*$", re.IGNORECASE)
+
+
+def _evaluation_filter(expression: str | None) -> Callable[[dict[str, Any]], bool]:
+    """A predicate for the list's ``filter``: ``field eq 'value'`` clauses joined by ``and``.
+
+    The contract's example is ``metadata=evaluationType eq 'Manual'``; the ``metadata=`` prefix
+    is optional. Fields: id, name, status, evaluationType (values compare case-insensitively).
+    """
+    if not expression or not expression.strip():
+        return lambda _: True
+    text = re.sub(r"^\s*metadata\s*=", "", expression, flags=re.IGNORECASE)
+    fields = {"id": "id", "name": "name", "status": "status", "evaluationtype": "evaluationType"}
+    clauses = []
+    for part in re.split(r"\s+and\s+", text, flags=re.IGNORECASE):
+        match = _FILTER_CLAUSE.match(part)
+        if match is None or match.group(1).lower() not in fields:
+            raise PersonalizerError(
+                "BadRequest", f"unsupported filter '{expression[:128]}': use clauses like evaluationType eq 'Manual' "
+                f"joined by 'and' (fields: {', '.join(fields.values())})")
+        clauses.append((fields[match.group(1).lower()], match.group(2).casefold()))
+    return lambda e: all(str(e.get(f, "")).casefold() == v for f, v in clauses)
+
+
 _EVENT = "/events/{eventId:path}"
 # Hot routes first: Starlette matches routes in order.
 _OPERATIONS = (
@@ -301,6 +478,45 @@ _OPERATIONS = (
                "The time range the event log covers.", LogsProperties),
     _Operation("Stats", "GET", "/stats", _stats, 200,
                "Extension: event counts by status, rewards, pending events, learning mode and policy."),
+    # Offline evaluations: v1.x shapes on the versioned paths, 2022-09-01-preview shapes with ?api-version.
+    _Operation("Evaluations_Create", "POST", "/evaluations", _create_evaluation_v1, 201,
+               "Start an offline evaluation of the logged events (runs in the background; Location: its URL).",
+               request_model=EvaluationContract, served=VERSIONED_PREFIXES, evaluations=True),
+    _Operation("Evaluations_List", "GET", "/evaluations", _list_evaluations_v1, 200,
+               "Every offline evaluation, oldest first, with its results.",
+               served=VERSIONED_PREFIXES, evaluations=True),
+    _Operation("Evaluations_Get", "GET", "/evaluations/{evaluationId}", _get_evaluation_v1, 200,
+               "An offline evaluation: status (pending, completed, failed...) and policyResults.",
+               served=VERSIONED_PREFIXES, evaluations=True, path_param="evaluationId"),
+    _Operation("Evaluations_Delete", "DELETE", "/evaluations/{evaluationId}", _delete_evaluation, 204,
+               "Delete an offline evaluation (a running one is cancelled).",
+               served=VERSIONED_PREFIXES, evaluations=True, path_param="evaluationId"),
+    _Operation("Evaluations_Create", "PUT", "/evaluations/{evaluationId}", _create_evaluation, 200,
+               "Start an offline evaluation with this id (runs in the background); 409 if the id exists.",
+               request_model=EvaluationContract, served=(_API_VERSION_TAG,), evaluations=True,
+               path_param="evaluationId"),
+    _Operation("Evaluations_List", "GET", "/evaluations", _list_evaluations, 200,
+               "Offline evaluations (details without results), oldest first, paged with nextLink.",
+               served=(_API_VERSION_TAG,), evaluations=True, query=(
+                   ("filter", "string", "Clauses like evaluationType eq 'Manual' joined by 'and'."),
+                   ("top", "integer", "At most this many evaluations."),
+                   ("skip", "integer", "Skip this many evaluations first."),
+                   ("maxpagesize", "integer", "Evaluations per page (default 100)."))),
+    _Operation("Evaluations_Get", "GET", "/evaluations/{evaluationId}", _get_evaluation, 200,
+               "An offline evaluation: status (Running, Succeeded, Failed...) and time series of its results.",
+               served=(_API_VERSION_TAG,), evaluations=True, path_param="evaluationId", query=(
+                   ("startTime", "string", "Start of the results' time range (default: the evaluation's)."),
+                   ("endTime", "string", "End of the results' time range (default: the evaluation's)."),
+                   ("intervalInMinutes", "integer", "Time-series interval: 5, 60, 360, 720 or 1440."),
+                   ("window", "string", "Expanding (cumulative, default) or Rolling (per interval)."))),
+    _Operation("Evaluations_Delete", "DELETE", "/evaluations/{evaluationId}", _delete_evaluation, 204,
+               "Delete an offline evaluation (a running one is cancelled).",
+               served=(_API_VERSION_TAG,), evaluations=True, path_param="evaluationId"),
+    _Operation("ServiceConfiguration_ApplyFromEvaluation", "POST", "/configurations/applyFromEvaluation",
+               _apply_from_evaluation, 204,
+               "Make a policy of a finished evaluation the learning policy, with the model its replay trained.",
+               request_model=PolicyReferenceContract, evaluations=True,
+               served=(*(v for v in VERSIONED_PREFIXES if v != "v1.0"), _API_VERSION_TAG)),
 )
 
 # Declared by reference (not ``model=``): FastAPI would build a pydantic field per route and status.
@@ -309,14 +525,15 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, code in _STATUS_CODES.items() if status in (400, 401, 404, 409, 413, 415, 500)}
 
 
-def _make_endpoint(engine: Any, op: _Operation, check_api_version: bool) -> Callable[[Request], Awaitable[Response]]:
+def _make_endpoint(target: Any, op: _Operation, check_api_version: bool) -> Callable[[Request], Awaitable[Response]]:
     handler = op.handler
+    param = op.path_param
 
     async def endpoint(request: Request) -> Response:
         try:
             if check_api_version:
                 _check_api_version(request.query_params.get("api-version"))
-            return await handler(engine, request, request.path_params.get("eventId", ""))
+            return await handler(target, request, request.path_params.get(param, ""))
         except PersonalizerError as exc:
             return error_response(exc)
 
@@ -357,9 +574,14 @@ def _openapi_extra(op: _Operation, check_api_version: bool) -> dict[str, Any]:
     if "{eventId" in op.path:
         params.append({"name": "eventId", "in": "path", "required": True, "schema": {"type": "string"},
                        "description": "The event id returned by rank (or given to it)."})
+    if "{evaluationId}" in op.path:
+        params.append({"name": "evaluationId", "in": "path", "required": True,
+                       "schema": {"type": "string", "maxLength": 256}, "description": "The evaluation's id."})
     if check_api_version:
         params.append({"name": "api-version", "in": "query", "required": True,
                        "schema": {"type": "string", "enum": list(API_VERSIONS)}})
+    params += [{"name": name, "in": "query", "required": False, "schema": {"type": kind}, "description": text}
+               for name, kind, text in op.query]
     extra: dict[str, Any] = {"parameters": params} if params else {}
     if op.request_model is not None:
         extra["requestBody"] = {"required": True, "content": {_JSON: {
@@ -460,6 +682,7 @@ def create_app(
     *,
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
     process_interval: float = 1.0,
+    evaluations: Evaluations | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``engine`` (a ``LocalPersonalizer``) with Personalizer's REST contract.
 
@@ -467,10 +690,20 @@ def create_app(
     ``Ocp-Apim-Subscription-Key`` header. ``max_body_bytes`` caps JSON bodies (413 beyond);
     model imports get ``max_model_bytes``. Every ``process_interval`` seconds a background
     task closes events whose reward wait time has passed. The caller owns ``engine``.
+
+    Offline evaluations run on an ``Evaluations`` manager over ``engine`` (kept in
+    ``<engine home>/evaluations.json``), created here and closed when the app shuts down;
+    pass ``evaluations`` to use your own (you close it). It is ``app.state.evaluations``.
     """
 
     if key is not None and (not key or not key.isascii() or not key.isprintable() or key != key.strip()):
         raise ValueError("the key must be non-empty printable ASCII without surrounding spaces (an HTTP header value)")
+    owns_evaluations = evaluations is None
+    if evaluations is None:
+        from .evaluation import Evaluations
+
+        evaluations = Evaluations(engine)
+    manager = evaluations
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -481,6 +714,8 @@ def create_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            if owns_evaluations:  # cancels a running evaluation; it runs again on the next start
+                await run_in_threadpool(manager.close)
 
     app = FastAPI(
         title="Personalizer Studio",
@@ -492,13 +727,16 @@ def create_app(
         lifespan=lifespan,
         redoc_url=None,
     )
-    prefixes = [(f"/personalizer/{v}", v, False) for v in VERSIONED_PREFIXES] + [("/personalizer", "api-version", True)]
+    app.state.evaluations = manager
+    prefixes = [(f"/personalizer/{v}", v, False) for v in VERSIONED_PREFIXES] + [
+        ("/personalizer", _API_VERSION_TAG, True)]
     for op in _OPERATIONS:
+        target = manager if op.evaluations else engine
         for prefix, tag, check in prefixes:
-            if op.multislot and tag == "v1.0":
+            if (op.multislot and tag == "v1.0") or (op.served is not None and tag not in op.served):
                 continue
             app.router.add_api_route(
-                prefix + op.path, _make_endpoint(engine, op, check), methods=[op.method], status_code=op.status,
+                prefix + op.path, _make_endpoint(target, op, check), methods=[op.method], status_code=op.status,
                 response_model=op.response_model, summary=op.summary, tags=[tag],
                 operation_id=f"{op.name}_{tag.replace('.', '_').replace('-', '_')}",
                 responses=_ERROR_RESPONSES, openapi_extra=_openapi_extra(op, check) or None,

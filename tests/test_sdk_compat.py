@@ -8,7 +8,9 @@ sends ``?api-version=2022-09-01-preview``, which the server's unversioned paths 
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,7 +18,14 @@ from server_fixtures import KEY, ThreadedServer, live_server_fixture, rank_reque
 
 sdk = pytest.importorskip("azure.ai.personalizer")
 from azure.core.credentials import AzureKeyCredential  # noqa: E402
-from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError  # noqa: E402
+from azure.core.exceptions import (  # noqa: E402
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+)
+
+from personalizer.simulation import load_scenario, simulate  # noqa: E402
 
 
 @pytest.fixture
@@ -97,3 +106,41 @@ def test_errors_reach_the_sdk_as_its_own_exceptions(clients: tuple[Any, Any], li
     wrong = sdk.PersonalizerClient(live_server.base, AzureKeyCredential("wrong"), retry_total=0)
     with pytest.raises(ClientAuthenticationError):
         wrong.rank_multi_slot(rank_request())
+
+
+def test_offline_evaluations(clients: tuple[Any, Any], live_server: ThreadedServer) -> None:
+    _, admin = clients
+    simulate(live_server.engine, load_scenario("seed"), 200, seed=4)  # logged, rewarded events
+    now = datetime.now(UTC)
+    start, end = now - timedelta(hours=1), now + timedelta(minutes=5)
+    candidate = {"name": "less exploration", "arguments": "--ccb_explore_adf --cb_type mtr -q :: --epsilon 0.1"}
+    contract = {"name": "sdk evaluation", "startTime": start.isoformat(), "endTime": end.isoformat(),
+                "policies": [candidate]}
+    assert admin.create_evaluation("sdk-eval", contract) is None
+    with pytest.raises(ResourceExistsError):
+        admin.create_evaluation("sdk-eval", contract)
+    listed = list(admin.list_evaluations())
+    assert [e["id"] for e in listed] == ["sdk-eval"] and listed[0]["name"] == "sdk evaluation"
+
+    deadline = time.monotonic() + 30
+    while True:
+        evaluation = admin.get_evaluation("sdk-eval", start_time=start, end_time=end, interval_in_minutes=5)
+        if evaluation["status"] != "Running" or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert evaluation["status"] == "Succeeded", evaluation
+    overall = {r["name"]: r["summary"] for r in evaluation["content"]["value"] if r["slotId"] == ""}
+    assert set(overall) == {"Online", "Baseline", "Random", "less exploration"}
+    low, high = overall["Online"]["confidenceInterval"]
+    assert low <= overall["Online"]["expectedReward"] <= high
+
+    assert admin.apply_from_evaluation({"evaluationId": "sdk-eval", "policyName": "less exploration"}) is None
+    assert admin.get_policy() == candidate
+    assert admin.delete_evaluation("sdk-eval") is None
+    with pytest.raises(ResourceNotFoundError) as info:
+        admin.get_evaluation("sdk-eval", start_time=start, end_time=end)
+    assert info.value.error.code == "EvaluationNotFound"
+    assert list(admin.list_evaluations()) == []
+    with pytest.raises(HttpResponseError) as info:
+        admin.create_evaluation("backwards", {**contract, "startTime": end.isoformat(), "endTime": start.isoformat()})
+    assert info.value.status_code == 400 and info.value.error.code == "InvalidEvaluationContract"
