@@ -483,7 +483,7 @@ def test_engine_greedy_policy_beats_random(tmp_path: Path) -> None:
     engine_module = pytest.importorskip("personalizer.engine")
     scenario = load_scenario("seed")
     engine = engine_module.LocalPersonalizer(tmp_path)
-    simulate(engine, scenario, 1500, seed=0)
+    simulate(engine, scenario, 1500, seed=0, event_prefix="learn-")
 
     def greedy_page(context) -> dict:
         return engine.greedy(scenario.rank_request(context))
