@@ -1,24 +1,23 @@
 """Personalizer JSON features -> Vowpal Wabbit conditional contextual bandit examples.
 
 Encoding (one rule, so replay and evaluation rebuild the exact same examples):
-- top-level keys of the feature objects become features of one namespace per
-  role: ``@`` for the context, ``_`` for an action, ``~`` for a slot. A string
-  value becomes the feature ``key=value``, a number ``key:value``, a boolean
-  ``key=true|false``; null is skipped; an array of numbers ``key[i]:value``;
-- a nested object is a namespace of its own (named by its key), as in
-  Personalizer's JSON; deeper objects add a dotted path to the feature name;
-- every action also carries its id and every slot its id in their role
-  namespace, so items with identical features stay distinguishable;
+- every feature goes into one namespace per role: ``@`` for the context, ``_``
+  for an action, ``~`` for a slot. A string value becomes the feature
+  ``key=value``, a number ``key:value``, a boolean ``key=true|false``; null is
+  skipped; an array of numbers ``key[i]:value``;
+- nested objects add a dotted path to the name (``user.geo.city=Oslo``), so
+  how a caller groups its JSON never changes what can be learned;
+- every action also carries its id (``_id=``) and every slot its id, so items
+  with identical features stay distinguishable;
 - keys starting with ``_`` are ignored, as Personalizer did;
 - keys are taken in sorted order, so key order never changes the example;
 - every name is percent-escaped, so ``|``, ``:``, ``=``, spaces, quotes or
-  newlines can never break the line or inject a feature, and a user namespace
-  can never start with a role namespace's character.
+  newlines can never break the line or inject a feature or a namespace.
 
-One namespace per role keeps interactions cheap and meaningful: ``-q ::`` crosses
-context with action and slot, and ``--cubic @@_`` crosses pairs of context
-features with the action (time x device x product) without the blow-up that
-per-key namespaces would cause under ``--cubic :::``.
+Three fixed namespaces make interactions cheap and predictable: the default
+policy's ``--cubic @@_`` crosses every pair of context features with every action
+feature (time x device x product), and VW's CCB reduction crosses everything with
+the slot position on its own. Custom policies can name the same three letters.
 """
 
 from __future__ import annotations
@@ -33,18 +32,11 @@ _ESCAPES.update({i: f"%{i:02X}" for i in range(32) if i not in _ESCAPES})
 CONTEXT_NAMESPACE = "@"
 ACTION_NAMESPACE = "_"
 SLOT_NAMESPACE = "~"
-# User namespaces must not start with a role namespace's character.
-_RESERVED_FIRST = {ord(c): f"%{ord(c):02X}" for c in CONTEXT_NAMESPACE + ACTION_NAMESPACE + SLOT_NAMESPACE}
 
 
 def escape(text: str) -> str:
     """Percent-escape the characters that are syntax in a VW text example."""
     return text.translate(_ESCAPES)
-
-
-def _namespace(name: str) -> str:
-    name = escape(name)
-    return name[0].translate(_RESERVED_FIRST) + name[1:]
 
 
 def _number(value: float) -> str:
@@ -87,22 +79,11 @@ def _flatten(obj: dict[str, Any], prefix: str, out: list[str]) -> None:
 
 
 def namespaces(feature_objects: Iterable[dict[str, Any]], role: str, extra: str = "") -> str:
-    """Encode feature objects: the role namespace (with ``extra`` first), then nested namespaces."""
+    """Encode feature objects as the role's namespace: ``|@ f1 f2 ...`` (``extra`` first)."""
     flat: list[str] = [extra] if extra else []
-    nested: list[str] = []
     for obj in feature_objects:
-        for key, value in sorted(obj.items()):
-            if key[:1] == "_" or value is None:
-                continue
-            if isinstance(value, dict):
-                feats: list[str] = []
-                _flatten(value, "", feats)
-                if feats:
-                    nested.append(f"|{_namespace(key)} {' '.join(feats)}")
-            else:
-                flat.append(_scalar(key, value))
-    head = f"|{role} {' '.join(flat)}" if flat else f"|{role}"
-    return " ".join([head, *nested])
+        _flatten(obj, "", flat)
+    return f"|{role} {' '.join(flat)}" if flat else f"|{role}"
 
 
 def shared_line(context_features: Sequence[dict[str, Any]]) -> str:

@@ -29,7 +29,7 @@ def test_slot_line_carries_the_seed_tag() -> None:
 def test_types_nested_arrays_null_bool_and_ignored_keys() -> None:
     text = features.shared_line([{"user": {"age": 31, "tier": "gold", "geo": {"city": "Oslo"}},
                                   "emb": [0.5, -1], "vip": True, "gone": None, "_label": "x"}])
-    assert text == "ccb shared |@ emb[0]:0.5 emb[1]:-1 vip=true |user age:31 geo.city=Oslo tier=gold"
+    assert text == "ccb shared |@ emb[0]:0.5 emb[1]:-1 user.age:31 user.geo.city=Oslo user.tier=gold vip=true"
 
 
 def test_empty_context_still_parses() -> None:
@@ -39,9 +39,10 @@ def test_empty_context_still_parses() -> None:
     assert vw.predict(lines) == [[(0, 1.0)]]
 
 
-def test_user_namespaces_cannot_claim_role_namespaces() -> None:
+def test_json_nesting_never_makes_a_namespace() -> None:
     text = features.shared_line([{"~slot": {"a": "x"}, "_hidden": {"b": 1}, "@me": {"c": "y"}}])
-    assert text == "ccb shared |@ |%40me c=y |%7Eslot a=x"
+    assert text == "ccb shared |@ @me.c=y ~slot.a=x"
+    assert features.action_line("a", [{"_id": "spoof", "x": {"_id": "also"}}]) == "ccb action |_ _id=a"
 
 
 SPECIAL = st.text(alphabet=st.sampled_from(list("ab|: \t\n\r'%~_@=\x00\x0b")) | st.characters(), min_size=1,
