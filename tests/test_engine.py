@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import threading
@@ -311,3 +312,19 @@ def test_one_process_owns_a_data_directory(tmp_path: Path) -> None:
             LocalPersonalizer(tmp_path)
         assert err.value.status == 503 and "in use" in err.value.message
     LocalPersonalizer(tmp_path).close()  # free again once the owner closed it
+
+
+def test_catalog_cache_encodes_exactly_like_replay(engine: LocalPersonalizer) -> None:
+    """Live ranks reuse a catalog's encoding; replay encodes from scratch: both must agree."""
+    from personalizer.engine import encode_request
+
+    requests = [seed_request(t, d) for t in TIMES for d in DEVICES]
+    requests[0]["contextFeatures"].append({"x": 1, "actions": "spoof,\"actions\":"})
+    requests[1]["slots"][0]["features"] = []
+    for i, req in enumerate(requests * 2):
+        answer = engine.rank({**req, "eventId": f"cache-{i}"})
+        logged = engine.event(answer["eventId"])
+        assert logged is not None
+        live = engine._catalogs.encode(
+            json.dumps(logged.request, separators=(",", ":")), logged.request, logged.event_id)
+        assert live == encode_request(logged.request, logged.event_id)
