@@ -15,7 +15,9 @@ def main() -> None:
     if scenario is None:
         widgets.scenario_missing()
         return
-    backend = state.backend()
+    backend = widgets.current_backend()
+    if backend is None:
+        return
     event = state.current_event()
     context = widgets.context_selectors(scenario, event)
     if state.take_new_visitor_request() or not contexts_equal(event, scenario, context):

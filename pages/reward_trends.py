@@ -1,9 +1,13 @@
 """Reward trends: accept rates per slot, learning curves against the oracle, action mix, the history."""
 
+import pandas as pd
 import streamlit as st
 
-from personalizer.dashboard import charts, routing, state, trends
+from personalizer.dashboard import charts, routing, state, trends, widgets
+from personalizer.dashboard.backend import has_event_log, log_lift
 from personalizer.dashboard.history import to_csv
+from personalizer.dashboard.lift import LATER_SLOTS_CAVEAT, LiftReport, from_history
+from personalizer.dashboard.ranking import error_text
 from personalizer.dashboard.text import md, percent
 
 WINDOWS = [10, 25, 50, 100, 250, 500]
@@ -68,6 +72,37 @@ def metrics(summary: trends.Summary) -> None:
                       help=f"{slot.accepted:,} accepted of {slot.rewarded:,} rewarded.")
 
 
+def lift_report(df: pd.DataFrame) -> LiftReport | None:
+    """Lift from the engine's log (embedded), else from this tab's history (remote); None if neither is readable."""
+    try:
+        backend = state.backend()
+        if has_event_log(backend):
+            return log_lift(backend)
+    except Exception as exc:
+        st.caption(f"Lift over baseline unavailable: {md(error_text(exc))}")
+        return None
+    return from_history(df)
+
+
+def lift_section(report: LiftReport) -> None:
+    """Lift over baseline per slot, its source, the headline sentence and the multi-slot caveat."""
+    st.subheader("Lift over baseline", anchor=False)
+    if report.source == "log":
+        source = (f"From the engine's event log: {report.events:,} rewarded events, from every tab and app. "
+                  "Baseline: each slot's baselineAction, estimated from the events that happened to show it.")
+    else:
+        source = (f"From this tab's history: {report.events:,} visitors with every slot answered (the remote "
+                  "server's log is not read here). Baseline: each slot's baselineAction.")
+    st.caption(source)
+    widgets.lift_headline(report.headline)
+    widgets.lift_metrics(report)
+    if len(report.lifts) > 1:
+        st.caption(LATER_SLOTS_CAVEAT)
+    if report.source == "log":
+        st.page_link("pages/evaluate.py", label="Compare other learning settings on the Evaluate page",
+                     icon=":material/science:")
+
+
 def main() -> None:
     st.title("Reward trends", anchor=False)
     history = state.history()
@@ -78,6 +113,10 @@ def main() -> None:
     else:
         summary = trends.summarize(df)
         metrics(summary)
+    report = lift_report(df)
+    if report is not None and report.lifts:
+        lift_section(report)
+    if not done.empty:
         slot_order = [s.slot for s in summary.slots]
         left, right = st.columns(2, gap="large")
         with left:

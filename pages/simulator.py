@@ -33,6 +33,9 @@ def main() -> None:
     if scenario is None:
         widgets.scenario_missing()
         return
+    backend = widgets.current_backend()
+    if backend is None:
+        return
     profiles = preference_profiles(scenario)
     left, right = st.columns([2, 1], vertical_alignment="top")
     with left:
@@ -53,7 +56,7 @@ def main() -> None:
             bar.progress(done / total, text=f"{done:,} / {total:,} visitors · {rate:,.0f}/s")
 
         try:
-            result = run_simulation(state.backend(), profiles[name], int(visitors), state.history(),
+            result = run_simulation(backend, profiles[name], int(visitors), state.history(),
                                     on_progress=progress)
         except Exception as exc:
             bar.empty()

@@ -14,20 +14,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # seed_data and friends
 
+from timing import FakeClock
+
 from personalizer.engine import LocalPersonalizer
-
-
-class FakeClock:
-    """A clock tests move by hand, so reward wait times pass instantly."""
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

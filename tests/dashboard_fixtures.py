@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pytest
+import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
@@ -27,13 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the app imports the package from the checkout
     sys.path.insert(0, str(ROOT))
 
-from personalizer.dashboard.backend import embedded_engine, resolve_home  # noqa: E402
+from personalizer.dashboard.backend import clear_caches, embedded_engine, resolve_home  # noqa: E402
 from personalizer.engine import LocalPersonalizer  # noqa: E402
 
 APP = str(ROOT / "app.py")
 RANK = "pages/rank_and_reward.py"
 TRENDS = "pages/reward_trends.py"
 SIMULATOR = "pages/simulator.py"
+EVALUATE = "pages/evaluate.py"
 SLOTS = ["BigHeroPosition", "SmallSidebar"]
 
 
@@ -60,9 +62,13 @@ def studio_home_fixture(tmp_path: Path) -> Iterator[Path]:
     home = tmp_path / "personalizer-home"
     with pytest.MonkeyPatch.context() as patch:  # its own patcher: tests may undo theirs freely
         patch.setenv("PERSONALIZER_HOME", str(home))
+        for name in ("PERSONALIZER_ENDPOINT", "PERSONALIZER_KEY"):  # zero configuration: the embedded engine
+            patch.delenv(name, raising=False)
+        # Nor a developer's .streamlit/secrets.toml (a test's own ``at.secrets`` still applies).
+        patch.setattr(st.secrets, "_secrets", {})
         navigation_only(patch)
         yield home
-        embedded_engine.clear()
+        clear_caches()
 
 
 @pytest.fixture(name="app")

@@ -3,7 +3,8 @@
 The app runs as a subprocess on a free loopback port with its own data
 directory; the test stops it. Screenshots land in ``test-artifacts/browser/``.
 Run ``python tests/test_browser.py docs/screenshots`` to refresh the README's
-screenshots (a longer simulation, so the curves have something to show).
+screenshots (a longer simulation, so the curves have something to show, and an
+offline evaluation of it).
 """
 
 from __future__ import annotations
@@ -42,10 +43,14 @@ def _free_port() -> int:
 def streamlit_app(home: Path, log: Path) -> Iterator[str]:
     """``streamlit run app.py`` on a free loopback port; yields its URL and stops it afterwards."""
     port = _free_port()
-    env = {**os.environ, "PERSONALIZER_HOME": str(home)}
+    # Zero configuration: the embedded engine, whatever remote endpoint the developer's shell points at.
+    env = {k: v for k, v in os.environ.items() if k not in ("PERSONALIZER_ENDPOINT", "PERSONALIZER_KEY")}
+    env["PERSONALIZER_HOME"] = str(home)
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
            "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none"]
+           "--server.fileWatcherType", "none",
+           # No secrets file at all (a developer's .streamlit/secrets.toml must not switch it to remote).
+           "--secrets.files", str(home.parent / "no-secrets.toml")]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -228,6 +233,20 @@ def test_the_demo_end_to_end_in_chromium(tmp_path: Path) -> None:
         assert csv[0].startswith("visitor,time,eventId,context,slot,action,baseline,probability")
         assert len(csv) == 1 + 406  # 203 visitors x 2 slots
 
+        # The Evaluate page: an offline evaluation of the log, drawn as estimates with intervals.
+        page.set_viewport_size({"width": 1400, "height": 1000})
+        _nav(page, "Evaluate").click()
+        _button(page, "eval-run").click()
+        page.get_by_role("heading", name="Results").wait_for(timeout=60_000)
+        _settle(page)
+        drawn = page.locator("[data-testid='stVegaLiteChart']").first.locator("canvas, svg").first
+        drawn.wait_for()
+        box = drawn.bounding_box()
+        assert box is not None and box["width"] > 300 and box["height"] > 200
+        assert page.get_by_text(re.compile(r"accept-rate points")).count() >= 1
+        assert _button(page, "eval-apply").count() + page.get_by_text("nothing to apply").count() == 1
+        _shoot(page, "07-evaluate", height=1700)
+
         # An uploaded scenario's ids show as text and run nothing.
         page.set_viewport_size({"width": 1400, "height": 1000})
         _nav(page, "Rank & reward").click()
@@ -289,6 +308,15 @@ def readme_screenshots(out: Path, visitors: int = 3000) -> None:
         _settle(page)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(out / "trends.png"))
+        page.set_viewport_size({"width": 1400, "height": 1000})
+        _nav(page, "Evaluate").click()
+        _button(page, "eval-run").click()
+        page.get_by_role("heading", name="Results").wait_for(timeout=120_000)
+        page.locator("[data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg").first.wait_for()
+        page.set_viewport_size({"width": 1400, "height": 1700})
+        _settle(page)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(out / "evaluate.png"))
     (out / ".streamlit.log").unlink(missing_ok=True)
     shutil.rmtree(home, ignore_errors=True)
 

@@ -326,3 +326,127 @@ def test_the_default_rolling_window_follows_the_history_length() -> None:
     assert trends.default_window(_frame([]), choices) == 10
     rows = [(f"e{i}", "A", "x", 1.0) for i in range(3000)]
     assert trends.default_window(_frame(rows), choices) == 250
+
+
+# ---------------------------------------------------------------- remote backend settings
+
+def test_remote_settings_come_from_secrets_then_the_environment() -> None:
+    from personalizer.dashboard.remote import SOURCE_ENV, SOURCE_SECRETS, key_caption, remote_settings
+
+    env = {"PERSONALIZER_ENDPOINT": "http://env:8000", "PERSONALIZER_KEY": "env-key"}
+    assert not remote_settings(None, {}).configured  # zero configuration: nothing remote
+    from_env = remote_settings(None, env)
+    assert (from_env.endpoint, from_env.key, from_env.key_source) == ("http://env:8000", "env-key", SOURCE_ENV)
+    secrets = {"personalizer": {"endpoint": " http://file:9000/ ", "key": "file-key"}}
+    both = remote_settings(secrets, env)
+    assert (both.endpoint, both.key, both.endpoint_source) == ("http://file:9000/", "file-key", SOURCE_SECRETS)
+    mixed = remote_settings({"personalizer": {"endpoint": "http://file:9000"}}, {"PERSONALIZER_KEY": "env-key"})
+    assert (mixed.key, mixed.key_source) == ("env-key", SOURCE_ENV)
+    assert not remote_settings({"personalizer": "not a table"}, {}).configured
+    assert "file-key" not in repr(both) and "env-key" not in repr(from_env)
+    assert key_caption(True, SOURCE_SECRETS) == "Key: from .streamlit/secrets.toml · never shown"
+    assert key_caption(False, None).startswith("Key: none")
+
+
+def test_open_backend_remote_needs_a_usable_endpoint() -> None:
+    with pytest.raises(PersonalizerError) as missing:
+        open_backend(BackendChoice(kind="remote", key="k"))
+    assert missing.value.code == "MissingEndpoint"
+    with pytest.raises(PersonalizerError) as bad:
+        open_backend(BackendChoice(kind="remote", endpoint="ftp://x", key="k"))
+    assert bad.value.code == "InvalidEndpoint" and "k" not in bad.value.message.split()
+
+
+def test_check_connection_reports_each_step_and_the_error_code() -> None:
+    from personalizer.dashboard.remote import check_connection
+
+    class Server:
+        def __init__(self, health_error=None, config_error=None):
+            self.health_error, self.config_error = health_error, config_error
+
+        def health(self):
+            if self.health_error:
+                raise self.health_error
+            return {"status": "ok", "version": "0.1.0"}
+
+        def get_service_configuration(self):
+            if self.config_error:
+                raise self.config_error
+            return {"learningMode": "Online"}
+
+    ok = check_connection(Server(), "http://h")
+    assert ok.ok and ok.lines == ("Health: ok (version 0.1.0)", "Key accepted · learning mode Online")
+    denied = check_connection(Server(config_error=PersonalizerError("Unauthorized", "bad key", 401)), "http://h")
+    assert not denied.ok and denied.code == "Unauthorized" and "HTTP 401" in denied.lines[-1]
+    down = check_connection(Server(health_error=PersonalizerError("ServiceUnreachable", "no", 503)), "http://h")
+    assert not down.ok and down.code == "ServiceUnreachable" and len(down.lines) == 1
+
+
+# ---------------------------------------------------------------- lift and offline evaluation helpers
+
+def test_lift_from_a_tabs_history_equals_lift_from_the_engines_log(tmp_path: Path) -> None:
+    from personalizer.dashboard.lift import from_events, from_history, sentence
+
+    with LocalPersonalizer(tmp_path / "home") as engine:
+        history = History()
+        run_simulation(engine, SEED, 300, history, seed=4)
+        rank_visitor(engine, SEED, CONTEXT)  # ranked, never answered: pending, in neither
+        logged = from_events(engine.events())
+    remote = from_history(history.frame())
+    assert logged.events == remote.events == 300
+    for a, b in zip(logged.lifts, remote.lifts, strict=True):
+        assert (a.slot_id, a.position, a.support) == (b.slot_id, b.position, b.support)
+        assert a.lift == pytest.approx(b.lift) and a.interval == pytest.approx(b.interval)
+    head = logged.headline
+    assert head.slot_id == "BigHeroPosition" and head.position == 0 and head.enough_data
+    text = sentence(head)
+    assert "accept-rate points" in text and "BigHeroPosition" in text and "±" in text
+
+
+def test_history_lift_skips_partly_answered_visitors_and_says_why_when_short() -> None:
+    from personalizer.dashboard.lift import from_history, sentence
+
+    history = History()
+    slots = [{"slot": "A", "action": "x", "baseline": "x", "probability": 0.8},
+             {"slot": "B", "action": "y", "baseline": "z", "probability": 0.5}]
+    history.add_ranked("e1", "c", "s", slots)
+    history.add_ranked("e2", "c", "s", slots)
+    history.set_reward("e1", "A", 1.0)
+    history.set_reward("e1", "B", 0.0)
+    history.set_reward("e2", "A", 1.0)  # B unanswered: e2 is left out
+    report = from_history(history.frame())
+    assert (report.events, report.skipped) == (1, 1)
+    assert [lift.slot_id for lift in report.lifts] == ["A", "B"]
+    assert not report.headline.enough_data
+    assert sentence(report.headline) == ("Not enough data on slot **A** yet: needs at least 100 events with "
+                                         "rewards \\(has 1\\).")
+    assert from_history(History().frame()).lifts == []
+
+
+def test_custom_policies_time_windows_and_candidates() -> None:
+    from datetime import date
+
+    from personalizer.dashboard import offline
+    from personalizer.evaluation import PRESET_POLICIES
+
+    text = "# comment\n\nFast: --ccb_explore_adf -l 0.5 -q ::\n--ccb_explore_adf --epsilon 0.05\n  \n-q ::"
+    assert offline.parse_custom(text) == [
+        {"name": "Fast", "arguments": "--ccb_explore_adf -l 0.5 -q ::"},
+        {"name": "Custom 1", "arguments": "--ccb_explore_adf --epsilon 0.05"},
+        {"name": "Custom 2", "arguments": "-q ::"},
+    ]
+    chosen = offline.candidate_policies(["Project default"], "Fast: --ccb_explore_adf")
+    assert chosen[0] == {"name": "Project default", "arguments": PRESET_POLICIES["Project default"]}
+    with pytest.raises(ValueError, match="at least one"):
+        offline.candidate_policies([], "  ")
+    with pytest.raises(ValueError, match="At most 10"):
+        offline.candidate_policies(list(PRESET_POLICIES), "\n".join(f"-q ::{i}" for i in range(7)))
+    covered = (1_800_000_000.0, 1_800_000_500.0)
+    now = 1_800_000_600.0
+    assert offline.time_window(offline.RANGE_ALL, covered, now) == (covered[0] - 1, now + 1)
+    assert offline.time_window(offline.RANGE_HOUR, covered, now) == (now - 3600, now + 1)
+    start, end = offline.time_window(offline.RANGE_CUSTOM, covered, now, [date(2027, 1, 15), date(2027, 1, 16)])
+    assert end - start == 2 * 86400  # both days, end day included
+    assert offline.log_range({"dateRange": None}) is None
+    assert offline.log_range({"dateRange": {"from": "2027-01-15T08:00:00.000Z", "to": "2027-01-15T09:00:00Z"}}) \
+        == (1_800_000_000.0, 1_800_003_600.0)

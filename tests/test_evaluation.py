@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from timing import T0, FakeClock, Ticking
 
 from personalizer import evaluation as ev
 from personalizer.contract import PersonalizerError
@@ -24,38 +25,12 @@ from personalizer.engine import (
 )
 from personalizer.simulation import Scenario, load_scenario, simulate
 
-T0 = 1_800_000_000.0
 CRIPPLED = "--ccb_explore_adf --epsilon 0.2 -l 1e-9"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Ticking:
-    """A backend that moves the engine's clock a minute per visitor, so events spread over time."""
-
-    def __init__(self, engine: LocalPersonalizer, clock: Clock, step: float = 60.0) -> None:
-        self.engine, self.clock, self.step = engine, clock, step
-
-    def rank(self, request: dict) -> dict:
-        self.clock.now += self.step
-        return self.engine.rank(request)
-
-    def reward(self, event_id: str, reward: dict) -> None:
-        self.engine.reward(event_id, reward)
-
-    def activate(self, event_id: str) -> None:
-        self.engine.activate(event_id)
-
-
 def _run(home: Path, n: int, seed: int = 1, scenario: Scenario | None = None,
-         configuration: dict | None = None) -> tuple[LocalPersonalizer, list[dict], Clock]:
-    clock = Clock()
+         configuration: dict | None = None) -> tuple[LocalPersonalizer, list[dict], FakeClock]:
+    clock = FakeClock()
     engine = LocalPersonalizer(home, clock=clock, configuration=configuration)
     # A fixed event prefix makes the run repeat exactly (the engine seeds exploration with
     # the eventId), so the statistical checks below are reproducible, not flaky.

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 from server_fixtures import KEY, ThreadedServer
+from timing import FakeClock, Ticking
 
 from personalizer.engine import LocalPersonalizer
 from personalizer.evaluation import Evaluations, _engine_events
@@ -26,7 +27,6 @@ from personalizer.simulation import load_scenario, simulate
 AUTH = {"Ocp-Apim-Subscription-Key": KEY}
 JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
 Q = {"api-version": API_VERSIONS[0]}
-T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 START, END = "2027-01-15T08:00:00Z", "2027-01-16T00:00:00Z"  # covers the simulated events
 EMPTY = {"startTime": "2001-01-01T00:00:00Z", "endTime": "2001-02-01T00:00:00Z"}
 CANDIDATE = {"name": "less exploration", "arguments": "--ccb_explore_adf --cb_type mtr -q :: --epsilon 0.1"}
@@ -35,34 +35,9 @@ SUMMARY_FIELDS = ("ipsEstimatorNumerator", "ipsEstimatorDenominator", "snipsEsti
 EVENTS = 300
 
 
-class Clock:
-    """The engine's clock, moved a minute per visitor so the log spans five hours."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Ticking:
-    def __init__(self, engine: LocalPersonalizer, clock: Clock) -> None:
-        self.engine, self.clock = engine, clock
-
-    def rank(self, request: dict) -> dict:
-        self.clock.now += 60
-        return self.engine.rank(request)
-
-    def reward(self, event_id: str, reward: dict) -> None:
-        self.engine.reward(event_id, reward)
-
-    def activate(self, event_id: str) -> None:
-        self.engine.activate(event_id)
-
-
 def logged_engine(home: Path) -> LocalPersonalizer:
     """An engine whose log holds ``EVENTS`` rewarded seed-scenario visitors, one a minute from T0."""
-    clock = Clock()
+    clock = FakeClock()
     engine = LocalPersonalizer(home, clock=clock)
     simulate(Ticking(engine, clock), load_scenario("seed"), EVENTS, seed=3)
     return engine

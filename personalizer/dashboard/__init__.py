@@ -4,11 +4,14 @@ Plain modules (no Streamlit import) hold the logic that tests call without a
 browser: :mod:`.text` (safe text and formatting), :mod:`.history` (the per-tab
 event history), :mod:`.ranking` (rank a visitor, answer a slot), :mod:`.trends`
 (accept rates and chart data), :mod:`.charts` (altair charts),
-:mod:`.simulator` (simulated visitors into the history) and :mod:`.scenarios`
-(built-in and uploaded scenarios).
+:mod:`.simulator` (simulated visitors into the history), :mod:`.scenarios`
+(built-in and uploaded scenarios), :mod:`.remote` (remote endpoint settings and
+"Test connection"), :mod:`.lift` (lift over baseline from the log or a tab's
+history) and :mod:`.offline` (the Evaluate page: time ranges, candidates, results).
 
-Streamlit-facing modules: :mod:`.backend` (which backend, one shared engine via
-``st.cache_resource``), :mod:`.state` (what lives in ``st.session_state``),
+Streamlit-facing modules: :mod:`.backend` (which backend: the shared embedded
+engine or a remote client via ``st.cache_resource``, plus per-engine caches for
+evaluations and lift), :mod:`.state` (what lives in ``st.session_state``),
 :mod:`.sidebar` and :mod:`.widgets` (drawing helpers the pages share) and
 :mod:`.routing` (every page runs inside ``app.py``, even on a fresh server's
 first deep link).

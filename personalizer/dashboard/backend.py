@@ -2,48 +2,73 @@
 
 The pages only call the one interface (``rank``, ``reward``, ``activate``) plus,
 when a backend has them, ``greedy``, ``stats``, ``get_service_configuration``,
-``update_service_configuration`` and ``reset_model``. A :class:`BackendChoice`
-says which backend; :func:`open_backend` turns it into the shared instance.
+``update_service_configuration``, ``reset_model`` and ``events``. A
+:class:`BackendChoice` says which backend; :func:`open_backend` turns it into
+the shared instance.
 
-The embedded engine is one ``LocalPersonalizer`` per data directory for the whole
-server process (``st.cache_resource``): every tab and session shares it, and
-its lock serializes their calls. A remote endpoint (issue 4) is one more
-``kind``: a cached client factory and a branch in :func:`open_backend`.
+- **Embedded**: one ``LocalPersonalizer`` per data directory for the whole server
+  process (``st.cache_resource``): every tab and session shares it, and its lock
+  serializes their calls. Zero configuration: this is the default.
+- **Remote**: a ``PersonalizerClient`` per (endpoint, key), also cached. The
+  endpoint and key come from ``[personalizer]`` in ``.streamlit/secrets.toml``,
+  else ``PERSONALIZER_ENDPOINT`` / ``PERSONALIZER_KEY``, else the sidebar; a
+  configured endpoint makes remote the default. The key lives only in the
+  session's :class:`BackendChoice` and the client: never in a widget, a repr or
+  a message.
+
+The engine's offline evaluations (:class:`~personalizer.evaluation.Evaluations`)
+and its lift over baseline are cached per engine here too.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
+from ..client import PersonalizerClient
+from ..contract import PersonalizerError
 from ..engine import LocalPersonalizer
+from ..evaluation import Evaluations
+from .lift import LiftReport, from_events
 from .ranking import Backend
+from .remote import RemoteSettings, endpoint_problem, remote_settings
 
 log = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
-#: Backend kinds the sidebar offers, with their labels (issue 4 adds "remote").
-KINDS = {EMBEDDED: "Embedded engine"}
+REMOTE = "remote"
+#: Backend kinds the sidebar offers, with their labels.
+KINDS = {EMBEDDED: "Embedded engine", REMOTE: "Remote endpoint"}
+#: The dashboard's client waits less and retries less than a batch job would: a person is waiting.
+REMOTE_TIMEOUT = 5.0
+REMOTE_RETRIES = 1
 
 
 @dataclass(frozen=True)
 class BackendChoice:
-    """A backend by kind and settings; hashable, so it can key a cache."""
+    """A backend by kind and settings; hashable, so it can key a cache. The key never shows in repr."""
 
     kind: str = EMBEDDED
     home: str | None = None                       # embedded: data directory
     endpoint: str | None = None                   # remote: base URL
     key: str | None = field(default=None, repr=False)  # remote: subscription key (never shown)
+    key_source: str | None = field(default=None, compare=False, repr=False)  # where the key came from
 
     @property
     def label(self) -> str:
         """How the sidebar names this backend."""
         return KINDS.get(self.kind, self.kind)
+
+    @property
+    def remote(self) -> bool:
+        """True for a remote endpoint."""
+        return self.kind == REMOTE
 
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> str:
@@ -52,9 +77,38 @@ def resolve_home(home: str | os.PathLike[str] | None = None) -> str:
     return str(Path(chosen).expanduser().resolve())
 
 
-def default_choice() -> BackendChoice:
-    """Zero configuration: the embedded engine in the default data directory."""
+def _secrets() -> Mapping[str, Any] | None:
+    """``st.secrets`` as a mapping, or None when there is no (readable) secrets.toml.
+
+    Streamlit raises when no secrets file exists (and on a malformed one); neither
+    may stop the dashboard, which then simply has no remote settings from there.
+    """
+    try:
+        return {k: st.secrets[k] for k in st.secrets}
+    except Exception as exc:  # StreamlitSecretNotFoundError (a FileNotFoundError), TOML errors
+        log.debug("no usable secrets.toml: %s", type(exc).__name__)
+        return None
+
+
+def configured_remote() -> RemoteSettings:
+    """Remote endpoint and key from secrets.toml or the environment (empty when neither has them)."""
+    return remote_settings(_secrets(), os.environ)
+
+
+def embedded_choice() -> BackendChoice:
+    """The embedded engine in the default data directory."""
     return BackendChoice(kind=EMBEDDED, home=resolve_home())
+
+
+def remote_choice(settings: RemoteSettings) -> BackendChoice:
+    """A remote backend from settings."""
+    return BackendChoice(kind=REMOTE, endpoint=settings.endpoint, key=settings.key, key_source=settings.key_source)
+
+
+def default_choice() -> BackendChoice:
+    """Zero configuration: the embedded engine; a configured endpoint (secrets or env): that endpoint."""
+    settings = configured_remote()
+    return remote_choice(settings) if settings.configured else embedded_choice()
 
 
 def _close(backend: Any) -> None:
@@ -71,10 +125,26 @@ def embedded_engine(home: str) -> LocalPersonalizer:
     return LocalPersonalizer(home)
 
 
+@st.cache_resource(show_spinner=False, max_entries=16, on_release=_close)
+def remote_client(endpoint: str, key: str | None) -> PersonalizerClient:
+    """One shared HTTP client (connection pool) per endpoint and key."""
+    return PersonalizerClient(endpoint, key, timeout=REMOTE_TIMEOUT, retries=REMOTE_RETRIES)
+
+
 def open_backend(choice: BackendChoice) -> Backend:
-    """The shared backend instance for a choice."""
+    """The shared backend instance for a choice.
+
+    PersonalizerError ``MissingEndpoint`` / ``InvalidEndpoint`` (400) while a remote
+    choice has no usable URL; the pages show it like any backend error.
+    """
     if choice.kind == EMBEDDED:
         return embedded_engine(choice.home or resolve_home())
+    if choice.kind == REMOTE:
+        problem = endpoint_problem(choice.endpoint)
+        if problem is not None:
+            code = "MissingEndpoint" if not (choice.endpoint or "").strip() else "InvalidEndpoint"
+            raise PersonalizerError(code, problem, 400)
+        return remote_client((choice.endpoint or "").strip(), choice.key or None)
     raise ValueError(f"unknown backend kind {choice.kind!r}; known: {', '.join(KINDS)}")
 
 
@@ -88,3 +158,48 @@ def service_configuration(backend: Any) -> dict[str, Any] | None:
     """The backend's service configuration when it offers one, else None."""
     getter = getattr(backend, "get_service_configuration", None)
     return None if getter is None else getter()
+
+
+def has_event_log(backend: Any) -> bool:
+    """True when the dashboard can read the backend's logged events (the embedded engine)."""
+    return callable(getattr(backend, "events", None)) and callable(getattr(backend, "log_properties", None))
+
+
+# ---------------------------------------------------------------- per-engine caches
+
+def _close_evaluations(manager: Evaluations) -> None:
+    try:
+        manager.close()
+    except Exception:
+        log.debug("closing the evaluations manager failed", exc_info=True)
+
+
+@st.cache_resource(show_spinner=False, on_release=_close_evaluations)
+def _evaluations(home: str, engine_id: int, _engine: Any) -> Evaluations:
+    return Evaluations(_engine)
+
+
+def evaluations_for(engine: Any) -> Evaluations:
+    """The engine's offline-evaluations manager (one per engine instance; results kept in its data directory)."""
+    return _evaluations(str(getattr(engine, "home", "")), id(engine), engine)
+
+
+@st.cache_data(show_spinner="Estimating lift over baseline…", max_entries=32)
+def _log_lift(home: str, engine_id: int, counts: tuple[int, ...], start: float | None, end: float | None,
+              _engine: Any) -> LiftReport:
+    return from_events(_engine.events(start, end))
+
+
+def log_lift(engine: Any, start: float | None = None, end: float | None = None) -> LiftReport:
+    """Lift over baseline from the engine's log in [start, end), recomputed only when the log grew."""
+    stats = engine.stats()
+    counts = (int(stats.get("learned", 0)), int(stats.get("logged", 0)), int(stats.get("rewards", 0)))
+    return _log_lift(str(getattr(engine, "home", "")), id(engine), counts, start, end, engine)
+
+
+def clear_caches() -> None:
+    """Drop every cached backend, evaluations manager and lift (managers first: they use the engines)."""
+    _evaluations.clear()
+    _log_lift.clear()
+    remote_client.clear()
+    embedded_engine.clear()

@@ -89,3 +89,45 @@ def action_mix_chart(mix: pd.DataFrame, slot_order: list[str] | None = None) -> 
             alt.Tooltip("rate:Q", title="Accept rate", format=".1%"),
         ],
     ).properties(height=260)
+
+
+def policy_estimates(frame: pd.DataFrame, colors: dict[str, str], online_kind: str | None = None) -> alt.LayerChart:
+    """Each policy's estimated accept rate as a dot on its 95 % interval, one row per policy (table order).
+
+    ``frame`` is :func:`.offline.result_frame`'s; ``colors`` maps its ``kind`` values to colors.
+    A dashed line marks the row of kind ``online_kind`` (what was served). The axis
+    starts at zero so differences are not exaggerated.
+    """
+    data = frame.assign(label=[f"{e:.1%}" + (" · best" if b else "") if e == e else "—"
+                               for e, b in zip(frame["estimate"], frame["best"], strict=True)])
+    order = data["policy"].tolist()
+    kinds = [k for k in colors if k in set(data["kind"])]
+    top = float(pd.concat([data["high"], data["estimate"]]).max(skipna=True) or 1.0)
+    domain = [0.0, min(1.0, top + 0.12) if top == top else 1.0]
+    base = alt.Chart(data).encode(
+        y=alt.Y("policy:N", sort=order, title=None, axis=alt.Axis(labelLimit=260, labelFontSize=13)),
+    )
+    color = alt.Color("kind:N", scale=alt.Scale(domain=kinds, range=[colors[k] for k in kinds]),
+                      legend=alt.Legend(title=None, orient="bottom", labelFontSize=12))
+    tooltip = [
+        alt.Tooltip("policy:N", title="Policy"),
+        alt.Tooltip("kind:N", title="Kind"),
+        alt.Tooltip("estimate:Q", title="Estimated accept rate", format=".1%"),
+        alt.Tooltip("low:Q", title="95% interval from", format=".1%"),
+        alt.Tooltip("high:Q", title="95% interval to", format=".1%"),
+        alt.Tooltip("vsOnline:Q", title="vs online (points)", format="+.1f"),
+    ]
+    x = alt.X("low:Q", scale=alt.Scale(domain=domain, nice=False),
+              axis=_percent_axis("Estimated accept rate, 95% interval"))
+    intervals = base.mark_rule(strokeWidth=3, opacity=0.55).encode(x=x, x2="high:Q", color=color,
+                                                                    tooltip=tooltip)
+    dots = base.mark_point(filled=True, size=150, opacity=1).encode(x="estimate:Q", color=color, tooltip=tooltip)
+    labels = base.mark_text(align="left", dx=10, fontSize=12, fontWeight="bold").encode(
+        x="high:Q", text="label:N", color=color)
+    layers: list[alt.Chart] = [intervals, dots, labels]
+    online = data.loc[data["kind"] == online_kind, "estimate"]
+    if online_kind and len(online) and online.iloc[0] == online.iloc[0]:
+        # What was served, as a reference line through every row.
+        layers.insert(0, alt.Chart(pd.DataFrame({"online": [float(online.iloc[0])]})).mark_rule(
+            strokeDash=[4, 4], color=colors.get(online_kind, "#2563eb"), opacity=0.6).encode(x="online:Q"))
+    return alt.layer(*layers).properties(height=100 + 36 * len(data))  # fit: axis and legend included

@@ -5,14 +5,28 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import streamlit as st
 
+from ..contract import PersonalizerError
 from ..simulation import Scenario
 from . import state
-from .backend import backend_stats, service_configuration
+from .backend import (
+    EMBEDDED,
+    KINDS,
+    REMOTE,
+    BackendChoice,
+    backend_stats,
+    configured_remote,
+    embedded_choice,
+    open_backend,
+    remote_choice,
+    service_configuration,
+)
 from .ranking import error_text
+from .remote import SOURCE_TAB, ConnectionCheck, check_connection, key_caption
 from .scenarios import DEFAULT_SCENARIO, builtin, builtin_names, scenario_from_upload
 from .text import md, md_block
 
@@ -26,6 +40,12 @@ LEARNING_MODES = {
 }
 _SIDEBAR_FLASH = "studio.sidebar_flash"
 _UPLOADED = "studio.uploaded"
+_LAST_REMOTE = "studio.last_remote"
+_ENDPOINT_SHOWN = "studio.endpoint_shown"
+_KIND = "backend-kind"
+_ENDPOINT = "remote-endpoint"
+_KEY = "remote-key"
+_SHORT_KINDS = {EMBEDDED: "Embedded", REMOTE: "Remote"}  # fits one row of the sidebar
 
 
 def draw() -> Callable[[], None]:
@@ -67,18 +87,110 @@ def _reset_model() -> None:
     _sidebar_flash("success", "Model reset: it starts fresh. The event log and your history are kept.")
 
 
+def _set_kind() -> None:
+    """Callback of the Embedded / Remote switch: keep this tab's remote settings across switches."""
+    current = state.backend_choice()
+    if st.session_state[_KIND] == REMOTE:
+        state.set_backend_choice(st.session_state.get(_LAST_REMOTE) or remote_choice(configured_remote()))
+    else:
+        if current.remote:
+            st.session_state[_LAST_REMOTE] = current
+        state.set_backend_choice(embedded_choice())
+
+
+def _set_endpoint() -> None:
+    """Callback of the endpoint field."""
+    value = (st.session_state.get(_ENDPOINT) or "").strip()
+    state.set_backend_choice(replace(state.backend_choice(), endpoint=value or None))
+
+
+def _set_key() -> None:
+    """Callback of the key field: take the key into this tab's choice and empty the field at once.
+
+    The field is a password input, and it does not keep the key either: after
+    entry, the key is in no widget, so the page never sends it back to the browser.
+    """
+    value = (st.session_state.get(_KEY) or "").strip()
+    st.session_state[_KEY] = ""
+    if value:
+        state.set_backend_choice(replace(state.backend_choice(), key=value, key_source=SOURCE_TAB))
+        _sidebar_flash("success", "Key saved for this tab. It is not shown again.")
+
+
+def _forget_key() -> None:
+    """Callback of "Forget key": back to the configured key (secrets, env), or none."""
+    configured = configured_remote()
+    state.set_backend_choice(replace(state.backend_choice(), key=configured.key, key_source=configured.key_source))
+
+
+def _test_connection() -> None:
+    """Callback of "Test connection": health, then an authenticated call; the result stays until the next change."""
+    choice = state.backend_choice()
+    try:
+        backend = open_backend(choice)
+    except Exception as exc:
+        state.set_connection_check(ConnectionCheck(False, choice.endpoint or "", (error_text(exc),),
+                                                   getattr(exc, "code", None)))
+        return
+    endpoint = getattr(backend, "endpoint", choice.endpoint or "")
+    state.set_connection_check(check_connection(backend, endpoint, has_key=bool(choice.key)))
+
+
+def _remote_settings(choice: BackendChoice) -> None:
+    """Endpoint, key (write-only) and "Test connection" for a remote backend."""
+    if _ENDPOINT not in st.session_state or st.session_state.get(_ENDPOINT_SHOWN) != choice.endpoint:
+        st.session_state[_ENDPOINT] = choice.endpoint or ""  # the field shows this tab's endpoint
+        st.session_state[_ENDPOINT_SHOWN] = choice.endpoint
+    st.text_input("Endpoint URL", key=_ENDPOINT, on_change=_set_endpoint, placeholder="http://127.0.0.1:8000",
+                  help="Base URL of a Personalizer-compatible service, e.g. `python -m personalizer serve`. "
+                       "Set it once in .streamlit/secrets.toml or PERSONALIZER_ENDPOINT.")
+    placeholder = "Key set · type to replace it" if choice.key else "Paste the key, press Enter"
+    st.text_input("Subscription key", key=_KEY, type="password", on_change=_set_key, placeholder=placeholder,
+                  autocomplete="off",
+                  help="Sent as Ocp-Apim-Subscription-Key. Once entered it is kept for this tab only and never "
+                       "shown again. Set it once in .streamlit/secrets.toml or PERSONALIZER_KEY.")
+    st.caption(md(key_caption(choice.key is not None and choice.key != "", choice.key_source)))
+    with st.container(horizontal=True, gap="small"):
+        st.button("Test connection", key="test-connection", icon=":material/network_check:",
+                  on_click=_test_connection, help="Health check, then one call that needs the key.")
+        if choice.key and choice.key_source == SOURCE_TAB:
+            st.button("Forget key", key="forget-key", type="tertiary", on_click=_forget_key,
+                      help="Drop the key entered in this tab (back to the configured one, if any).")
+    check = state.connection_check()
+    if check is not None:
+        lines = "  \n".join(md(line) for line in check.lines)
+        if check.ok:
+            st.success(f"**Connected** to {md(check.endpoint)}  \n{lines}", icon=":material/check_circle:")
+        else:
+            st.error(f"**Connection failed** ({md(check.code or 'error')})  \n{lines}", icon=":material/error:")
+
+
 def _backend_section() -> Callable[[], None]:
     st.subheader("Backend", anchor=False)
     choice = state.backend_choice()
-    st.caption(f"{md(choice.label)} · data in {md(choice.home or '')}")
+    st.session_state[_KIND] = choice.kind
+    st.segmented_control("Backend", list(KINDS), key=_KIND, required=True, format_func=_SHORT_KINDS.get,
+                         on_change=_set_kind, label_visibility="collapsed", width="stretch",
+                         help="Embedded: the engine in this process (zero configuration). Remote: any "
+                              "Personalizer-compatible endpoint, such as this project's REST server.")
+    if choice.remote:
+        _remote_settings(choice)
+    else:
+        st.caption(f"Data in {md(choice.home or '')}")
     for kind, text in st.session_state.pop(_SIDEBAR_FLASH, []):
         getattr(st, kind, st.info)(md_block(text))
     try:
         backend = state.backend()
         config = service_configuration(backend)
     except Exception as exc:
-        st.error(f"The backend is not available. {md(error_text(exc))}", icon=":material/error:")
+        if not choice.remote:
+            st.error(f"The backend is not available. {md(error_text(exc))}", icon=":material/error:")
+        elif state.connection_check() is None or state.connection_check().ok:  # a failed check already says why
+            code = f"{exc.code} (HTTP {exc.status})" if isinstance(exc, PersonalizerError) else type(exc).__name__
+            st.warning(f"Not connected: {md(code)}. Check the endpoint and key, then Test connection.",
+                       icon=":material/link_off:")
         return lambda: None
+    shared = "every app using this endpoint" if choice.remote else "every tab"
     if config is not None and hasattr(backend, "update_service_configuration"):
         # Settings are the backend's, shared by every tab: show its values, not this tab's last ones.
         st.session_state["engine-learning-mode"] = config.get("learningMode", "Online")
@@ -86,15 +198,20 @@ def _backend_section() -> Callable[[], None]:
         st.selectbox("Learning mode", list(LEARNING_MODES), key="engine-learning-mode",
                      format_func=LEARNING_MODES.get, on_change=_apply,
                      args=("learningMode", "engine-learning-mode", str),
-                     help="Shared by every tab. Apprentice and LoggingOnly show each slot's baseline action.")
+                     help=f"Shared by {shared}. Apprentice and LoggingOnly show each slot's baseline action.")
         st.slider("Exploration", 0, 100, key="engine-exploration", format="%d%%", on_change=_apply,
                   args=("explorationPercentage", "engine-exploration", lambda v: v / 100),
-                  help="Share of ranks that try something other than the model's top pick (shared by every tab).")
+                  help=f"Share of ranks that try something other than the model's top pick (shared by {shared}).")
     counts = st.empty()
 
     def refresh() -> None:
         try:
             stats = backend_stats(backend)
+        except PersonalizerError as exc:
+            text = "This endpoint does not report counts." if exc.status == 404 else \
+                f"Counts unavailable: {md(error_text(exc))}"
+            counts.caption(text)
+            return
         except Exception as exc:
             counts.caption(f"Counts unavailable: {md(error_text(exc))}")
             return
@@ -116,7 +233,7 @@ def _backend_section() -> Callable[[], None]:
                       on_click=state.set_confirming_reset, args=(True,),
                       help="Start a fresh model. The event log and this tab's history are kept.")
         else:
-            st.warning("Reset the model? It forgets everything it learned, for every tab. "
+            st.warning(f"Reset the model? It forgets everything it learned, for {shared}. "
                        "The event log is kept.", icon=":material/warning:")
             with st.container(horizontal=True, gap="small"):
                 st.button("Yes, reset", key="reset-confirm", type="primary", on_click=_reset_model)

@@ -15,6 +15,7 @@ from ..simulation import Scenario
 from .backend import BackendChoice, default_choice, open_backend
 from .history import History
 from .ranking import Backend, RankedEvent
+from .remote import ConnectionCheck
 from .simulator import SimulationResult
 
 _HISTORY = "studio.history"
@@ -25,6 +26,8 @@ _CHOICE = "studio.backend_choice"
 _SCENARIO = "studio.scenario"
 _SIM_RESULT = "studio.sim_result"
 _CONFIRM_RESET = "studio.confirm_reset"
+_CHECK = "studio.connection_check"
+_EVALUATION = "studio.evaluation"
 
 
 def history() -> History:
@@ -42,10 +45,21 @@ def backend_choice() -> BackendChoice:
 
 
 def set_backend_choice(choice: BackendChoice) -> None:
-    """Switch this tab to another backend (its current visitor was ranked elsewhere: drop it)."""
+    """Switch this tab to another backend (its visitor and connection check belong to the old one: drop them)."""
     if st.session_state.get(_CHOICE) != choice:
-        st.session_state[_CHOICE] = choice
         st.session_state[_EVENT] = None
+        st.session_state.pop(_CHECK, None)
+    st.session_state[_CHOICE] = choice  # also when equal: the key's source may have changed
+
+
+def connection_check() -> ConnectionCheck | None:
+    """The last "Test connection" result of this tab (for the current backend)."""
+    return st.session_state.get(_CHECK)
+
+
+def set_connection_check(check: ConnectionCheck | None) -> None:
+    """Remember (or forget) a "Test connection" result."""
+    st.session_state[_CHECK] = check
 
 
 def backend() -> Backend:
@@ -111,6 +125,16 @@ def confirming_reset() -> bool:
 def set_confirming_reset(value: bool) -> None:
     """Open or close the "Reset model" confirmation."""
     st.session_state[_CONFIRM_RESET] = value
+
+
+def evaluation_id() -> str | None:
+    """The offline evaluation the Evaluate page shows in this tab."""
+    return st.session_state.get(_EVALUATION)
+
+
+def set_evaluation_id(evaluation_id: str | None) -> None:
+    """Show another evaluation on the Evaluate page."""
+    st.session_state[_EVALUATION] = evaluation_id
 
 
 def get(key: str, default: Any = None) -> Any:

@@ -10,10 +10,12 @@ import logging
 
 import streamlit as st
 
+from ..evaluation import Lift
 from ..simulation import Scenario
 from . import state
-from .ranking import RankedEvent, SlotChoice, answer, error_text, exploration_label
-from .text import context_label, currency, describe_features, is_true, lookup, md, md_block
+from .lift import LiftReport, points, sentence, verdict
+from .ranking import Backend, RankedEvent, SlotChoice, answer, error_text, exploration_label
+from .text import context_label, currency, describe_features, is_true, lookup, md, md_block, percent
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,17 @@ def show_flashes() -> None:
         icon = {"error": ":material/error:", "warning": ":material/warning:",
                 "success": ":material/check_circle:", "info": ":material/info:"}.get(kind)
         getattr(st, kind, st.info)(md_block(text), icon=icon)
+
+
+def current_backend() -> Backend | None:
+    """This tab's backend, or None after saying why there is none (a remote endpoint without a URL...)."""
+    try:
+        return state.backend()
+    except Exception as exc:
+        log.info("no backend: %r", exc)
+        st.info(f"**No backend yet.** {md(error_text(exc))}  \nChoose one in the sidebar.",
+                icon=":material/settings_ethernet:")
+        return None
 
 
 def scenario_missing() -> None:
@@ -139,3 +152,35 @@ def slot_cards(event: RankedEvent) -> None:
         for column, slot in zip(columns, event.slots[start:start + per_row], strict=False):
             with column:
                 slot_card(event, slot)
+
+
+def lift_headline(lift: Lift | None) -> None:
+    """The one-sentence answer to "does personalization beat the baseline?" for the first slot."""
+    if lift is None:
+        return
+    text = sentence(lift)
+    kind = verdict(lift) if lift.enough_data else "missing"
+    if kind == "better":
+        st.success(text, icon=":material/trending_up:")
+    elif kind == "worse":
+        st.warning(text, icon=":material/trending_down:")
+    else:
+        st.info(text, icon=":material/hourglass_top:" if kind == "missing" else ":material/balance:")
+
+
+def lift_metrics(report: LiftReport) -> None:
+    """Per slot: lift in accept-rate points with its 95 % interval, or why there is not enough data yet."""
+    with st.container(horizontal=True, gap="medium"):
+        for lift in report.lifts:
+            where = "first slot, headline" if lift.position == 0 else "later slot"
+            label = f"{md(lift.slot_id)} · {where}"
+            if not lift.enough_data:
+                st.metric(label, "—", delta=f"Not enough data: {lift.reason}", delta_color="off",
+                          delta_arrow="off", border=True)
+                continue
+            lo, hi = lift.interval
+            st.metric(label, f"{points(lift.lift)} pts", border=True, delta_color="off", delta_arrow="off",
+                      delta=f"95% interval {points(lo)} to {points(hi)} pts",
+                      help=f"Served policy: {percent(lift.online, 1)} accepted. Baseline action "
+                           f"{percent(lift.baseline, 1)} (estimated from the {lift.support:,} of {lift.events:,} "
+                           f"events that showed it{'' if lift.position == 0 else ' on the whole page'}).")

@@ -1,0 +1,234 @@
+"""Evaluate: would the baseline, a random page or other learning settings have done better? From the log."""
+
+import contextlib
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import streamlit as st
+
+from personalizer.contract import PersonalizerError
+from personalizer.dashboard import charts, offline, routing, state, widgets
+from personalizer.dashboard.backend import evaluations_for, has_event_log, log_lift
+from personalizer.dashboard.lift import LATER_SLOTS_CAVEAT, from_history
+from personalizer.dashboard.ranking import error_text
+from personalizer.dashboard.text import md, percent
+from personalizer.evaluation import PRESET_POLICIES, EvaluationResult, Evaluations
+
+RESULT_COLUMNS = {
+    "policy": st.column_config.TextColumn("Policy", width="medium", pinned=True),
+    "estimate": st.column_config.ProgressColumn("Estimated accept rate", format="%.1f%%", min_value=0.0,
+                                                max_value=100.0, width="medium",
+                                                help="Self-normalized IPS estimate from the logged events."),
+    "interval": st.column_config.TextColumn("95% interval"),
+    "vsOnline": st.column_config.NumberColumn("vs online", format="%+.1f pts",
+                                              help="Difference to what the served policy earned."),
+    "support": st.column_config.NumberColumn("Events informing it", format="%.0f%%",
+                                             help="Share of events where this policy could have shown what was "
+                                                  "shown: only those carry its estimate."),
+    "best": st.column_config.CheckboxColumn("Best", help="Best first-slot estimate among online and candidates."),
+    "arguments": st.column_config.TextColumn("Vowpal Wabbit arguments", width="large"),
+}
+
+
+def empty_state(events: int) -> None:
+    """Too few rewarded events to estimate anything: say so and point to where events come from."""
+    with st.container(border=True):
+        st.subheader("Not enough logged events yet", anchor=False)
+        st.write(f"An offline evaluation replays the engine's event log: who saw what, with which probability, "
+                 f"and the reward. It needs at least {offline.MIN_EVENTS} rewarded events; the log has "
+                 f"{events:,}. Let the simulator send a few hundred visitors, or answer some yourself.")
+        with st.container(horizontal=True):
+            st.page_link("pages/simulator.py", label="Run the simulator", icon=":material/group:")
+            st.page_link("pages/rank_and_reward.py", label="Rank & reward", icon=":material/ads_click:")
+
+
+def remote_state() -> None:
+    """A remote backend: evaluation is the embedded engine's; the tab's own lift still shows."""
+    st.info("Offline evaluation reads the engine's event log, so it runs on the **embedded engine**. This tab "
+            "uses a remote endpoint: switch to Embedded in the sidebar, or call that server's evaluations API.",
+            icon=":material/cloud_off:")
+    report = from_history(state.history().frame())
+    if report.headline is not None:
+        st.caption(f"Meanwhile, from this tab's history ({report.events:,} fully answered visitors):")
+        widgets.lift_headline(report.headline)
+
+
+def settings(manager: Evaluations, covered: tuple[float, float]) -> None:
+    """Time range and candidates; "Run evaluation" queues one on the manager's background worker."""
+    with st.container(border=True):
+        left, right = st.columns([1, 2], gap="large")
+        with left:
+            choice = st.selectbox("Time range", offline.RANGES, key="eval-range")
+            dates = None
+            if choice == offline.RANGE_CUSTOM:
+                lo, hi = (datetime.fromtimestamp(t, UTC).date() for t in covered)
+                picked = st.date_input("Days (UTC)", value=(lo, hi), key="eval-dates")
+                dates = list(picked) if isinstance(picked, (list, tuple)) else [picked]
+            st.caption(f"The log covers {offline.range_label(*covered)}.")
+        with right:
+            presets = st.pills("Candidate policies", list(PRESET_POLICIES), selection_mode="multi",
+                               default=list(PRESET_POLICIES), key="eval-presets",
+                               help="Learning settings, each replayed over the log in a fresh model.  \n"
+                                    + "  \n".join(f"**{n}**: `{a}`" for n, a in PRESET_POLICIES.items()))
+            custom = st.text_area("Custom policies (optional)", key="eval-custom", height=68,
+                                  placeholder="Faster learning: --ccb_explore_adf --epsilon 0.1 -l 0.5 -q ::",
+                                  help="One a line: `name: arguments`, or just the Vowpal Wabbit arguments. "
+                                       "Without --epsilon a policy explores at the engine's current setting.")
+        run = st.button("Run evaluation", key="eval-run", type="primary", icon=":material/play_arrow:")
+    if not run:
+        return
+    try:
+        policies = offline.candidate_policies(presets, custom)
+        start, end = offline.time_window(choice, covered, time.time(), dates)
+        name = f"{choice} · {len(policies)} candidate{'s' if len(policies) != 1 else ''}"
+        created = manager.create(None, name, start, end, policies)
+    except ValueError as exc:
+        st.error(md(exc), icon=":material/error:")
+        return
+    except PersonalizerError as exc:
+        st.error(f"**The evaluation was refused.** {md(error_text(exc))}", icon=":material/error:")
+        return
+    state.set_evaluation_id(created["id"])
+
+
+@st.fragment(run_every=0.5)
+def progress(manager: Evaluations, evaluation_id: str) -> None:
+    """Polls the background evaluation; the page is redrawn in full once it finished."""
+    try:
+        info = manager.get(evaluation_id)
+    except PersonalizerError:
+        info = {"status": "deleted"}
+    if info["status"] != "pending":
+        st.rerun()
+    done = float(info.get("progress") or 0.0)
+    with st.container(horizontal=True, vertical_alignment="center"):
+        st.progress(done, text=f"Evaluating {md(info.get('name', ''))} · {done:.0%}")
+        st.button("Cancel", key="eval-cancel", on_click=cancel, args=(manager, evaluation_id))
+
+
+def cancel(manager: Evaluations, evaluation_id: str) -> None:
+    """Callback of "Cancel": stop and forget the running evaluation."""
+    with contextlib.suppress(PersonalizerError):  # already finished and deleted elsewhere
+        manager.delete(evaluation_id)
+    state.set_evaluation_id(None)
+
+
+def apply(manager: Evaluations, evaluation_id: str, policy: str) -> None:
+    """Callback of "Apply": the engine takes the policy's learning settings (and its replay-trained model)."""
+    try:
+        applied = manager.apply(evaluation_id, policy)
+    except Exception as exc:
+        state.flash("error", f"Could not apply {policy}. {error_text(exc)}")
+        return
+    state.flash("success", f"Applied {policy}: the engine now learns with {applied.get('arguments', '')}")
+
+
+def pick_evaluation(manager: Evaluations) -> str | None:
+    """The evaluation to show: this tab's, else the newest; a selector when there are several."""
+    listed = list(reversed(manager.list()))  # newest first
+    ids = [e["id"] for e in listed]
+    current = state.evaluation_id()
+    if current not in ids:
+        current = ids[0] if ids else None
+        state.set_evaluation_id(current)
+    if len(ids) > 1:
+        names = {e["id"]: f"{e['name']} · {(e.get('creationTime') or '')[:19].replace('T', ' ')} UTC"
+                 for e in listed}
+        st.session_state["eval-pick"] = current
+        st.selectbox("Evaluation", ids, key="eval-pick", format_func=names.get,
+                     on_change=lambda: state.set_evaluation_id(st.session_state["eval-pick"]))
+    return current
+
+
+def results(manager: Evaluations, engine: Any, evaluation_id: str) -> None:
+    """A finished evaluation: the lift sentence, the chart and table for one slot, and "Apply"."""
+    info = manager.get(evaluation_id)
+    if info["status"] == "pending":
+        progress(manager, evaluation_id)
+        return
+    if info["status"] == "failed":
+        st.error(f"**The evaluation failed.** {md(info.get('message', ''))}", icon=":material/error:")
+        return
+    result = manager.result(evaluation_id)
+    if result is None:
+        return
+    first = offline.headline_slot(result)
+    st.subheader("Results", anchor=False)
+    st.caption(f"{md(info['name'])} · {result.events:,} events, {offline.range_label(result.start, result.end)}")
+    widgets.lift_headline(log_lift(engine, result.start, result.end).headline)
+    if result.deterministic_share > 0:
+        st.warning(f"{result.deterministic_share:.0%} of the logged slots were served without exploration "
+                   "(Apprentice, LoggingOnly or 0 % exploration): estimates of policies that differ there are "
+                   "biased.", icon=":material/warning:")
+    slots = offline.slot_order(result)
+    slot = first
+    if len(slots) > 1:
+        slot = st.segmented_control("Slot", slots, default=first, key="eval-slot", required=True,
+                                    format_func=lambda s: f"{s} (headline)" if s == first else s) or first
+    frame = offline.result_frame(result, slot)
+    st.altair_chart(charts.policy_estimates(frame, offline.KIND_COLORS, offline.KIND_ONLINE), key="chart-policies")
+    if slot != first:
+        st.caption(f"Slot {md(slot)} is filled after {md(first)}. " + LATER_SLOTS_CAVEAT
+                   + " The best policy is chosen on the first slot.")
+    st.dataframe(offline.table_frame(frame), hide_index=True, column_config=RESULT_COLUMNS, key="eval-table",
+                 column_order=list(RESULT_COLUMNS))
+    apply_section(manager, evaluation_id, result, info)
+
+
+def apply_section(manager: Evaluations, evaluation_id: str, result: EvaluationResult, info: dict[str, Any]) -> None:
+    """The best candidate with its one-click "Apply" (or why there is nothing to apply), and the others."""
+    widgets.show_flashes()  # "Applied ...": next to the button that did it
+    best = offline.best_candidate(result)
+    head = offline.result_frame(result).set_index("policy")
+    if info["status"] == "optimalPolicyApplied":
+        st.caption(":material/check_circle: A policy from this evaluation was applied.")
+    if best is not None:
+        row = head.loc[best]
+        online = head.loc["Online", "estimate"] if "Online" in head.index else float("nan")
+        sure = row["low"] > online  # its interval clears what was served
+        st.markdown(f"**Best: {md(best)}**, estimated {percent(row['estimate'], 1)} "
+                    f"({percent(row['low'], 1)} to {percent(row['high'], 1)}) on slot "
+                    f"{md(offline.headline_slot(result))}, {row['vsOnline']:+.1f} points against the online policy"
+                    + ("." if sure else ", within this log's noise: more events would tell for sure."))
+        st.button(f"Apply {md(best)}", key="eval-apply", type="primary", icon=":material/published_with_changes:",
+                  on_click=apply, args=(manager, evaluation_id, best),
+                  help="Every tab and app using this engine switches to these learning settings, starting from "
+                       "the model the replay trained.")
+    else:
+        st.info("The online policy is estimated best among these candidates: nothing to apply.",
+                icon=":material/verified:")
+    others = [c for c in offline.candidates(result) if c != best]
+    if others:
+        with st.expander("Apply another candidate"):
+            other = st.selectbox("Candidate", others, key="eval-apply-other")
+            st.button("Apply", key="eval-apply-other-button", on_click=apply,
+                      args=(manager, evaluation_id, other))
+
+
+def main() -> None:
+    st.title("Evaluate", anchor=False)
+    st.caption("Would no personalization, a random page or other learning settings have done better? Each is "
+               "estimated from the logged events, offline: no visitor sees anything. Intervals are 95 %.")
+    backend = widgets.current_backend()
+    if backend is None:
+        return
+    if not has_event_log(backend):
+        remote_state()
+        return
+    stats = backend.stats()
+    events = int(stats.get("learned", 0)) + int(stats.get("logged", 0))
+    covered = offline.log_range(backend.log_properties())
+    if events < offline.MIN_EVENTS or covered is None:
+        empty_state(events)
+        return
+    manager = evaluations_for(backend)
+    settings(manager, covered)
+    evaluation_id = pick_evaluation(manager)
+    if evaluation_id is not None:
+        results(manager, backend, evaluation_id)
+    widgets.show_flashes()  # anything the results did not show (a failed apply of a deleted evaluation)
+
+
+routing.require_app()
+main()

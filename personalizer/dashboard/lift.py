@@ -1,0 +1,138 @@
+"""Lift over baseline for the dashboard: from the engine's event log, or from a tab's history.
+
+Plain Python (pandas and the estimators; no Streamlit). The numbers are
+:func:`personalizer.evaluation.lift_over_baseline`'s: per slot, what the served
+policy earned minus an off-policy estimate of each slot's baseline action, with a
+paired 95 % interval. The first slot's number is the unbiased headline; later
+slots use cascade weights (unbiased, noisier) and carry a caveat wherever shown.
+
+With a remote backend the dashboard cannot read the server's log, so the tab's
+history stands in: every event whose slots all have a reward and a probability
+(the simulator's visitors, manual visitors answered in every slot).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..evaluation import Lift, LoggedData, LoggedEvent, lift_over_baseline, prepare
+from .text import md
+
+SOURCE_LOG = "log"
+SOURCE_HISTORY = "history"
+#: The caveat for slots after the first, in one sentence.
+LATER_SLOTS_CAVEAT = ("The first slot is the unbiased headline. Later slots are filled after it, so their "
+                      "estimates re-weight whole pages: still unbiased, but noisier, and only as good as "
+                      "each slot's logged probability.")
+
+
+@dataclass(frozen=True)
+class LiftReport:
+    """Lift per slot (position order) and what it was computed from."""
+
+    source: str                      # SOURCE_LOG or SOURCE_HISTORY
+    events: int                      # events the estimate used
+    skipped: int = 0                 # events left out (waiting for rewards, partly answered, no probability)
+    lifts: list[Lift] = field(default_factory=list)
+
+    @property
+    def headline(self) -> Lift | None:
+        """The first slot's lift (the unbiased one), if any slot has data."""
+        return next((lift for lift in self.lifts if lift.position == 0), self.lifts[0] if self.lifts else None)
+
+
+def from_events(events: Iterable[LoggedEvent]) -> LiftReport:
+    """Lift from logged events (``engine.events()``): rewarded events count, pending ones are skipped."""
+    data = prepare(events)
+    return LiftReport(SOURCE_LOG, data.events, data.skipped, lift_over_baseline(data) if data.events else [])
+
+
+def history_data(df: pd.DataFrame) -> LoggedData:
+    """A tab's history (one row per event and slot) as the estimators' :class:`LoggedData`.
+
+    Only events whose every slot has a reward and a logged probability are kept;
+    ``skipped`` counts the others. VW examples are not built: lift needs none.
+    """
+    if df.empty:
+        ok = pd.Series(dtype=bool)
+    else:
+        ok = (df["reward"].notna() & df["probability"].notna()).groupby(df["eventId"], sort=False).transform("all")
+    keep = df[ok] if len(df) else df
+    total_events = int(df["eventId"].nunique()) if len(df) else 0
+    event_codes, event_ids = pd.factorize(keep["eventId"], sort=False)
+    order = np.argsort(event_codes, kind="stable")  # an event's rows together, slots in ranked order
+    keep = keep.iloc[order]
+    event_codes = event_codes[order]
+    position = keep.groupby("eventId", sort=False).cumcount().to_numpy(dtype=np.int64)
+    slot_codes, slot_ids = pd.factorize(keep["slot"], sort=False)
+    action_codes, _ = pd.factorize(keep["action"], sort=False)
+    starts = np.flatnonzero(position == 0)
+    created = keep["time"].iloc[starts]
+    created_s = (created.astype("int64").to_numpy() / 1e9) if len(created) else np.zeros(0)
+    n = len(event_ids)
+    return LoggedData(
+        event_ids=[str(e) for e in event_ids], created=np.asarray(created_s, dtype=float), modes=["Online"] * n,
+        request_hashes=[""] * n, examples=[], encoded=[], row_start=starts.astype(np.int64),
+        event_of_row=np.asarray(event_codes, dtype=np.int64), position=position,
+        slot=np.asarray(slot_codes, dtype=np.int64), chosen=np.asarray(action_codes, dtype=np.int64),
+        probability=np.maximum(keep["probability"].to_numpy(dtype=float), 1e-6),
+        reward=keep["reward"].to_numpy(dtype=float),
+        is_baseline=(keep["action"] == keep["baseline"]).to_numpy(dtype=bool),
+        open_actions=np.ones(len(keep), dtype=np.int64), slot_ids=[str(s) for s in slot_ids],
+        skipped=total_events - n,
+    )
+
+
+def from_history(df: pd.DataFrame) -> LiftReport:
+    """Lift from a tab's history (the remote backend's stand-in for the server's log)."""
+    data = history_data(df)
+    return LiftReport(SOURCE_HISTORY, data.events, data.skipped, lift_over_baseline(data) if data.events else [])
+
+
+def points(value: float) -> str:
+    """An accept-rate difference in points: ``0.381`` -> ``+38.1``."""
+    return "—" if not math.isfinite(value) else f"{value * 100:+.1f}"
+
+
+def half_width(lift: Lift) -> float:
+    """Half the interval's width (the "± Y")."""
+    lo, hi = lift.interval
+    return (hi - lo) / 2 if lo is not None and hi is not None else math.nan
+
+
+def verdict(lift: Lift) -> str:
+    """``better``, ``worse`` or ``unclear``: does the interval exclude zero, and on which side?"""
+    lo, hi = lift.interval
+    if lift.enough_data and lo is not None and lo > 0:
+        return "better"
+    if lift.enough_data and hi is not None and hi < 0:
+        return "worse"
+    return "unclear"
+
+
+def sentence(lift: Lift) -> str:
+    """The headline in Markdown: "Personalization beats the baseline by X ± Y accept-rate points on slot Z"."""
+    x, y, slot = abs(lift.lift) * 100, half_width(lift) * 100, md(lift.slot_id)
+    if not lift.enough_data:
+        return f"Not enough data on slot **{slot}** yet: {md(lift.reason)}."
+    kind = verdict(lift)
+    if kind == "better":
+        return f"Personalization beats the baseline by **{x:.1f} ± {y:.1f} accept-rate points** on slot **{slot}**."
+    if kind == "worse":
+        return f"The baseline beats personalization by **{x:.1f} ± {y:.1f} accept-rate points** on slot **{slot}**."
+    return (f"No clear difference yet on slot **{slot}**: personalization is **{points(lift.lift)} ± {y:.1f} "
+            f"accept-rate points** against the baseline.")
+
+
+def lift_frame(lifts: list[Lift]) -> pd.DataFrame:
+    """One row per slot for a chart: slot, position, lift, low, high, online, baseline, enough."""
+    rows = [{"slot": lift.slot_id, "position": lift.position, "lift": lift.lift, "low": lift.interval[0],
+             "high": lift.interval[1], "online": lift.online, "baseline": lift.baseline,
+             "events": lift.events, "support": lift.support, "enough": lift.enough_data} for lift in lifts]
+    return pd.DataFrame(rows, columns=["slot", "position", "lift", "low", "high", "online", "baseline", "events",
+                                       "support", "enough"])

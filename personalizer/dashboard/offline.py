@@ -1,0 +1,202 @@
+"""The Evaluate page's logic, without Streamlit: time ranges, candidate policies, result tables.
+
+An offline evaluation (:mod:`personalizer.evaluation`) replays the logged events:
+what the online policy earned, what each slot's baseline action and a random
+page would have earned, and what candidate learning settings (VW arguments)
+would have earned had they been serving. Every estimate has a 95 % interval.
+The first slot's numbers are the unbiased headline (and pick the best policy);
+later slots are shown with cascade weights (unbiased for the whole page,
+noisier) and a caveat.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+import pandas as pd
+
+from ..evaluation import MAX_CUSTOM_POLICIES, PRESET_POLICIES, EvaluationResult
+
+#: Fewer rewarded events than this and the page explains instead of evaluating.
+MIN_EVENTS = 50
+
+RANGE_ALL = "All logged events"
+RANGE_HOUR = "Last hour"
+RANGE_DAY = "Last 24 hours"
+RANGE_WEEK = "Last 7 days"
+RANGE_CUSTOM = "Custom dates"
+RANGES = [RANGE_ALL, RANGE_HOUR, RANGE_DAY, RANGE_WEEK, RANGE_CUSTOM]
+_RECENT = {RANGE_HOUR: 3600.0, RANGE_DAY: 86400.0, RANGE_WEEK: 7 * 86400.0}
+
+KIND_ONLINE = "Online (served)"
+KIND_BASELINE = "Baseline"
+KIND_RANDOM = "Random"
+KIND_CANDIDATE = "Candidate"
+_KINDS = {"Online": KIND_ONLINE, "Baseline": KIND_BASELINE, "Random": KIND_RANDOM}
+#: Colors of the estimate chart, by kind (the app's blue for what was served).
+KIND_COLORS = {KIND_ONLINE: "#2563eb", KIND_BASELINE: "#6b7280", KIND_RANDOM: "#9ca3af", KIND_CANDIDATE: "#d97706"}
+WEIGHTING_FIRST = "conditional"
+WEIGHTING_LATER = "cascade"
+
+_NAMED = re.compile(r"^\s*([^-\s][^:]*?)\s*:\s+(-.*)$")
+
+
+def parse_timestamp(value: Any) -> float | None:
+    """Epoch seconds from the engine's ISO-8601 text (``...Z``), None when absent."""
+    if value is None:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def log_range(properties: dict[str, Any]) -> tuple[float, float] | None:
+    """The event log's (first, last) rank times from ``log_properties()``, or None when it is empty."""
+    rng = properties.get("dateRange") or {}
+    first, last = parse_timestamp(rng.get("from")), parse_timestamp(rng.get("to"))
+    return None if first is None or last is None else (first, last)
+
+
+def time_window(choice: str, covered: tuple[float, float], now: float,
+                dates: Sequence[date] | None = None) -> tuple[float, float]:
+    """[start, end) in epoch seconds for a range choice; ``covered`` is the log's (first, last) time.
+
+    "All logged events" spans the whole log (a second of slack either side, so
+    rounding never drops the first or last event). Custom dates are whole UTC days,
+    the end day included.
+    """
+    first, last = covered
+    end = max(now, last) + 1.0
+    if choice == RANGE_ALL:
+        return first - 1.0, end
+    if choice in _RECENT:
+        return now - _RECENT[choice], end
+    if choice == RANGE_CUSTOM:
+        picked = [d for d in (dates or ()) if d is not None]
+        if not picked:
+            return first - 1.0, end
+        lo, hi = picked[0], picked[-1]
+        start = datetime.combine(lo, time(), tzinfo=UTC).timestamp()
+        stop = datetime.combine(hi + timedelta(days=1), time(), tzinfo=UTC).timestamp()
+        return start, stop
+    raise ValueError(f"unknown time range {choice!r}")
+
+
+def parse_custom(text: str) -> list[dict[str, str]]:
+    """Custom candidates, one a line: ``name: --vw --arguments`` or just the arguments (named Custom 1, 2...).
+
+    Blank lines and lines starting with ``#`` are ignored. The arguments are
+    checked when the evaluation is created (Vowpal Wabbit's own checks).
+    """
+    out: list[dict[str, str]] = []
+    for raw in (text or "").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _NAMED.match(line)
+        if match:
+            out.append({"name": match.group(1).strip(), "arguments": match.group(2).strip()})
+        else:
+            out.append({"name": f"Custom {sum(p['name'].startswith('Custom ') for p in out) + 1}",
+                        "arguments": line})
+    return out
+
+
+def candidate_policies(presets: Sequence[str], custom_text: str = "") -> list[dict[str, str]]:
+    """Chosen presets (as written in :data:`PRESET_POLICIES`) followed by the custom lines.
+
+    ValueError when nothing is chosen or more than ``MAX_CUSTOM_POLICIES`` are.
+    """
+    chosen = [{"name": name, "arguments": PRESET_POLICIES[name]} for name in presets if name in PRESET_POLICIES]
+    chosen += parse_custom(custom_text)
+    if not chosen:
+        raise ValueError("Choose at least one candidate policy (a preset or a line of VW arguments).")
+    if len(chosen) > MAX_CUSTOM_POLICIES:
+        raise ValueError(f"At most {MAX_CUSTOM_POLICIES} candidate policies per evaluation; {len(chosen)} chosen.")
+    return chosen
+
+
+def weighting_for(result: EvaluationResult, slot: str) -> str:
+    """Conditional weights for the first slot (exact there), cascade for later slots (unbiased for the page)."""
+    return WEIGHTING_FIRST if result.slot_positions.get(slot, 0) == 0 else WEIGHTING_LATER
+
+
+def headline_slot(result: EvaluationResult) -> str:
+    """The first slot (the unbiased headline)."""
+    return min(result.slot_ids, key=lambda s: (result.slot_positions.get(s, 0), result.slot_ids.index(s)))
+
+
+def slot_order(result: EvaluationResult) -> list[str]:
+    """Slot ids in page order."""
+    return sorted(result.slot_ids, key=lambda s: (result.slot_positions.get(s, 0), result.slot_ids.index(s)))
+
+
+def _num(x: float | None) -> float:
+    return math.nan if x is None or not math.isfinite(x) else float(x)
+
+
+def result_frame(result: EvaluationResult, slot: str | None = None) -> pd.DataFrame:
+    """One row per policy for one slot (default: the headline): estimate, interval, difference to online.
+
+    Columns: policy, kind, estimate, low, high, vsOnline (accept-rate points),
+    support (share of events that inform the estimate), events, arguments, best.
+    """
+    first = headline_slot(result)
+    slot = slot or first
+    weighting = weighting_for(result, slot)
+    best = result.optimal_policy
+    rows = []
+    online = math.nan
+    for p in result.policies:
+        # The headline group (every event's first slot) is what picks the optimal policy.
+        est = p.headline if slot == first else p.estimate(slot, weighting=weighting)
+        if p.source == "Online":
+            online = _num(est.value)
+        rows.append({
+            "policy": p.name, "kind": _KINDS.get(p.source, KIND_CANDIDATE), "estimate": _num(est.value),
+            "low": _num(est.interval[0]), "high": _num(est.interval[1]),
+            "support": est.nonzero / est.events if est.events else math.nan, "events": est.events,
+            "arguments": p.arguments or "", "best": p.name == best,
+        })
+    frame = pd.DataFrame(rows, columns=["policy", "kind", "estimate", "low", "high", "vsOnline", "support",
+                                        "events", "arguments", "best"])
+    frame["vsOnline"] = (frame["estimate"] - online) * 100
+    return frame
+
+
+def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """:func:`result_frame` for the results table: percentages as numbers 0..100, the interval as text."""
+
+    def interval(lo: float, hi: float) -> str:
+        return "—" if not (math.isfinite(lo) and math.isfinite(hi)) else f"{lo * 100:.1f} – {hi * 100:.1f}%"
+
+    return pd.DataFrame({
+        "policy": frame["policy"], "estimate": frame["estimate"] * 100,
+        "interval": [interval(lo, hi) for lo, hi in zip(frame["low"], frame["high"], strict=True)],
+        "vsOnline": frame["vsOnline"], "support": frame["support"] * 100, "best": frame["best"],
+        "arguments": frame["arguments"],
+    })
+
+
+def best_candidate(result: EvaluationResult) -> str | None:
+    """The candidate to apply: the best headline estimate among online and candidates; None if online wins."""
+    best = result.optimal_policy
+    return None if best is None or best == "Online" else best
+
+
+def candidates(result: EvaluationResult) -> list[str]:
+    """Names of the replayed candidate policies (the ones that can be applied)."""
+    return [p.name for p in result.policies if p.source not in _KINDS]
+
+
+def range_label(start: float | None, end: float | None) -> str:
+    """``2026-11-29 10:02 – 11:40 UTC`` for a time range."""
+    if start is None or end is None:
+        return "all logged events"
+    a = datetime.fromtimestamp(start, UTC)
+    b = datetime.fromtimestamp(end, UTC)
+    if a.date() == b.date():
+        return f"{a:%Y-%m-%d %H:%M} – {b:%H:%M} UTC"
+    return f"{a:%Y-%m-%d %H:%M} – {b:%Y-%m-%d %H:%M} UTC"
