@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import logging
 import os
 import secrets
 import shlex
@@ -74,6 +75,7 @@ _ALLOWED_OPTIONS = {
 _REFUSED_HINT = "file, daemon and data options (-i, -f, -d, --daemon, ...) are not allowed"
 
 Clock = Callable[[], float]
+log = logging.getLogger(__name__)
 
 
 _ALPHANUMERIC = string.ascii_letters + string.digits
@@ -312,9 +314,13 @@ class LocalPersonalizer:
         self._pending: dict[str, _Pending] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._catalogs = _CatalogCache()
-        with self._lock:
-            self._load_settings(policy_arguments, configuration)
-            self._restore()
+        try:
+            with self._lock:
+                self._load_settings(policy_arguments, configuration)
+                self._restore()
+        except BaseException:
+            self._log.close()  # release the data directory for the next attempt
+            raise
 
     # ------------------------------------------------------------ settings
     def _load_settings(self, policy_arguments: str | None, configuration: dict[str, Any] | None) -> None:
@@ -381,10 +387,21 @@ class LocalPersonalizer:
             start = 0
             self._created = self._clock()
         else:
-            self._vw = self._workspace(cp.model)
-            start = cp.learn_seq
             origin = self._log.first_checkpoint_since_reset()
             self._created = origin.created if origin else cp.created
+            try:
+                self._vw = self._workspace(cp.model)
+                start = cp.learn_seq
+            except Exception as exc:  # e.g. a checkpoint written by another VW version
+                if origin is not None and origin.reason == "import":
+                    raise PersonalizerError(
+                        "ModelDownloadFailed", f"the saved model in {self.home} cannot be loaded ({_first_line(exc)}) "
+                        "and an imported model cannot be rebuilt from the log; import it again", 500) from None
+                # The log is the truth: rebuild the model from the start of its lineage.
+                log.warning("checkpoint in %s does not load (%s); rebuilding the model from the event log",
+                            self.home, _first_line(exc))
+                self._vw = self._workspace()
+                start = origin.learn_seq if origin is not None else 0
         self._modified: float | None = None
         replayed = 0
         for ev in self._log.learned_after(start):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import random
 import re
+import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
-from conftest import FakeClock
 from seed_data import ACTIONS, both_rewards, seed_request
+from timing import FakeClock
 
 from personalizer.contract import PersonalizerError
 from personalizer.engine import DEFAULT_POLICY_ARGUMENTS, LocalPersonalizer
@@ -244,11 +245,12 @@ def test_unsafe_or_broken_policies_are_refused(engine: LocalPersonalizer, argume
 
 def test_model_export_import_reset(engine: LocalPersonalizer) -> None:
     for i in range(50):
-        e = engine.rank(seed_request(TIMES[i % 4]))["eventId"]
+        e = engine.rank(seed_request(TIMES[i % 4], event_id=f"train-{i}"))["eventId"]
         engine.reward(e, both_rewards(1, 0))
     trained, page = engine.export_model(), _page(engine)
     engine.reset_model()
-    assert _page(engine) != page
+    fresh = engine.export_model()
+    assert len(fresh) < len(trained)  # no learned weights left to save
     engine.import_model(trained)
     assert _page(engine) == page
     for junk in (b"", b"not a model", b"\x00" * 64):
@@ -328,3 +330,23 @@ def test_catalog_cache_encodes_exactly_like_replay(engine: LocalPersonalizer) ->
         live = engine._catalogs.encode(
             json.dumps(logged.request, separators=(",", ":")), logged.request, logged.event_id)
         assert live == encode_request(logged.request, logged.event_id)
+
+
+def test_a_checkpoint_that_does_not_load_is_rebuilt_from_the_log(tmp_path: Path) -> None:
+    with LocalPersonalizer(tmp_path) as eng:
+        for i in range(120):
+            e = eng.rank(seed_request(TIMES[i % 4], DEVICES[i % 3]))["eventId"]
+            eng.reward(e, both_rewards(i % 2, 1))
+        page = _page(eng)
+    db = sqlite3.connect(tmp_path / "personalizer.sqlite3")
+    db.execute("UPDATE checkpoints SET model = ? WHERE reason = 'periodic'", (b"garbage",))
+    db.commit()
+    db.close()
+    with LocalPersonalizer(tmp_path) as again:
+        assert again.replayed_on_start == 120 and _page(again) == page
+
+
+def test_a_failed_start_releases_the_data_directory(tmp_path: Path) -> None:
+    with pytest.raises(PersonalizerError):
+        LocalPersonalizer(tmp_path, configuration={"rewardWaitTime": "forever"})
+    LocalPersonalizer(tmp_path).close()
