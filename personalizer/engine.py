@@ -21,6 +21,7 @@ import heapq
 import json
 import logging
 import os
+import random
 import secrets
 import shlex
 import string
@@ -408,7 +409,7 @@ class LocalPersonalizer:
             head, bodies, allowed, index = encode_request(ev.request, ev.event_id)
             chosen = [index[s["rewardActionId"]] for s in ev.response["slots"]]
             probs = [s["probability"] for s in ev.response["slots"]]
-            vw_learn(self._vw, labeled_example(head, bodies, allowed, chosen, probs, ev.labels or [], ev.mode))
+            self._learn_example(ev.event_id, head, bodies, allowed, chosen, probs, ev.labels or [], ev.mode)
             self._modified = ev.closed
             replayed += 1
         self._since_checkpoint = replayed
@@ -679,13 +680,24 @@ class LocalPersonalizer:
         if p.mode == "LoggingOnly":
             self._log.close_event(p.event_id, "logged", now, None, labels)
             return
-        vw_learn(self._vw, labeled_example(p.head, p.slot_bodies, p.allowed, p.chosen, p.probabilities, labels, p.mode))
+        self._learn_example(p.event_id, p.head, p.slot_bodies, p.allowed, p.chosen, p.probabilities, labels, p.mode)
         self._learn_seq += 1
         self._modified = now
         self._log.close_event(p.event_id, "learned", now, self._learn_seq, labels)
         self._since_checkpoint += 1
         if self._since_checkpoint >= self._checkpoint_every:
             self._checkpoint("periodic")
+
+    def _learn_example(self, event_id: str, head: list[str], bodies: Sequence[str], allowed: Sequence[Sequence[int]],
+                       chosen: Sequence[int], probs: Sequence[float], labels: Sequence[float | None],
+                       mode: str) -> None:
+        """Learn one closed event (live and in replay alike, so both build the same model)."""
+        vw_learn(self._vw, labeled_example(head, bodies, allowed, chosen, probs, labels, mode))
+        if mode == "Apprentice":
+            contrast = apprentice_contrast(allowed, chosen, event_id)
+            if contrast is not None:
+                vw_learn(self._vw, labeled_example(head, bodies, allowed, contrast, [1.0] * len(contrast),
+                                                   [None] * len(contrast)))
 
     # ------------------------------------------------------------ inspection
     def greedy(self, request: dict[str, Any]) -> dict[str, str]:
@@ -863,8 +875,9 @@ def labeled_example(head: list[str], bodies: Sequence[str], allowed: Sequence[Se
     """A labeled CCB example: each slot carries ``chosen:cost:probability``.
 
     Online events cost ``-reward``. Apprentice events (the baseline was served) cost
-    ``-(1 + reward) / 2``: never worse than an unseen action, so the model learns to
-    imitate the baseline, while better outcomes still count for more.
+    ``-(1 + reward) / 2``: always better than the 0 that ``apprentice_contrast`` teaches
+    for other actions, so the model learns to imitate the baseline, while better
+    outcomes still count for more.
     """
     lines = list(head)
     for body, allow, c, p, r in zip(bodies, allowed, chosen, probs, rewards, strict=True):
@@ -872,6 +885,29 @@ def labeled_example(head: list[str], bodies: Sequence[str], allowed: Sequence[Se
         cost = -(1.0 + reward) / 2.0 if mode == "Apprentice" else -reward
         lines.append(features.slot_line(body, allow, f"{c}:{cost!r}:{max(p, 1e-6)!r}"))
     return lines
+
+
+def apprentice_contrast(allowed: Sequence[Sequence[int]], baselines: Sequence[int], event_id: str
+                        ) -> list[int] | None:
+    """A page of other allowed actions (one per slot, none repeated) to learn as "not the baseline".
+
+    Imitation needs contrast: learning only the baselines' (good) costs leaves every
+    other action at whatever its features extrapolate to, and a raw numeric feature
+    such as price extrapolates past the baselines. So each Apprentice event also
+    teaches cost 0 for a page of other actions, drawn deterministically from the
+    event id so that replay rebuilds the same model. None when no such page exists.
+    """
+    rng = random.Random(event_id)
+    taken: set[int] = set()
+    page: list[int] = []
+    for allow, baseline in zip(allowed, baselines, strict=True):
+        options = [a for a in allow if a != baseline and a not in taken]
+        if not options:
+            return None
+        pick = rng.choice(options)
+        taken.add(pick)
+        page.append(pick)
+    return page
 
 
 def _copy(response: dict[str, Any]) -> dict[str, Any]:

@@ -243,3 +243,17 @@ def test_a_page_streamlit_runs_on_its_own_reruns_inside_the_app(tmp_path, monkey
         assert at.title[0].value == "Reward trends"
     finally:
         embedded_engine.clear()
+
+
+def test_apprentice_mode_shows_how_closely_the_model_imitates_the_baselines(app: AppTest) -> None:
+    app.selectbox(key="engine-learning-mode").set_value("Apprentice").run()
+    assert "no rewarded Apprentice events yet" in " ".join(c.value for c in app.sidebar.caption)
+    engine = shared_engine()
+    scenario = load_scenario("seed")
+    for i in range(60):
+        context = scenario.contexts[i % len(scenario.contexts)]
+        ranked = engine.rank(scenario.rank_request(context, event_id=f"apprentice-{i}"))
+        engine.reward(ranked["eventId"], {"reward": [{"slotId": s["id"], "value": 1.0} for s in ranked["slots"]]})
+    app.run()
+    line = next(unescape(c.value) for c in app.sidebar.caption if "Apprentice" in c.value)
+    assert "matches the baseline in 100% of the last 60 events — ready to go online" in line

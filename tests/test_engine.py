@@ -156,27 +156,29 @@ def test_activation_starts_the_wait(engine: LocalPersonalizer, clock: FakeClock)
     assert _status(engine, e) == "learned" and _labels(engine, e) == [1.0, 0.0]
 
 
-def test_apprentice_serves_baselines_and_learns(engine: LocalPersonalizer) -> None:
+def test_apprentice_serves_baselines_and_learns_to_imitate_them(engine: LocalPersonalizer) -> None:
     engine.update_service_configuration({"learningMode": "Apprentice"})
     rng = random.Random(5)
-
-    def request(t: str, d: str) -> dict:
-        # Categorical features only: a raw numeric feature such as price extrapolates
-        # linearly to unseen actions, which imitation of two baselines cannot undo.
-        req = seed_request(t, d)
-        for action in req["actions"]:
-            action["features"][0].pop("price")
-        return req
-
     for i in range(240):
-        answer = engine.rank(request(TIMES[i % 4], DEVICES[i % 3]))
+        answer = engine.rank(seed_request(TIMES[i % 4], DEVICES[i % 3], event_id=f"apprentice-{i}"))
         assert [(s["rewardActionId"], s["probability"]) for s in answer["slots"]] == \
             [("Red-Polo-Shirt-432", 1.0), ("XBox-Series X-117", 1.0)]
         engine.reward(answer["eventId"], both_rewards(rng.random() < 0.3, rng.random() < 0.3))
     assert engine.stats()["learned"] == 240
-    # Having watched the baselines, the learned policy imitates them in (nearly) every context.
+    # Having watched the baselines (and learned that other pages are not them), the learned
+    # policy imitates them in every context, the catalog's numeric price notwithstanding.
     baseline = {"BigHeroPosition": "Red-Polo-Shirt-432", "SmallSidebar": "XBox-Series X-117"}
-    assert sum(engine.greedy(request(t, d)) == baseline for t in TIMES for d in DEVICES) >= 11
+    assert all(page == baseline for page in _page(engine))
+
+
+def test_apprentice_contrast_pages_are_valid_and_repeatable() -> None:
+    from personalizer.engine import apprentice_contrast
+
+    allowed, baselines = [[0, 1, 3], [0, 2, 3]], [0, 3]
+    pages = {tuple(apprentice_contrast(allowed, baselines, f"e{i}") or ()) for i in range(50)}
+    assert pages == {(1, 0), (1, 2), (3, 0), (3, 2)}  # never a baseline in its own slot, never repeated
+    assert apprentice_contrast(allowed, baselines, "e7") == apprentice_contrast(allowed, baselines, "e7")
+    assert apprentice_contrast([[0]], [0], "e") is None
 
 
 def test_logging_only_serves_baselines_and_never_learns(engine: LocalPersonalizer) -> None:

@@ -136,3 +136,19 @@ def lift_frame(lifts: list[Lift]) -> pd.DataFrame:
              "events": lift.events, "support": lift.support, "enough": lift.enough_data} for lift in lifts]
     return pd.DataFrame(rows, columns=["slot", "position", "lift", "low", "high", "online", "baseline", "events",
                                        "support", "enough"])
+
+
+def apprentice_text(metrics: dict) -> str:
+    """One line on how closely the model imitates the baselines while in Apprentice mode.
+
+    ``metrics`` is :func:`personalizer.evaluation.apprentice_metrics`' answer. A match
+    rate of 60-80 % on recent events was Personalizer's signal that the model is ready
+    to go online.
+    """
+    events = int(metrics.get("events") or 0)
+    rate = metrics.get("matchRate")
+    if not events or rate is None or (isinstance(rate, float) and math.isnan(rate)):
+        return "Apprentice: no rewarded Apprentice events yet to compare the model with the baselines."
+    verdict = "ready to go online" if metrics.get("ready") else "not ready to go online yet"
+    return (f"Apprentice: the model's top pick matches the baseline in {rate:.0%} of the last {events:,} "
+            f"events — {verdict} (60-80 % is the usual signal).")

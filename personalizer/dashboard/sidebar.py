@@ -11,6 +11,7 @@ from typing import Any
 import streamlit as st
 
 from ..contract import PersonalizerError
+from ..evaluation import apprentice_metrics
 from ..simulation import Scenario
 from . import state
 from .backend import (
@@ -25,6 +26,7 @@ from .backend import (
     remote_choice,
     service_configuration,
 )
+from .lift import apprentice_text
 from .ranking import error_text
 from .remote import SOURCE_TAB, ConnectionCheck, check_connection, key_caption
 from .scenarios import DEFAULT_SCENARIO, builtin, builtin_names, scenario_from_upload
@@ -165,6 +167,15 @@ def _remote_settings(choice: BackendChoice) -> None:
             st.error(f"**Connection failed** ({md(check.code or 'error')})  \n{lines}", icon=":material/error:")
 
 
+def _apprentice(backend: Any, learned: int) -> dict[str, Any]:
+    """Apprentice metrics of the engine's recent events, recomputed only when it learned more."""
+    cached = st.session_state.get("apprentice-metrics")
+    if cached is None or cached[0] != learned:
+        cached = (learned, apprentice_metrics(backend, recent=500))
+        st.session_state["apprentice-metrics"] = cached
+    return cached[1]
+
+
 def _backend_section() -> Callable[[], None]:
     st.subheader("Backend", anchor=False)
     choice = state.backend_choice()
@@ -225,6 +236,9 @@ def _backend_section() -> Callable[[], None]:
                              "dropped after the reward wait time and never learned.")
             st.caption(f"{stats.get('pending', 0):,} waiting for rewards · "
                        f"{stats.get('discarded', 0):,} never activated")
+            if config is not None and config.get("learningMode") == "Apprentice" \
+                    and hasattr(backend, "greedy") and hasattr(backend, "events"):
+                st.caption(md(apprentice_text(_apprentice(backend, int(stats.get("learned", 0))))))
 
     refresh()
     if hasattr(backend, "reset_model"):
