@@ -53,10 +53,11 @@ from .store import EventLog, StoredEvent
 #: The retired Azure service's default multi-slot learning settings (for comparison).
 RETIRED_POLICY_ARGUMENTS = "--ccb_explore_adf --epsilon 0.2 --power_t 0 -l 0.001 --cb_type mtr -q ::"
 #: This project's default, chosen by ``bench/learning.py`` (see README): the same exploration,
-#: VW's default adaptive learning rate, and context x context x action interactions (features.py
-#: puts all context features in namespace @ and all action features in _), so a preference that
-#: depends on time and device jointly is learnable. Lower-order -q terms slowed early learning.
-DEFAULT_POLICY_ARGUMENTS = "--ccb_explore_adf --epsilon 0.2 --cb_type mtr --cubic @@_"
+#: VW's adaptive updates at learning rate 1 (not the retired 0.001 with no decay), and context x
+#: context x action interactions (features.py puts all context features in namespace @ and all
+#: action features in _), so a preference that depends on time and device jointly is learnable.
+#: Lower-order -q terms slowed early learning; -l 1 re-learns after a drift faster than -l 0.5.
+DEFAULT_POLICY_ARGUMENTS = "--ccb_explore_adf --epsilon 0.2 --cb_type mtr --cubic @@_ -l 1"
 DEFAULT_POLICY_NAME = "Personalizer Studio default"
 SINGLE_SLOT_ID = "__single__"
 
