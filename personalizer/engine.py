@@ -16,6 +16,7 @@ threads share one engine.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import json
@@ -28,7 +29,7 @@ import string
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -316,6 +317,7 @@ class LocalPersonalizer:
         self._pending: dict[str, _Pending] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._catalogs = _CatalogCache()
+        self._counts: dict[str, int] | None = None  # events by status and rewards; None: read the log
         try:
             with self._lock:
                 self._load_settings(policy_arguments, configuration)
@@ -435,7 +437,7 @@ class LocalPersonalizer:
         self._pending[p.event_id] = p
         heapq.heappush(self._deadlines, (p.deadline, p.event_id))
         if self._complete(p):  # a crash came between its last reward and its learning
-            with self._log.transaction():
+            with self._tx():
                 self._learn(p, self._clock())
 
     # ------------------------------------------------------------ rank
@@ -588,8 +590,9 @@ class LocalPersonalizer:
                                             f"slotId '{slot_id}' is not a slot of event '{event_id}'", 400)
             if p is None:
                 return self._reward_closed(event_id, values, now)
-            with self._log.transaction():
+            with self._tx():
                 self._log.add_rewards(event_id, values, now)
+                self._count("rewards", len(values))
                 for slot_id, value in values:
                     self._aggregate(p, slot_id, value)
                 if self._complete(p):
@@ -603,8 +606,9 @@ class LocalPersonalizer:
         had = {slot for slot, _, _ in self._log.rewards_of(event_id)}
         if self._config.reward_aggregation == "earliest" and all(slot in had for slot, _ in values):
             return {"eventId": event_id, "status": "duplicate"}
-        with self._log.transaction():
+        with self._tx():
             self._log.add_rewards(event_id, values, now, late=True)
+            self._count("rewards", len(values))
         why = {"discarded": "it was never activated",
                "logged": "it was logged (LoggingOnly)"}.get(stored.status, "its reward wait time had passed")
         raise PersonalizerError(
@@ -645,7 +649,7 @@ class LocalPersonalizer:
                 p.activated = True
                 p.deadline = now + self._wait
                 heapq.heappush(self._deadlines, (p.deadline, event_id))
-                with self._log.transaction():
+                with self._tx():
                     self._log.set_activated(event_id, now)
                     if self._complete(p):
                         self._learn(p, now)
@@ -665,9 +669,10 @@ class LocalPersonalizer:
             p = self._pending.get(event_id)
             if p is None or p.deadline != deadline:
                 continue  # stale heap entry: learned already, or activation moved its deadline
-            with self._log.transaction():
+            with self._tx():
                 if p.deferred and not p.activated:
                     self._log.close_event(event_id, "discarded", now, None, None)
+                    self._count("discarded")
                     del self._pending[event_id]
                 else:
                     self._learn(p, now)
@@ -680,11 +685,13 @@ class LocalPersonalizer:
         del self._pending[p.event_id]
         if p.mode == "LoggingOnly":
             self._log.close_event(p.event_id, "logged", now, None, labels)
+            self._count("logged")
             return
         self._learn_example(p.event_id, p.head, p.slot_bodies, p.allowed, p.chosen, p.probabilities, labels, p.mode)
         self._learn_seq += 1
         self._modified = now
         self._log.close_event(p.event_id, "learned", now, self._learn_seq, labels)
+        self._count("learned")
         self._since_checkpoint += 1
         if self._since_checkpoint >= self._checkpoint_every:
             self._checkpoint("periodic")
@@ -723,10 +730,30 @@ class LocalPersonalizer:
                 picks.append(best)
         return {s["id"]: ids[i] for s, i in zip(canonical["slots"], picks, strict=True)}
 
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One log transaction; if it rolls back, the in-memory counts are re-read from the log."""
+        try:
+            with self._log.transaction():
+                yield
+        except BaseException:
+            self._counts = None
+            raise
+
+    def _count(self, key: str, n: int = 1) -> None:
+        if self._counts is not None:
+            self._counts[key] = self._counts.get(key, 0) + n
+
     def stats(self) -> dict[str, Any]:
-        """Counts for dashboards: events by status, rewards, pending in memory, settings."""
+        """Counts for dashboards: events by status, rewards, pending in memory, settings.
+
+        Kept in memory (read from the log once): dashboards ask on every rerun, and a
+        count over a large log would hold the engine's lock while ranks wait.
+        """
         with self._lock:
-            counts = self._log.counts()
+            if self._counts is None:
+                self._counts = self._log.counts()
+            counts = self._counts
             return {
                 "learned": counts.get("learned", 0), "logged": counts.get("logged", 0),
                 "discarded": counts.get("discarded", 0), "pending": len(self._pending),
@@ -793,7 +820,7 @@ class LocalPersonalizer:
                                         f"Vowpal Wabbit refused the arguments: {_first_line(exc)}") from None
             self._vw = vw
             self._policy = contract
-            with self._log.transaction():
+            with self._tx():
                 self._log.set_setting("policy", contract.model_dump(by_alias=True))
                 self._checkpoint("policy")
             return self.get_policy()
@@ -821,14 +848,14 @@ class LocalPersonalizer:
             if "ccb_explore_adf" not in vw.get_arguments():
                 raise PersonalizerError("InvalidModelImportFormat", "the model is not a multi-slot (CCB) model")
             self._vw = vw
-            with self._log.transaction():
+            with self._tx():
                 self._checkpoint("import")
 
     def reset_model(self) -> None:
         """Start a fresh model with the current policy (the event log is kept)."""
         with self._lock:
             self._vw = self._workspace()
-            with self._log.transaction():
+            with self._tx():
                 self._checkpoint("reset")
 
     def model_properties(self) -> dict[str, Any]:
@@ -846,14 +873,15 @@ class LocalPersonalizer:
     def delete_logs(self) -> int:
         """Delete closed events and their rewards (a checkpoint first keeps the model); returns how many."""
         with self._lock:
-            with self._log.transaction():
+            with self._tx():
                 self._checkpoint("periodic")
+            self._counts = None
             return self._log.delete_closed()
 
     # ------------------------------------------------------------ lifecycle
     def checkpoint(self) -> None:
         """Save the model now (also done every ``checkpoint_every`` learned events and on close)."""
-        with self._lock, self._log.transaction():
+        with self._lock, self._tx():
             self._checkpoint("periodic")
 
     def close(self) -> None:

@@ -352,3 +352,27 @@ def test_a_failed_start_releases_the_data_directory(tmp_path: Path) -> None:
     with pytest.raises(PersonalizerError):
         LocalPersonalizer(tmp_path, configuration={"rewardWaitTime": "forever"})
     LocalPersonalizer(tmp_path).close()
+
+
+def test_stats_kept_in_memory_match_the_log(engine: LocalPersonalizer, clock: FakeClock) -> None:
+    engine.update_service_configuration({"rewardWaitTime": "PT10S"})
+    ids = []
+    for i in range(30):
+        e = engine.rank(seed_request(TIMES[i % 4], defer=i % 3 == 0))["eventId"]
+        ids.append(e)
+        if i % 3 == 1:
+            engine.reward(e, both_rewards(1, 0))
+        elif i % 3 == 2:
+            engine.reward(e, {"reward": [{"slotId": "SmallSidebar", "value": 1.0}]})
+    engine.update_service_configuration({"learningMode": "LoggingOnly"})
+    engine.reward(engine.rank(seed_request())["eventId"], both_rewards(0, 0))
+    clock.advance(11)
+    engine.process_due()
+    with pytest.raises(PersonalizerError):
+        engine.reward(ids[2], both_rewards(1, 1))  # late for its hero slot: logged, refused
+    stats, truth = engine.stats(), engine._log.counts()
+    assert {k: stats[k] for k in ("learned", "logged", "discarded", "rewards")} == \
+        {k: truth.get(k, 0) for k in ("learned", "logged", "discarded", "rewards")}
+    assert (stats["learned"], stats["logged"], stats["discarded"]) == (20, 1, 10)
+    engine.delete_logs()
+    assert engine.stats()["learned"] == 0 and engine.stats()["rewards"] == 0
