@@ -41,7 +41,7 @@ import json
 import math
 import random
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -247,6 +247,28 @@ class Scenario:
         if len(set(baselines)) != len(baselines):
             problems.add("each slot needs a different baselineAction")
 
+    def _action_slot_values(
+        self, where: str, values: dict, what: str, low: float, problems: _Problems
+    ) -> Iterator[tuple[int, int, float]]:
+        """(slot index, action index, number) of {actionId: x | {slotId: x}}, each x in [low, 1].
+
+        Unknown actions or slots and numbers out of range are reported, not yielded.
+        """
+        action_index = {a: i for i, a in enumerate(self.action_ids)}
+        slot_index = {s: i for i, s in enumerate(self.slot_ids)}
+        for action, value in values.items():
+            if action not in action_index:
+                problems.add(f"{where} names unknown action {action!r} (known: {_known(self.action_ids)})")
+                continue
+            per_slot = value if isinstance(value, dict) else dict.fromkeys(self.slot_ids, value)
+            for slot, x in per_slot.items():
+                if slot not in slot_index:
+                    problems.add(f"{where}.{action} names unknown slot {slot!r} (known: {_known(self.slot_ids)})")
+                elif not _is_number(x) or not low <= x <= 1.0:
+                    problems.add(f"{where}.{action}: {what} must be a number in [{low:g}, 1], got {x!r}")
+                else:
+                    yield slot_index[slot], action_index[action], x
+
     def _probability_row(
         self, where: str, values: Any, problems: _Problems, default: float | None
     ) -> np.ndarray:
@@ -255,20 +277,8 @@ class Scenario:
         if not isinstance(values, dict):
             problems.add(f"{where} must be an object of actionId -> probability")
             return row
-        action_index = {a: i for i, a in enumerate(self.action_ids)}
-        slot_index = {s: i for i, s in enumerate(self.slot_ids)}
-        for action, value in values.items():
-            if action not in action_index:
-                problems.add(f"{where} names unknown action {action!r} (known: {_known(self.action_ids)})")
-                continue
-            per_slot = value if isinstance(value, dict) else dict.fromkeys(self.slot_ids, value)
-            for slot, p in per_slot.items():
-                if slot not in slot_index:
-                    problems.add(f"{where}.{action} names unknown slot {slot!r} (known: {_known(self.slot_ids)})")
-                elif not _is_number(p) or not 0.0 <= p <= 1.0:
-                    problems.add(f"{where}.{action}: probability must be a number in [0, 1], got {p!r}")
-                else:
-                    row[slot_index[slot], action_index[action]] = p
+        for s, a, p in self._action_slot_values(where, values, "probability", 0.0, problems):
+            row[s, a] = p
         missing = np.isnan(row)
         if missing.any():
             if default is None:
@@ -308,8 +318,6 @@ class Scenario:
                 problems.add(f"{where}.effects must be an object feature -> value -> actionId -> delta")
                 effects = {}
             names = list(self.context_options)
-            action_index = {a: i for i, a in enumerate(self.action_ids)}
-            slot_index = {s: i for i, s in enumerate(self.slot_ids)}
             for feature, by_value in effects.items():
                 if feature not in self.context_options:
                     problems.add(f"{where}.effects names unknown context feature {feature!r} "
@@ -327,20 +335,9 @@ class Scenario:
                         problems.add(f"{where}.effects.{feature}.{value} must be an object actionId -> delta")
                         continue
                     rows = [c for c, ctx in enumerate(self.contexts) if ctx[feature] == value]
-                    for action, delta in deltas.items():
-                        here = f"{where}.effects.{feature}.{value}"
-                        if action not in action_index:
-                            problems.add(f"{here} names unknown action {action!r} (known: {_known(self.action_ids)})")
-                            continue
-                        per_slot = delta if isinstance(delta, dict) else dict.fromkeys(self.slot_ids, delta)
-                        for slot, d in per_slot.items():
-                            if slot not in slot_index:
-                                problems.add(f"{here}.{action} names unknown slot {slot!r} "
-                                             f"(known: {_known(self.slot_ids)})")
-                            elif not _is_number(d) or not -1.0 <= d <= 1.0:
-                                problems.add(f"{here}.{action}: delta must be a number in [-1, 1], got {d!r}")
-                            else:
-                                table[rows, slot_index[slot], action_index[action]] += d
+                    here = f"{where}.effects.{feature}.{value}"
+                    for s, a, d in self._action_slot_values(here, deltas, "delta", -1.0, problems):
+                        table[rows, s, a] += d
             return np.clip(table, 0.0, 1.0)
         if kind == "joint":
             unknown = set(prefs) - {"type", "table", "default"}
