@@ -583,13 +583,16 @@ class LocalPersonalizer:
             now = self._clock()
             self._process_due(now)
             p = self._pending.get(event_id)
-            slot_ids = self._slot_ids(event_id)
+            stored = None if p is not None else self._log.get_event(event_id)
+            if p is None and stored is None:
+                raise _unknown_event(event_id)
+            slot_ids = p.slot_ids if p is not None else [s["id"] for s in stored.response["slots"]]
             for slot_id, _ in values:
                 if slot_id not in slot_ids:
                     raise PersonalizerError("InvalidRewardRequest",
                                             f"slotId '{slot_id}' is not a slot of event '{event_id}'", 400)
-            if p is None:
-                return self._reward_closed(event_id, values, now)
+            if stored is not None:
+                return self._reward_closed(stored, values, now)
             with self._tx():
                 self._log.add_rewards(event_id, values, now)
                 self._count("rewards", len(values))
@@ -600,9 +603,8 @@ class LocalPersonalizer:
                     return {"eventId": event_id, "status": "learned"}
             return {"eventId": event_id, "status": "pending"}
 
-    def _reward_closed(self, event_id: str, values: list[tuple[str, float]], now: float) -> dict[str, Any]:
-        stored = self._log.get_event(event_id)
-        assert stored is not None
+    def _reward_closed(self, stored: StoredEvent, values: list[tuple[str, float]], now: float) -> dict[str, Any]:
+        event_id = stored.event_id
         had = {slot for slot, _, _ in self._log.rewards_of(event_id)}
         if self._config.reward_aggregation == "earliest" and all(slot in had for slot, _ in values):
             return {"eventId": event_id, "status": "duplicate"}
