@@ -46,9 +46,7 @@ from personalizer.simulation import (
     window_accept_rates,
 )
 
-RETIRED = getattr(
-    engine, "RETIRED_POLICY_ARGUMENTS", "--ccb_explore_adf --epsilon 0.2 --power_t 0 -l 0.001 --cb_type mtr -q ::"
-)
+RETIRED = engine.RETIRED_POLICY_ARGUMENTS
 POLICIES: dict[str, str | None] = {
     "random": None,
     "baseline": None,
