@@ -246,16 +246,16 @@ class EventLog:
 
     def latest_checkpoint(self) -> Checkpoint | None:
         """The newest checkpoint, or None."""
-        row = self._db.execute(
-            "SELECT id, learn_seq, created, reason, arguments, model FROM checkpoints ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-        return Checkpoint(*row[:5], bytes(row[5])) if row else None
+        return self._newest_checkpoint("")
 
     def first_checkpoint_since_reset(self) -> Checkpoint | None:
         """The newest checkpoint made by a reset, import or policy change (the model's creation)."""
+        return self._newest_checkpoint("WHERE reason != 'periodic'")
+
+    def _newest_checkpoint(self, where: str) -> Checkpoint | None:
         row = self._db.execute(
-            "SELECT id, learn_seq, created, reason, arguments, model FROM checkpoints"
-            " WHERE reason != 'periodic' ORDER BY id DESC LIMIT 1").fetchone()
+            f"SELECT id, learn_seq, created, reason, arguments, model FROM checkpoints {where} ORDER BY id DESC LIMIT 1"
+        ).fetchone()
         return Checkpoint(*row[:5], bytes(row[5])) if row else None
 
     # ------------------------------------------------------------ transactions
