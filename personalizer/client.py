@@ -6,27 +6,31 @@ runs against the other. The endpoint may be given with or without a trailing
 slash or a ``/personalizer`` suffix, so the seed quickstart's URL-joining bug
 cannot happen here.
 
-Retries are bounded (``retries`` extra attempts, exponential ``backoff``,
-``Retry-After`` honoured) and happen only when repeating the call cannot do
-harm: on 429/503 answers and on connections that were never made, for every
-call; on ambiguous failures (timeout or connection lost after sending) only for
-calls that are safe to repeat. Rank is made safe by design: a request without an
-``eventId`` gets one generated here, and the server answers a repeated
-(eventId, request) with the first answer instead of ranking twice.
+Retries are urllib3's ``Retry`` on the session's adapters, bounded (``retries``
+extra attempts, exponential ``backoff``, ``Retry-After`` honoured up to 30 s), and
+happen only when repeating the call cannot do harm: on 429/503 answers and on
+connections that were never made, for every call; on ambiguous failures (timeout
+or connection lost after sending) only for calls that are safe to repeat. Two
+sessions carry the two policies, because whether a call is safe depends on the
+call, not on its HTTP method (a rank POST is safe, a policy PUT is not). Rank is
+made safe by design: a request without an ``eventId`` gets one generated here,
+and the server answers a repeated (eventId, request) with the first answer
+instead of ranking twice.
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
 import re
 import secrets
 import string
-import time
 from typing import Any
 from urllib.parse import quote
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError, ReadTimeoutError
+from urllib3.util.retry import Retry
 
 from .contract import PersonalizerError
 
@@ -36,7 +40,7 @@ API_VERSION = "2022-09-01-preview"
 KEY_HEADER = "Ocp-Apim-Subscription-Key"
 _API_QUERY = f"?api-version={API_VERSION}"
 _RETRY_STATUSES = frozenset({429, 503})
-_MAX_RETRY_AFTER = 30.0
+_MAX_RETRY_AFTER = 30
 _STATUS_CODES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "ResourceNotFound",
                  405: "OperationNotAllowed", 408: "RequestTimeout", 409: "Conflict", 413: "PayloadSizeExceeded",
                  415: "UnsupportedMediaType", 429: "TooManyRequests", 500: "InternalServerError",
@@ -68,9 +72,10 @@ class PersonalizerClient:
 
     ``endpoint``: the server's base URL. ``key``: sent as ``Ocp-Apim-Subscription-Key``
     (never shown in messages or repr). ``timeout``: seconds per attempt. ``retries``:
-    extra attempts for retryable failures, waiting ``backoff * 2**attempt`` seconds
-    (or the server's Retry-After). ``session``: a ``requests.Session`` to reuse
-    (the client then does not close it).
+    extra attempts for retryable failures, with urllib3's exponential backoff of factor
+    ``backoff`` (or the server's Retry-After). ``session``: a ``requests.Session`` to
+    reuse for every call; its own adapters then decide about retries, and the client
+    does not close it.
     """
 
     def __init__(
@@ -90,7 +95,11 @@ class PersonalizerClient:
         self.retries = max(0, int(retries))
         self.backoff = max(0.0, float(backoff))
         self._own_session = session is None
-        self.session = session if session is not None else _session_for(self.endpoint)
+        if session is None:
+            self.session = _session_for(self.endpoint, _retry(self.retries, self.backoff, safe=True))
+            self._unsafe_session = _session_for(self.endpoint, _retry(self.retries, self.backoff, safe=False))
+        else:
+            self.session = self._unsafe_session = session
 
     def __repr__(self) -> str:
         return f"PersonalizerClient({self.endpoint!r}, key={'***' if self._key else None})"
@@ -188,6 +197,7 @@ class PersonalizerClient:
         """Close the HTTP session if this client created it."""
         if self._own_session:
             self.session.close()
+            self._unsafe_session.close()
 
     def __enter__(self) -> PersonalizerClient:
         return self
@@ -215,30 +225,14 @@ class PersonalizerClient:
         if content_type:
             headers["Content-Type"] = content_type
         url = self._base + path + (_API_QUERY if api_version else "")
-        attempt = 0
-        while True:
-            try:
-                resp = self.session.request(method, url, data=data, headers=headers, timeout=self.timeout)
-            except requests.RequestException as exc:
-                unsent = _never_sent(exc)
-                if attempt < self.retries and (safe or unsent):
-                    self._sleep(attempt, None)
-                    attempt += 1
-                    continue
-                raise self._transport_error(exc, unsent) from None
-            if resp.status_code < 400:
-                return resp
-            if resp.status_code in _RETRY_STATUSES and attempt < self.retries:
-                retry_after = _retry_after(resp.headers.get("Retry-After"))
-                resp.close()
-                self._sleep(attempt, retry_after)
-                attempt += 1
-                continue
-            raise self._http_error(resp)
-
-    def _sleep(self, attempt: int, retry_after: float | None) -> None:
-        delay = retry_after if retry_after is not None else self.backoff * (2 ** attempt)
-        time.sleep(min(max(delay, 0.0), _MAX_RETRY_AFTER))
+        session = self.session if safe else self._unsafe_session
+        try:
+            resp = session.request(method, url, data=data, headers=headers, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise self._transport_error(exc) from None
+        if resp.status_code < 400:
+            return resp
+        raise self._http_error(resp)
 
     def _http_error(self, resp: requests.Response) -> PersonalizerError:
         status = resp.status_code
@@ -257,8 +251,8 @@ class PersonalizerClient:
             message = f"HTTP {status} {resp.reason or ''}".strip() + (f": {text}" if text else "")
         return PersonalizerError(code, self._scrub(message), status)
 
-    def _transport_error(self, exc: requests.RequestException, unsent: bool) -> PersonalizerError:
-        if isinstance(exc, requests.Timeout) and not unsent:
+    def _transport_error(self, exc: requests.RequestException) -> PersonalizerError:
+        if _timed_out(exc):
             return PersonalizerError("RequestTimeout", f"no answer from {self.endpoint} within {self.timeout} s", 408)
         detail = self._scrub(str(exc).splitlines()[0][:200]) if str(exc) else type(exc).__name__
         return PersonalizerError("ServiceUnreachable", f"cannot reach {self.endpoint}: {detail}", 503)
@@ -268,13 +262,26 @@ class PersonalizerClient:
         return text.replace(self._key, "***") if self._key else text
 
 
-def _session_for(url: str) -> requests.Session:
-    """A session with the environment's proxy, CA bundle and netrc settings resolved once.
+def _retry(retries: int, backoff: float, *, safe: bool) -> Retry:
+    """urllib3's retry policy: refused connects and 429/503 always; lost answers only for safe calls."""
+    return Retry(
+        total=retries, connect=retries, status=retries, read=retries if safe else 0, other=0, redirect=0,
+        allowed_methods=None,  # every method: safety is decided per call by the session used
+        status_forcelist=_RETRY_STATUSES, backoff_factor=backoff, raise_on_status=False,
+        respect_retry_after_header=True, retry_after_max=_MAX_RETRY_AFTER,
+    )
+
+
+def _session_for(url: str, retry: Retry) -> requests.Session:
+    """A session retrying by ``retry``, with the environment's proxy, CA bundle and netrc resolved once.
 
     requests re-reads them on every call when ``trust_env`` is on (about 0.3 ms a call
     here, as much as the server's own work), so they are pinned at construction.
     """
     session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
     env = session.merge_environment_settings(url, {}, None, None, None)
     session.proxies.update(env.get("proxies") or {})
     if env.get("verify") not in (None, True):
@@ -303,26 +310,11 @@ def _receipt(event_id: str, resp: requests.Response) -> dict[str, Any]:
     return {"eventId": event_id, "status": resp.headers.get("x-personalizer-status", "accepted")}
 
 
-def _never_sent(exc: requests.RequestException) -> bool:
-    """True when the request certainly never reached the server (refused or timed-out connect)."""
+def _timed_out(exc: requests.RequestException) -> bool:
+    """True when the server took the request and did not answer in time (after any retries)."""
     if isinstance(exc, requests.ConnectTimeout):
+        return False  # never connected: unreachable, not slow
+    if isinstance(exc, requests.Timeout):
         return True
-    if isinstance(exc, requests.ConnectionError):
-        text = repr(exc.args[0] if exc.args else exc)
-        return "NewConnectionError" in text or "Connection refused" in text or "NameResolutionError" in text
-    return False
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds: a number of seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    reason = exc.args[0].reason if exc.args and isinstance(exc.args[0], MaxRetryError) else None
+    return isinstance(reason, ReadTimeoutError)

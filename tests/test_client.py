@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-import requests
-from requests.adapters import BaseAdapter
 from server_fixtures import KEY, ThreadedServer, free_port, live_server_fixture, rank_request, server_engine_fixture  # noqa: F401
 
-from personalizer import client as client_module
 from personalizer.client import PersonalizerClient, normalize_endpoint
 from personalizer.contract import PersonalizerError
 
@@ -77,98 +78,144 @@ def test_wrong_key_is_a_personalizer_error(live_server: ThreadedServer) -> None:
     assert PersonalizerClient(live_server.base).health()["status"] == "ok"  # health needs no key
 
 
-# ---------------------------------------------------------------- retries, with a scripted transport
+# ---------------------------------------------------------------- retries, against a scripted real server
 
-class Scripted(BaseAdapter):
-    """A requests transport that answers from a script: (status, body, headers) or an exception."""
+DROP = "drop"   # read the request, then close the connection without an answer (an ambiguous failure)
+STALL = "stall"  # read the request, answer nothing until the client has timed out
+
+
+class ScriptedServer:
+    """A real HTTP server on loopback that answers from a script: (status, body, headers), DROP or STALL.
+
+    The last step repeats. Every request's method, path, headers and body are recorded.
+    """
 
     def __init__(self, script: list[Any]) -> None:
-        super().__init__()
         self.script = list(script)
-        self.requests: list[requests.PreparedRequest] = []
+        self.requests: list[dict[str, Any]] = []
+        self.released = threading.Event()
+        outer = self
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        self.requests.append(request)
-        step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
-        if isinstance(step, Exception):
-            raise step
-        status, body, headers = step
-        resp = requests.Response()
-        resp.status_code = status
-        resp._content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        resp.headers.update(headers)
-        resp.url = request.url or ""
-        resp.request = request
-        resp.reason = "scripted"
-        return resp
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                outer.requests.append({"method": self.command, "path": self.path,
+                                       "headers": dict(self.headers), "body": body})
+                step = outer.script.pop(0) if len(outer.script) > 1 else outer.script[0]
+                if step == DROP:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if step == STALL:
+                    outer.released.wait(5)
+                    self.close_connection = True
+                    return
+                status, payload, headers = step
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _any
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
 
     def close(self) -> None:
-        pass
+        self.released.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
-def scripted_client(script: list[Any], sleeps: list[float], monkeypatch: pytest.MonkeyPatch,
-                    **options: Any) -> tuple[PersonalizerClient, Scripted]:
-    adapter = Scripted(script)
-    session = requests.Session()
-    session.mount("http://", adapter)
-    monkeypatch.setattr(client_module.time, "sleep", sleeps.append)
-    return PersonalizerClient("http://svc.test", KEY, session=session, **options), adapter
+@pytest.fixture
+def scripted() -> Iterator[Callable[[list[Any]], ScriptedServer]]:
+    servers: list[ScriptedServer] = []
+
+    def start(script: list[Any]) -> ScriptedServer:
+        servers.append(ScriptedServer(script))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def scripted_client(server: ScriptedServer, **options: Any) -> PersonalizerClient:
+    return PersonalizerClient(server.base, KEY, **{"backoff": 0.01, **options})
 
 
 OK_RANK = (201, {"eventId": "x", "slots": [{"id": "s", "rewardActionId": "a"}]}, {})
 BUSY = (503, {"error": {"code": "ServiceUnavailable", "message": "busy"}}, {})
-REFUSED = requests.ConnectionError("NewConnectionError: Connection refused")
-LOST = requests.ConnectionError("RemoteDisconnected: Remote end closed connection without response")
+OK_POLICY = (200, {"name": "p", "arguments": "a"}, {})
 
 
-def test_rank_retries_503_with_backoff_and_the_same_event_id(monkeypatch: pytest.MonkeyPatch) -> None:
-    sleeps: list[float] = []
-    client, adapter = scripted_client([BUSY, BUSY, OK_RANK], sleeps, monkeypatch, backoff=0.1)
-    assert client.rank(rank_request())["eventId"] == "x"
-    assert sleeps == [0.1, 0.2]
-    bodies = [json.loads(r.body) for r in adapter.requests]
+def test_rank_retries_503_with_the_same_event_id(scripted: Callable[[list[Any]], ScriptedServer]) -> None:
+    server = scripted([BUSY, BUSY, OK_RANK])
+    assert scripted_client(server).rank(rank_request())["eventId"] == "x"
+    bodies = [json.loads(r["body"]) for r in server.requests]
     assert len(bodies) == 3 and len({b["eventId"] for b in bodies}) == 1  # a retry repeats the same event
 
 
-def test_retry_after_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
-    sleeps: list[float] = []
-    throttled = (429, {"error": {"code": "TooManyRequests", "message": "slow down"}}, {"Retry-After": "1.5"})
-    client, _ = scripted_client([throttled, OK_RANK], sleeps, monkeypatch)
-    client.rank(rank_request("e"))
-    assert sleeps == [1.5]
+def test_retry_after_is_honoured(scripted: Callable[[list[Any]], ScriptedServer]) -> None:
+    server = scripted([(429, {"error": {"code": "TooManyRequests", "message": "slow down"}}, {"Retry-After": "1"}),
+                       OK_RANK])
+    started = time.monotonic()
+    scripted_client(server).rank(rank_request("e"))
+    assert time.monotonic() - started >= 1.0  # waited as told (backoff alone would be 0.01 s)
+    assert len(server.requests) == 2
 
 
-def test_retries_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    sleeps: list[float] = []
-    client, adapter = scripted_client([BUSY], sleeps, monkeypatch, retries=2)
+def test_retries_are_bounded(scripted: Callable[[list[Any]], ScriptedServer]) -> None:
+    server = scripted([BUSY])
     with pytest.raises(PersonalizerError) as info:
-        client.get_policy()
+        scripted_client(server, retries=2).get_policy()
     assert (info.value.code, info.value.status) == ("ServiceUnavailable", 503)
-    assert len(adapter.requests) == 3 and len(sleeps) == 2
+    assert len(server.requests) == 3
 
 
-def test_ambiguous_failures_are_retried_only_when_safe(monkeypatch: pytest.MonkeyPatch) -> None:
-    sleeps: list[float] = []
-    client, adapter = scripted_client([LOST, (204, b"", {"x-personalizer-status": "learned"})], sleeps, monkeypatch)
-    assert client.reward("e", {"reward": [{"slotId": "s", "value": 1}]})["status"] == "learned"
-    assert len(adapter.requests) == 2
+def test_ambiguous_failures_are_retried_only_when_safe(scripted: Callable[[list[Any]], ScriptedServer]) -> None:
+    server = scripted([DROP, (204, b"", {"x-personalizer-status": "learned"})])
+    assert scripted_client(server).reward("e", {"reward": [{"slotId": "s", "value": 1}]})["status"] == "learned"
+    assert len(server.requests) == 2
 
-    client, adapter = scripted_client([LOST, (200, {"name": "p", "arguments": "a"}, {})], sleeps, monkeypatch)
+    server = scripted([DROP, OK_POLICY])
     with pytest.raises(PersonalizerError) as info:
-        client.update_policy({"name": "p", "arguments": "--ccb_explore_adf"})  # resets the model: not repeated
-    assert info.value.code == "ServiceUnreachable" and len(adapter.requests) == 1
-
-    client, adapter = scripted_client([REFUSED, (200, {"name": "p", "arguments": "a"}, {})], sleeps, monkeypatch)
-    assert client.update_policy({"name": "p", "arguments": "--ccb_explore_adf"})["name"] == "p"  # never sent
+        scripted_client(server).update_policy({"name": "p", "arguments": "--ccb_explore_adf"})  # not repeated
+    assert info.value.code == "ServiceUnreachable" and len(server.requests) == 1
 
 
-def test_read_timeout_is_a_request_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    sleeps: list[float] = []
-    client, adapter = scripted_client([requests.ReadTimeout("read timed out")], sleeps, monkeypatch, retries=1)
+def test_a_refused_connection_is_retried_for_any_call_and_then_reported() -> None:
+    port = free_port()  # nothing listens there: every connect is refused, so nothing was ever sent
+    client = PersonalizerClient(f"http://127.0.0.1:{port}", KEY, retries=2, backoff=0.01)
     with pytest.raises(PersonalizerError) as info:
-        client.model_properties()
+        client.update_policy({"name": "p", "arguments": "--ccb_explore_adf"})
+    assert (info.value.code, info.value.status) == ("ServiceUnreachable", 503)
+    assert "Max retries exceeded" in info.value.message  # urllib3 retried before giving up
+
+
+def test_read_timeout_is_a_request_timeout(scripted: Callable[[list[Any]], ScriptedServer]) -> None:
+    server = scripted([STALL])
+    with pytest.raises(PersonalizerError) as info:
+        scripted_client(server, retries=1, timeout=0.3).model_properties()
     assert (info.value.code, info.value.status) == ("RequestTimeout", 408)
-    assert len(adapter.requests) == 2
+    assert len(server.requests) == 2
+    server = scripted([STALL])
+    with pytest.raises(PersonalizerError) as info:
+        scripted_client(server, retries=1, timeout=0.3).reset_model()  # unsafe: one attempt only
+    assert (info.value.code, info.value.status) == ("RequestTimeout", 408)
+    assert len(server.requests) == 1
 
 
 @pytest.mark.parametrize(("status", "body", "code"), [
@@ -178,30 +225,30 @@ def test_read_timeout_is_a_request_timeout(monkeypatch: pytest.MonkeyPatch) -> N
     (400, {"error": {"code": "InvalidRankRequest", "message": "actions: bad"}}, "InvalidRankRequest"),
     (400, {"error": "flat"}, "BadRequest"),
 ])
-def test_error_bodies_map_to_personalizer_errors(monkeypatch: pytest.MonkeyPatch, status: int, body: Any,
-                                                  code: str) -> None:
-    client, _ = scripted_client([(status, body, {})], [], monkeypatch, retries=0)
+def test_error_bodies_map_to_personalizer_errors(scripted: Callable[[list[Any]], ScriptedServer], status: int,
+                                                  body: Any, code: str) -> None:
+    client = scripted_client(scripted([(status, body, {})]), retries=0)
     with pytest.raises(PersonalizerError) as info:
         client.rank(rank_request("e"))
     assert (info.value.code, info.value.status) == (code, status)
     assert info.value.message
 
 
-def test_an_echoed_key_is_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_echoed_key_is_scrubbed(scripted: Callable[[list[Any]], ScriptedServer]) -> None:
     echo = (400, {"error": {"code": "BadRequest", "message": f"bad header {KEY}"}}, {})
-    client, _ = scripted_client([echo], [], monkeypatch, retries=0)
+    client = scripted_client(scripted([echo]), retries=0)
     with pytest.raises(PersonalizerError) as info:
         client.rank(rank_request("e"))
     assert KEY not in str(info.value)
 
 
-def test_rank_keeps_a_given_event_id(monkeypatch: pytest.MonkeyPatch) -> None:
-    client, adapter = scripted_client([OK_RANK], [], monkeypatch)
-    client.rank(rank_request("mine"))
-    sent: Callable[[], Any] = lambda: json.loads(adapter.requests[-1].body)  # noqa: E731
-    assert sent()["eventId"] == "mine"
-    assert adapter.requests[-1].headers["Ocp-Apim-Subscription-Key"] == KEY
-    assert "api-version=2022-09-01-preview" in (adapter.requests[-1].url or "")
+def test_rank_keeps_a_given_event_id(scripted: Callable[[list[Any]], ScriptedServer]) -> None:
+    server = scripted([OK_RANK])
+    scripted_client(server).rank(rank_request("mine"))
+    sent = server.requests[-1]
+    assert json.loads(sent["body"])["eventId"] == "mine"
+    assert sent["headers"]["Ocp-Apim-Subscription-Key"] == KEY
+    assert "api-version=2022-09-01-preview" in sent["path"]
 
 
 def test_environment_proxy_settings_are_honoured_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -216,9 +263,9 @@ def test_environment_proxy_settings_are_honoured_once(monkeypatch: pytest.Monkey
     assert "http" not in PersonalizerClient("http://svc.test:8000").session.proxies
 
 
-def test_a_success_without_json_is_an_invalid_response(monkeypatch: pytest.MonkeyPatch) -> None:
-    client, _ = scripted_client([(201, b"<html>captive portal</html>", {"content-type": "text/html"})], [],
-                                monkeypatch, retries=0)
+def test_a_success_without_json_is_an_invalid_response(scripted: Callable[[list[Any]], ScriptedServer]) -> None:
+    client = scripted_client(scripted([(201, b"<html>captive portal</html>", {"Content-Type": "text/html"})]),
+                             retries=0)
     with pytest.raises(PersonalizerError) as info:
         client.rank(rank_request("e"))
     assert (info.value.code, info.value.status) == ("InvalidResponse", 502)
