@@ -351,7 +351,7 @@ class LocalPersonalizer:
                 if previous is not None:
                     return previous
             event_id = given or new_event_id()
-            head, bodies, allowed, index = self._catalogs.encode(canonical, event_id)
+            head, bodies, allowed, index = self._catalogs.encode(canonical, event_id, canonical_json)
             mode = self._config.learning_mode
             if mode == "Online":
                 lines = head + [encoding.slot_line(b, a) for b, a in zip(bodies, allowed, strict=True)]

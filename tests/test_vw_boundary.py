@@ -239,3 +239,24 @@ def test_catalog_cache_is_bounded_by_bytes_and_keyed_by_content() -> None:
     assert cache.encode(request, "e") == encoding.encode_request(request, "e")
     assert cache.encode(swapped, "e") == encoding.encode_request(swapped, "e")
     assert cache.recent()[-1] == (swapped, "e")
+
+
+def test_catalog_key_from_canonical_text_never_mixes_catalogs() -> None:
+    """The cheap key (the canonical text after the context) is exact, even when a context holds ``"actions"``."""
+    import json
+
+    base = {"contextFeatures": [{"t": "m"}],
+            "actions": [{"id": "a", "features": []}, {"id": "b", "features": []}],
+            "slots": [{"id": "s", "features": [], "excludedActions": [], "baselineAction": "a"}],
+            "deferActivation": False}
+    spoof = {**base, "contextFeatures": [{"x": 1, "actions": [{"id": "zzz", "features": []}]}],
+             "actions": base["actions"][::-1]}
+    texts = [json.dumps(r, separators=(",", ":")) for r in (base, spoof)]
+    keys = [encoding.catalog_key(r, t) for r, t in zip((base, spoof), texts, strict=True)]
+    assert keys[0] != keys[1] and isinstance(keys[0], str)
+    cache = encoding.CatalogCache()
+    for request, text in [(base, texts[0]), (spoof, texts[1])] * 2:
+        assert cache.encode(request, "e", text) == encoding.encode_request(request, "e")
+    # Text laid out another way (catalog first): the digest of actions and slots is used instead.
+    reordered = json.dumps({"actions": base["actions"], "slots": base["slots"], "contextFeatures": []})
+    assert isinstance(encoding.catalog_key(base, reordered), bytes)

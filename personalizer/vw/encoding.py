@@ -184,8 +184,24 @@ def encode_request(request: dict[str, Any], event_id: str) -> Encoded:
     return head, bodies, allowed, index
 
 
-def catalog_key(request: dict[str, Any]) -> bytes:
-    """A digest of a request's catalog (actions and slots), whatever order its fields came in."""
+_CONTEXT_FIRST = '{"contextFeatures":'
+_ACTIONS_KEY = ',"actions":'
+
+
+def catalog_key(request: dict[str, Any], canonical_json: str | None = None) -> bytes | str:
+    """A key equal for two requests exactly when their catalogs (actions and slots) are equal.
+
+    Given the request's canonical JSON as the contract writes it (``contextFeatures``
+    first), the key is the text from the first ``,"actions":`` on: the whole catalog
+    and nothing of the context unless the context itself holds that text (then the key
+    is merely more specific). JSON's grammar makes that suffix parse one way only, so
+    equal suffixes mean equal catalogs. Cheap: a rank spends no time re-serializing.
+    Otherwise (or if the text is not laid out that way) a digest of actions and slots.
+    """
+    if canonical_json is not None and canonical_json.startswith(_CONTEXT_FIRST):
+        at = canonical_json.find(_ACTIONS_KEY)
+        if at > 0:
+            return canonical_json[at:]
     text = json.dumps([request["actions"], request["slots"]], separators=(",", ":"),
                       ensure_ascii=False, check_circular=False)
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
@@ -202,7 +218,7 @@ class CatalogCache:
     def __init__(self, max_bytes: int = 16 * 1024 * 1024) -> None:
         self._max_bytes = max_bytes
         self._bytes = 0
-        self._entries: OrderedDict[bytes, tuple[list[str], list[str], list[list[int]], dict[str, int], int]] = \
+        self._entries: OrderedDict[bytes | str, tuple[list[str], list[str], list[list[int]], dict[str, int], int]] = \
             OrderedDict()
         self._recent: deque[tuple[dict[str, Any], str]] = deque(maxlen=3)
 
@@ -215,15 +231,19 @@ class CatalogCache:
         """The last few requests encoded (with their event ids): what live traffic looks like now."""
         return list(self._recent)
 
-    def encode(self, canonical: dict[str, Any], event_id: str) -> Encoded:
-        """Exactly ``encode_request(canonical, event_id)``, reusing the catalog's encoding."""
+    def encode(self, canonical: dict[str, Any], event_id: str, canonical_json: str | None = None) -> Encoded:
+        """Exactly ``encode_request(canonical, event_id)``, reusing the catalog's encoding.
+
+        ``canonical_json``: the request's canonical JSON text, if the caller has it (a faster key).
+        """
         self._recent.append((canonical, event_id))
-        key = catalog_key(canonical)
+        key = catalog_key(canonical, canonical_json)
         entry = self._entries.get(key)
         if entry is None:
             head, _, allowed, index = encode_request({**canonical, "contextFeatures": []}, event_id)
             untagged = [slot_body(s["id"], s["features"], None) for s in canonical["slots"]]
-            size = sum(map(len, head)) + sum(map(len, untagged)) + 64 * len(index) + 8 * sum(map(len, allowed))
+            size = (len(key) + sum(map(len, head)) + sum(map(len, untagged)) + 64 * len(index)
+                    + 8 * sum(map(len, allowed)))
             entry = (head[1:], untagged, allowed, index, size)
             if size <= self._max_bytes:
                 self._entries[key] = entry
