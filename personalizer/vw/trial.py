@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -168,6 +167,8 @@ def _last_line(stderr: bytes) -> str:
 
 def _child(job: dict[str, Any]) -> dict[str, Any]:
     """Run in the trial child: limits first, then VW (imported only now, under the limits)."""
+    import resource  # Unix only, and only the child needs it
+
     limits = job["limits"]
     resource.setrlimit(resource.RLIMIT_AS, (limits["memory"], limits["memory"]))
     resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu"], limits["cpu"] + 2))
