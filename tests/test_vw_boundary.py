@@ -260,3 +260,18 @@ def test_catalog_key_from_canonical_text_never_mixes_catalogs() -> None:
     # Text laid out another way (catalog first): the digest of actions and slots is used instead.
     reordered = json.dumps({"actions": base["actions"], "slots": base["slots"], "contextFeatures": []})
     assert isinstance(encoding.catalog_key(base, reordered), bytes)
+
+
+def test_a_policy_too_big_for_the_child_fails_its_trial_not_the_server() -> None:
+    """Every value in range, but 2^24 weights x 64 hidden units x 16 bags: VW dies under the memory limit."""
+    with pytest.raises(PersonalizerError) as err:
+        trial.trial_policy(" ".join(parse_arguments("--ccb_explore_adf --nn 64 --bag 16 --cubic ::: -b 24")))
+    assert (err.value.code, err.value.status) == ("InvalidPolicyConfiguration", 400)
+    assert "trial" in err.value.message
+
+
+def test_a_trial_over_its_wall_time_is_a_clear_400(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trial, "WALL_TIMEOUT_SECONDS", 0.01)
+    with pytest.raises(PersonalizerError) as err:
+        trial.trial_policy(effective_arguments(DEFAULT_POLICY_ARGUMENTS, 0.2))
+    assert err.value.status == 400 and "did not finish its trial" in err.value.message
