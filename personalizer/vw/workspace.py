@@ -94,7 +94,11 @@ def predict(vw: Workspace, lines: Sequence[str]) -> Scores:
 
 def learn(vw: Workspace, lines: Sequence[str]) -> None:
     """Learn from a labeled multi-line text example (the lean path, as ``predict``)."""
-    learn_scores(vw, "\n".join(lines))
+    examples = vw._parse("\n".join(lines))
+    try:
+        pylibvw.vw.learn_multi(vw, examples)
+    finally:
+        pylibvw.vw._finish_example_multi_ex(vw, examples)
 
 
 def learn_scores(vw: Workspace, text: str) -> Scores:
