@@ -29,11 +29,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pylibvw
-from vowpalwabbit import Workspace
-
-from personalizer import evaluation, features
+from personalizer import evaluation
 from personalizer.simulation import OracleBackend, load_scenario, simulate
+from personalizer.vw import encoding as features
+from personalizer.vw import workspace
 
 POLICIES = {
     "Retired service default": evaluation.PRESET_POLICIES["Retired service default"],
@@ -86,25 +85,19 @@ class Bare:
         self.data, self.predict = data, predict
         self.unlabeled = ["\n".join(head + [features.slot_line(b, a) for b, a in zip(bodies, allowed, strict=True)])
                           for head, bodies, allowed in data.encoded] if predict else []
-        self.vw = Workspace(arguments + " --quiet")
+        self.vw = workspace.build(arguments)
 
     def run(self, lo: int, hi: int) -> None:
         """(predict +) learn events lo..hi-1."""
         vw, examples, unlabeled = self.vw, self.data.examples, self.unlabeled
-        parse, finish = vw._parse, pylibvw.vw._finish_example_multi_ex
-        learn, pred = pylibvw.vw.learn_multi, pylibvw.vw.predict_multi
+        learn, predict = workspace.learn_scores, workspace.predict
         for i in range(lo, hi):
             if self.predict:
-                exs = parse(unlabeled[i])
-                pred(vw, exs)
-                exs[0].get_decision_scores()
-                finish(vw, exs)
-            exs = parse(examples[i])
-            learn(vw, exs)
-            finish(vw, exs)
+                predict(vw, [unlabeled[i]])
+            learn(vw, examples[i])
 
     def close(self) -> None:
-        self.vw.finish()
+        workspace.finish(self.vw)
 
 
 def measure(data: evaluation.LoggedData, arguments: str, exact: bool, block: int = 1000) -> tuple[list[float], Any]:

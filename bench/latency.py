@@ -26,18 +26,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vowpalwabbit import Workspace
-
-from personalizer import features
-from personalizer.engine import (
-    DEFAULT_POLICY_ARGUMENTS,
-    LocalPersonalizer,
-    effective_arguments,
-    encode_request,
-    labeled_example,
-    vw_learn,
-    vw_predict,
-)
+from personalizer.engine import DEFAULT_POLICY_ARGUMENTS, LocalPersonalizer, labeled_example
+from personalizer.vw import encoding as features
+from personalizer.vw import workspace
+from personalizer.vw.arguments import effective_arguments
+from personalizer.vw.encoding import encode_request
 
 SEED_ACTIONS = [
     {"id": "Red-Polo-Shirt-432", "features": [{"onSale": "true", "price": 20, "category": "Clothing"}]},
@@ -117,8 +110,8 @@ def measure(requests: list[dict[str, Any]], policy: str, rng: random.Random, blo
     """
     n = len(requests)
     examples = _bare_examples(requests, rng)
-    pyvw = Workspace(f"{policy} --quiet")
-    floor = Workspace(f"{policy} --quiet")
+    pyvw = workspace.build(policy)
+    floor = workspace.build(policy)
     t: dict[str, list[float]] = {k: [] for k in ("pyvw_p", "pyvw_l", "bare_p", "bare_l", "rank", "reward")}
     values = [[float(rng.random() < 0.3) for _ in r["slots"]] for r in requests]
     with tempfile.TemporaryDirectory() as home:
@@ -135,10 +128,10 @@ def measure(requests: list[dict[str, Any]], policy: str, rng: random.Random, blo
 
         for lo in range(0, n, block):
             idx = range(lo, min(n, lo + block))
-            t["pyvw_p"] += _timed(lambda i: pyvw.predict(examples[i][0]), idx)
-            t["pyvw_l"] += _timed(lambda i: pyvw.learn(examples[i][1]), idx)
-            t["bare_p"] += _timed(lambda i: vw_predict(floor, examples[i][0]), idx)
-            t["bare_l"] += _timed(lambda i: vw_learn(floor, examples[i][1]), idx)
+            t["pyvw_p"] += _timed(lambda i: workspace.predict_pyvw(pyvw, examples[i][0]), idx)
+            t["pyvw_l"] += _timed(lambda i: workspace.learn_pyvw(pyvw, examples[i][1]), idx)
+            t["bare_p"] += _timed(lambda i: workspace.predict(floor, examples[i][0]), idx)
+            t["bare_l"] += _timed(lambda i: workspace.learn(floor, examples[i][1]), idx)
             for i in idx:
                 engine_loop(i)
         engine.close()

@@ -24,21 +24,14 @@ import logging
 import os
 import random
 import secrets
-import shlex
 import string
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import pylibvw
-from vowpalwabbit import Workspace
-
-from . import features
 from .contract import (
     MultiSlotRankRequest,
     MultiSlotRewardRequest,
@@ -50,6 +43,11 @@ from .contract import (
     parse,
 )
 from .store import EventLog, StoredEvent
+from .vw import encoding, trial
+from .vw import workspace as vw_workspace
+from .vw.arguments import effective_arguments, parse_arguments
+from .vw.encoding import CatalogCache, encode_request
+from .vw.workspace import Workspace
 
 #: The retired Azure service's default multi-slot learning settings (for comparison).
 RETIRED_POLICY_ARGUMENTS = "--ccb_explore_adf --epsilon 0.2 --power_t 0 -l 0.001 --cb_type mtr -q ::"
@@ -61,21 +59,6 @@ RETIRED_POLICY_ARGUMENTS = "--ccb_explore_adf --epsilon 0.2 --power_t 0 -l 0.001
 DEFAULT_POLICY_ARGUMENTS = "--ccb_explore_adf --epsilon 0.2 --cb_type mtr --cubic @@_ -l 1"
 DEFAULT_POLICY_NAME = "Personalizer Studio default"
 SINGLE_SLOT_ID = "__single__"
-
-# VW options a policy may use: learning settings only. Anything that reads or writes
-# files, opens sockets or changes the input format is refused.
-_ALLOWED_OPTIONS = {
-    "--ccb_explore_adf": 0, "--epsilon": 1, "--power_t": 1, "-l": 1, "--learning_rate": 1,
-    "--cb_type": 1, "-q": 1, "--quadratic": 1, "--cubic": 1, "--interactions": 1, "-b": 1,
-    "--bit_precision": 1, "--l1": 1, "--l2": 1, "--initial_t": 1, "--decay_learning_rate": 1,
-    "--ignore": 1, "--ignore_linear": 1, "--keep": 1, "--noconstant": 0, "--first": 1, "--bag": 1,
-    "--cover": 1, "--squarecb": 0, "--gamma_scale": 1, "--gamma_exponent": 1, "--softmax": 0,
-    "--lambda": 1, "--synthcover": 0, "--regcb": 0, "--regcbopt": 0, "--rnd": 1, "--adaptive": 0,
-    "--normalized": 0, "--invariant": 0, "--sgd": 0, "--nn": 1, "--leave_duplicate_interactions": 0,
-    "--hash_seed": 1, "--loss_function": 1, "--coin": 0,
-    "--ftrl": 0, "--pistol": 0, "--freegrad": 0, "--all_slots_loss": 0, "--epsilon_decay": 0,
-}
-_REFUSED_HINT = "file, daemon and data options (-i, -f, -d, --daemon, ...) are not allowed"
 
 Clock = Callable[[], float]
 log = logging.getLogger(__name__)
@@ -93,83 +76,6 @@ def new_event_id() -> str:
 
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
-# ---------------------------------------------------------------- policy arguments
-
-def validate_policy_arguments(arguments: str) -> list[str]:
-    """Split and check VW policy arguments; raise InvalidPolicyConfiguration when unsafe or not CCB."""
-    try:
-        tokens = shlex.split(arguments)
-    except ValueError as exc:
-        raise PersonalizerError("InvalidPolicyConfiguration", f"policy arguments do not parse: {exc}") from None
-    out: list[str] = []
-    i = 0
-    while i < len(tokens):
-        tok = tokens[i]
-        name, eq, value = tok.partition("=")
-        if name not in _ALLOWED_OPTIONS:
-            raise PersonalizerError(
-                "InvalidPolicyConfiguration",
-                f"policy option '{name}' is not allowed; learning options only ({_REFUSED_HINT})")
-        takes = _ALLOWED_OPTIONS[name]
-        if takes and not eq:
-            if i + 1 >= len(tokens):
-                raise PersonalizerError("InvalidPolicyConfiguration", f"policy option '{name}' needs a value")
-            value = tokens[i + 1]
-            i += 1
-        if not takes and eq:
-            raise PersonalizerError("InvalidPolicyConfiguration", f"policy option '{name}' takes no value")
-        if takes and any(c in value for c in " \t\n/\\") and name not in ("--interactions",):
-            raise PersonalizerError("InvalidPolicyConfiguration", f"policy option '{name}' has an invalid value")
-        out.extend([name, value] if takes else [name])
-        i += 1
-    if "--ccb_explore_adf" not in out:
-        raise PersonalizerError("InvalidPolicyConfiguration",
-                                "multi-slot policies need --ccb_explore_adf (conditional contextual bandits)")
-    return out
-
-
-def effective_arguments(arguments: str, exploration: float) -> str:
-    """Policy arguments with ``--epsilon`` rewritten to the configured exploration percentage."""
-    tokens = validate_policy_arguments(arguments)
-    out: list[str] = []
-    skip = False
-    for tok in tokens:
-        if skip:
-            skip = False
-            continue
-        if tok == "--epsilon":
-            skip = True
-            continue
-        out.append(tok)
-    out.extend(["--epsilon", repr(float(exploration))])
-    return " ".join(out)
-
-
-# ---------------------------------------------------------------- VW calls
-
-def vw_predict(vw: Workspace, lines: Sequence[str]) -> list[list[tuple[int, float]]]:
-    """CCB prediction of a multi-line text example: per slot [(action index, probability)], chosen first.
-
-    Goes straight to the pybind layer: ``Workspace.predict`` wraps every line in a
-    Python ``Example`` object, which costs three times what VW itself spends here.
-    """
-    examples = vw._parse("\n".join(lines))
-    try:
-        pylibvw.vw.predict_multi(vw, examples)
-        return examples[0].get_decision_scores()
-    finally:
-        pylibvw.vw._finish_example_multi_ex(vw, examples)
-
-
-def vw_learn(vw: Workspace, lines: Sequence[str]) -> None:
-    """Learn from a labeled multi-line text example (the lean path, as ``vw_predict``)."""
-    examples = vw._parse("\n".join(lines))
-    try:
-        pylibvw.vw.learn_multi(vw, examples)
-    finally:
-        pylibvw.vw._finish_example_multi_ex(vw, examples)
 
 
 # ---------------------------------------------------------------- events in memory
@@ -193,55 +99,6 @@ class _Pending:
     chosen: list[int]
     probabilities: list[float]
     rewards: dict[str, float] = field(default_factory=dict)
-
-
-def encode_request(request: dict[str, Any], event_id: str
-                   ) -> tuple[list[str], list[str], list[list[int]], dict[str, int]]:
-    """VW lines of a canonical (logged) request: head lines, slot bodies, allowed action indices, action index.
-
-    Each slot is seeded with ``<eventId>#<slot position>``: one seed for the whole event
-    would give every slot the same random draw, so later slots would explore exactly
-    when the first one does and their logged probabilities would be wrong.
-    """
-    index = {a["id"]: i for i, a in enumerate(request["actions"])}
-    head = [features.shared_line(request["contextFeatures"])]
-    head.extend(features.action_line(a["id"], a["features"]) for a in request["actions"])
-    bodies, allowed = [], []
-    n = len(index)
-    for k, slot in enumerate(request["slots"]):
-        excluded = {index[x] for x in slot["excludedActions"]}
-        allowed.append([i for i in range(n) if i not in excluded])
-        bodies.append(features.slot_body(slot["id"], slot["features"], f"{event_id}#{k}"))
-    return head, bodies, allowed, index
-
-
-class _CatalogCache:
-    """Encoded actions and slots of recently seen catalogs, keyed by their logged JSON text.
-
-    Apps send the same catalog with every rank; only the context and the seed tags
-    change. Re-encoding the catalog was a fifth of a seed-sized rank.
-    """
-
-    def __init__(self, size: int = 256) -> None:
-        self._size = size
-        self._entries: dict[str, tuple[list[str], list[str], list[list[int]], dict[str, int]]] = {}
-
-    def encode(self, canonical_json: str, canonical: dict[str, Any], event_id: str
-               ) -> tuple[list[str], list[str], list[list[int]], dict[str, int]]:
-        """Exactly ``encode_request(canonical, event_id)``, reusing the catalog's encoding."""
-        # The model serializes contextFeatures first, so the rest of the text is the catalog.
-        key = canonical_json[canonical_json.find(',"actions":'):]
-        entry = self._entries.get(key)
-        if entry is None:
-            head, _, allowed, index = encode_request({**canonical, "contextFeatures": []}, event_id)
-            untagged = [features.slot_body(s["id"], s["features"], None) for s in canonical["slots"]]
-            if len(self._entries) >= self._size:
-                self._entries.pop(next(iter(self._entries)))
-            entry = self._entries[key] = (head[1:], untagged, allowed, index)
-        action_lines, untagged, allowed, index = entry
-        head = [features.shared_line(canonical["contextFeatures"]), *action_lines]
-        bodies = [f"'seed={features.escape(f'{event_id}#{k}')}{body}" for k, body in enumerate(untagged)]
-        return head, bodies, allowed, index
 
 
 def _check_rank(req: MultiSlotRankRequest) -> None:
@@ -316,7 +173,7 @@ class LocalPersonalizer:
         self._checkpoint_every = checkpoint_every
         self._pending: dict[str, _Pending] = {}
         self._deadlines: list[tuple[float, str]] = []
-        self._catalogs = _CatalogCache()
+        self._catalogs = CatalogCache()
         self._counts: dict[str, int] | None = None  # events by status and rewards; None: read the log
         try:
             with self._lock:
@@ -336,16 +193,50 @@ class LocalPersonalizer:
             self._log.set_setting("service", cfg.model_dump(by_alias=True))
         else:
             cfg = ServiceConfiguration.model_validate(stored_cfg)
+        self._config = cfg
+        self._wait = cfg.reward_wait_seconds
+        self._policy_set_aside = False
         if stored_policy is None:
             policy = PolicyContract(name=DEFAULT_POLICY_NAME if policy_arguments is None else "custom",
                                     arguments=policy_arguments or DEFAULT_POLICY_ARGUMENTS)
-            validate_policy_arguments(policy.arguments)
+            parse_arguments(policy.arguments)  # the caller's own mistake: raise, store nothing
             self._log.set_setting("policy", policy.model_dump(by_alias=True))
-        else:
-            policy = PolicyContract.model_validate(stored_policy)
-        self._config = cfg
-        self._wait = cfg.reward_wait_seconds
-        self._policy = policy
+            stored_policy = policy.model_dump(by_alias=True)
+        self._policy = self._usable_policy(stored_policy)
+
+    def _usable_policy(self, stored: Any) -> PolicyContract:
+        """The stored policy if it parses and passes its trial; else the default, the stored one set aside.
+
+        A stored policy that crashes VW would crash every start (a crash loop on a data
+        directory nobody can fix through the API), so it is kept for the operator under
+        the ``policy_set_aside`` setting, logged once, and the default policy runs.
+        A policy that passed its trial is remembered (``policy_trial``) so restarts skip it.
+        """
+        try:
+            policy = PolicyContract.model_validate(stored)
+            args = effective_arguments(policy.arguments, self._config.exploration_percentage)
+            if policy.arguments != DEFAULT_POLICY_ARGUMENTS and \
+                    self._log.get_setting("policy_trial") != policy.arguments:
+                trial.trial_policy(args, self._trial_examples())
+                self._log.set_setting("policy_trial", policy.arguments)
+            return policy
+        except (PersonalizerError, ValueError) as exc:
+            why = exc.message if isinstance(exc, PersonalizerError) else _first_line(exc)
+        log.warning("stored policy in %s set aside, the default policy runs instead: %s", self.home, why)
+        default = PolicyContract(name=DEFAULT_POLICY_NAME, arguments=DEFAULT_POLICY_ARGUMENTS)
+        with self._log.transaction():
+            self._log.set_setting("policy_set_aside", {"policy": stored, "reason": why, "when": _iso(self._clock())})
+            self._log.set_setting("policy", default.model_dump(by_alias=True))
+        self._policy_set_aside = True
+        return default
+
+    def _trial_examples(self) -> list[trial.TrialExample] | None:
+        """Examples shaped like live traffic for a trial: the latest catalogs ranked, else the latest learned."""
+        recent = self._catalogs.recent()
+        if not recent:
+            newest = self._log.max_learn_seq()
+            recent = [(ev.request, ev.event_id) for ev in self._log.learned_after(max(0, newest - 3))]
+        return trial.examples_from_requests(recent) if recent else None
 
     @property
     def arguments(self) -> str:
@@ -354,25 +245,12 @@ class LocalPersonalizer:
 
     # ------------------------------------------------------------ VW workspace
     def _workspace(self, model: bytes | None = None, arguments: str | None = None) -> Workspace:
-        args = (arguments or self.arguments) + " --quiet"
-        if model is None:
-            return Workspace(args)
-        fd, path = tempfile.mkstemp(suffix=".vw")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(model)
-            return Workspace(f"{args} -i {path}")
-        finally:
-            os.unlink(path)
+        """A workspace with the current (or given) arguments: fresh, or from model bytes (header checked)."""
+        args = arguments or self.arguments
+        return vw_workspace.build(args) if model is None else vw_workspace.load(model, args)
 
     def _model_bytes(self) -> bytes:
-        fd, path = tempfile.mkstemp(suffix=".vw")
-        os.close(fd)
-        try:
-            self._vw.save(path)
-            return Path(path).read_bytes()
-        finally:
-            os.unlink(path)
+        return vw_workspace.save(self._vw)
 
     def _checkpoint(self, reason: str) -> None:
         now = self._clock()
@@ -394,10 +272,14 @@ class LocalPersonalizer:
             origin = self._log.first_checkpoint_since_reset()
             self._created = origin.created if origin else cp.created
             try:
+                if self._policy_set_aside:  # its checkpoints carry the set-aside options in their headers
+                    raise PersonalizerError("InvalidModelImportFormat", "made with a policy that was set aside")
+                vw_workspace.read_header(cp.model)
                 self._vw = self._workspace(cp.model)
                 start = cp.learn_seq
             except Exception as exc:  # e.g. a checkpoint written by another VW version
-                if origin is not None and origin.reason == "import":
+                refused = isinstance(exc, PersonalizerError) and exc.code == "InvalidModelImportFormat"
+                if origin is not None and origin.reason == "import" and not refused:
                     raise PersonalizerError(
                         "ModelDownloadFailed", f"the saved model in {self.home} cannot be loaded ({_first_line(exc)}) "
                         "and an imported model cannot be rebuilt from the log; import it again", 500) from None
@@ -418,6 +300,8 @@ class LocalPersonalizer:
         self._since_checkpoint = replayed
         if cp is None:
             self._checkpoint("created")
+        elif self._policy_set_aside:
+            self._checkpoint("policy")  # the default policy's lineage starts here
         for ev in self._log.pending_events():
             self._reload_pending(ev)
         self.replayed_on_start = replayed
@@ -467,11 +351,11 @@ class LocalPersonalizer:
                 if previous is not None:
                     return previous
             event_id = given or new_event_id()
-            head, bodies, allowed, index = self._catalogs.encode(canonical_json, canonical, event_id)
+            head, bodies, allowed, index = self._catalogs.encode(canonical, event_id, canonical_json)
             mode = self._config.learning_mode
             if mode == "Online":
-                lines = head + [features.slot_line(b, a) for b, a in zip(bodies, allowed, strict=True)]
-                prediction = vw_predict(self._vw, lines)
+                lines = head + [encoding.slot_line(b, a) for b, a in zip(bodies, allowed, strict=True)]
+                prediction = vw_workspace.predict(self._vw, lines)
                 chosen = [slot[0][0] for slot in prediction]
                 probs = [float(slot[0][1]) for slot in prediction]
             else:  # Apprentice and LoggingOnly serve the application's own baseline.
@@ -702,12 +586,12 @@ class LocalPersonalizer:
                        chosen: Sequence[int], probs: Sequence[float], labels: Sequence[float | None],
                        mode: str) -> None:
         """Learn one closed event (live and in replay alike, so both build the same model)."""
-        vw_learn(self._vw, labeled_example(head, bodies, allowed, chosen, probs, labels, mode))
+        vw_workspace.learn(self._vw, labeled_example(head, bodies, allowed, chosen, probs, labels, mode))
         if mode == "Apprentice":
             contrast = apprentice_contrast(allowed, chosen, event_id)
             if contrast is not None:
-                vw_learn(self._vw, labeled_example(head, bodies, allowed, contrast, [1.0] * len(contrast),
-                                                   [None] * len(contrast)))
+                vw_workspace.learn(self._vw, labeled_example(head, bodies, allowed, contrast,
+                                                             [1.0] * len(contrast), [None] * len(contrast)))
 
     # ------------------------------------------------------------ inspection
     def greedy(self, request: dict[str, Any]) -> dict[str, str]:
@@ -725,9 +609,9 @@ class LocalPersonalizer:
         with self._lock:
             for k in range(len(bodies)):
                 lines = list(head)
-                lines.extend(features.slot_line(bodies[j], [picks[j]]) for j in range(k))
-                lines.append(features.slot_line(bodies[k], allowed[k]))
-                dist = vw_predict(self._vw, lines)[k]
+                lines.extend(encoding.slot_line(bodies[j], [picks[j]]) for j in range(k))
+                lines.append(encoding.slot_line(bodies[k], allowed[k]))
+                dist = vw_workspace.predict(self._vw, lines)[k]
                 best = max(dist, key=lambda ap: (ap[1], -ap[0]))[0]
                 picks.append(best)
         return {s["id"]: ids[i] for s, i in zip(canonical["slots"], picks, strict=True)}
@@ -810,20 +694,27 @@ class LocalPersonalizer:
             return {"name": self._policy.name, "arguments": self.arguments}
 
     def update_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
-        """Set new learning settings; the model starts fresh with them (the log is kept)."""
+        """Set new learning settings; the model starts fresh with them (the log is kept).
+
+        The arguments are parsed (typed allow-list), then tried in a child process on
+        examples shaped like live traffic before the live engine builds them: a policy
+        that crashes, aborts or freezes VW is a 400 and changes nothing.
+        """
         contract = parse(PolicyContract, policy, "InvalidPolicyContract")
-        validate_policy_arguments(contract.arguments)
+        parse_arguments(contract.arguments)
         with self._lock:
             args = effective_arguments(contract.arguments, self._config.exploration_percentage)
-            try:
-                vw = self._workspace(arguments=args)
-            except Exception as exc:
-                raise PersonalizerError("InvalidPolicyConfiguration",
-                                        f"Vowpal Wabbit refused the arguments: {_first_line(exc)}") from None
+            examples = self._trial_examples()
+        if contract.arguments != DEFAULT_POLICY_ARGUMENTS:  # the shipped default is known to work
+            trial.trial_policy(args, examples)  # outside the lock: ranks go on meanwhile
+        with self._lock:
+            args = effective_arguments(contract.arguments, self._config.exploration_percentage)
+            vw = self._workspace(arguments=args)
             self._vw = vw
             self._policy = contract
             with self._tx():
                 self._log.set_setting("policy", contract.model_dump(by_alias=True))
+                self._log.set_setting("policy_trial", contract.arguments)
                 self._checkpoint("policy")
             return self.get_policy()
 
@@ -838,17 +729,21 @@ class LocalPersonalizer:
             return self._model_bytes()
 
     def import_model(self, model: bytes) -> None:
-        """Replace the model with a VW CCB model file (e.g. one exported earlier)."""
+        """Replace the model with a VW CCB model file (e.g. one exported earlier).
+
+        VW re-applies the options stored in a model's header, so they must pass the policy
+        allow-list and be CCB; then the model is tried in a child process (load, predict,
+        learn, save, reload; truncated bytes refused) before the live engine loads it.
+        """
         if not model:
             raise PersonalizerError("InvalidModelImportFormat", "the model file is empty")
+        vw_workspace.read_header(model)
         with self._lock:
-            try:
-                vw = self._workspace(model)
-            except Exception as exc:
-                raise PersonalizerError("InvalidModelImportFormat",
-                                        f"not a Vowpal Wabbit model for this policy: {_first_line(exc)}") from None
-            if "ccb_explore_adf" not in vw.get_arguments():
-                raise PersonalizerError("InvalidModelImportFormat", "the model is not a multi-slot (CCB) model")
+            args = self.arguments
+            examples = self._trial_examples()
+        trial.trial_model(model, args, examples)  # outside the lock, as update_policy
+        with self._lock:
+            vw = self._workspace(model)
             self._vw = vw
             with self._tx():
                 self._checkpoint("import")
@@ -914,7 +809,7 @@ def labeled_example(head: list[str], bodies: Sequence[str], allowed: Sequence[Se
     for body, allow, c, p, r in zip(bodies, allowed, chosen, probs, rewards, strict=True):
         reward = r or 0.0
         cost = -(1.0 + reward) / 2.0 if mode == "Apprentice" else -reward
-        lines.append(features.slot_line(body, allow, f"{c}:{cost!r}:{max(p, 1e-6)!r}"))
+        lines.append(encoding.slot_line(body, allow, f"{c}:{cost!r}:{max(p, 1e-6)!r}"))
     return lines
 
 

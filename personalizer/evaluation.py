@@ -89,20 +89,17 @@ from statistics import NormalDist
 from typing import Any, Protocol
 
 import numpy as np
-import pylibvw
-from vowpalwabbit import Workspace
 
-from . import features
 from .contract import PersonalizerError
 from .engine import (
     DEFAULT_POLICY_ARGUMENTS,
     RETIRED_POLICY_ARGUMENTS,
-    effective_arguments,
-    encode_request,
     labeled_example,
-    validate_policy_arguments,
-    vw_predict,
 )
+from .vw import encoding, trial
+from .vw import workspace as vw_workspace
+from .vw.arguments import effective_arguments, option_value, parse_arguments
+from .vw.encoding import encode_request
 
 __all__ = [
     "APPRENTICE_READY_MATCH_RATE",
@@ -365,7 +362,7 @@ class _Template:
     def bodies(self, request: dict[str, Any], event_id: str) -> list[str]:
         if self.parts is None:
             return encode_request(request, event_id)[1]
-        eid = features.escape(event_id)
+        eid = encoding.escape(event_id)
         out = [f"{before}{eid}{after}{rest}" for before, after, rest in self.parts]
         if not self.checked:
             self.checked = True
@@ -380,10 +377,10 @@ def _template(request: dict[str, Any], event_id: str, slot_codes: dict[str, int]
     slots = request["slots"]
     # Only the slot bodies differ between events of one request: they carry the event's seed
     # tag. Split each into tag and untagged body once; checked against encode_request on the next event.
-    eid = features.escape(event_id)
+    eid = encoding.escape(event_id)
     parts: list[tuple[str, str, str]] | None = []
     for slot, body in zip(slots, bodies, strict=True):
-        rest = features.slot_body(slot["id"], slot["features"], None)
+        rest = encoding.slot_body(slot["id"], slot["features"], None)
         tag = body[: len(body) - len(rest)]
         if not body.endswith(rest) or tag.count(eid) != 1:
             parts = None
@@ -499,10 +496,10 @@ class Replayer:
     """
 
     def __init__(self, data: LoggedData, arguments: str, *, exact: bool | None = None) -> None:
-        tokens = validate_policy_arguments(arguments)
+        tokens = parse_arguments(arguments)
         self.exact = _needs_exact(tokens) if exact is None else exact
         self.data = data
-        self.vw = _workspace(tokens)
+        self.vw = vw_workspace.build(tokens)
         self.pi = np.zeros(len(data.chosen))
         self._chosen = data.chosen.tolist()
         self._starts = data.row_start.tolist()
@@ -510,10 +507,9 @@ class Replayer:
     def run(self, lo: int, hi: int) -> None:
         """Replay events ``lo..hi-1``: read each slot's distribution, then learn the event."""
         vw, pi, chosen, starts, data = self.vw, self.pi, self._chosen, self._starts, self.data
-        # The pybind layer directly (as engine.vw_learn): pyvw's Example wrappers cost more than VW.
-        parse, finish, learn = vw._parse, pylibvw.vw._finish_example_multi_ex, pylibvw.vw.learn_multi
+        learn, predict = vw_workspace.learn_scores, vw_workspace.predict
         if self.exact:
-            slot_line = features.slot_line
+            slot_line = encoding.slot_line
             for i in range(lo, hi):
                 head, bodies, allowed = data.encoded[i]
                 r0 = starts[i]
@@ -522,21 +518,12 @@ class Replayer:
                     lines = list(head)
                     lines.extend(slot_line(bodies[j], [picks[j]]) for j in range(k))
                     lines.append(slot_line(bodies[k], allowed[k]))
-                    pi[r0 + k] = _prob_of(vw_predict(vw, lines)[k], picks[k])
-                exs = parse(data.examples[i])
-                try:
-                    learn(vw, exs)
-                finally:
-                    finish(vw, exs)
+                    pi[r0 + k] = _prob_of(predict(vw, lines)[k], picks[k])
+                learn(vw, data.examples[i])
             return
         examples = data.examples
         for i in range(lo, hi):
-            exs = parse(examples[i])
-            try:
-                learn(vw, exs)  # CCB predicts each slot before it learns it: progressive validation
-                scores = exs[0].get_decision_scores()
-            finally:
-                finish(vw, exs)
+            scores = learn(vw, examples[i])  # CCB predicts each slot before it learns it: progressive validation
             r0 = starts[i]
             for k, dist in enumerate(scores):
                 c = chosen[r0 + k]
@@ -548,9 +535,9 @@ class Replayer:
     def close(self, keep_model: bool = False) -> bytes | None:
         """Finish the workspace; returns the trained model with ``keep_model``."""
         try:
-            return _model_bytes(self.vw) if keep_model else None
+            return vw_workspace.save(self.vw) if keep_model else None
         finally:
-            self.vw.finish()
+            vw_workspace.finish(self.vw)
 
 
 def replay(data: LoggedData, arguments: str, *, exact: bool | None = None, progress: ProgressFn | None = None,
@@ -591,24 +578,6 @@ def _prob_of(dist: Sequence[tuple[int, float]], action: int) -> float:
         if a == action:
             return float(p)
     return 0.0
-
-
-def _workspace(tokens: Sequence[str]) -> Workspace:
-    try:
-        return Workspace(" ".join(tokens) + " --quiet")
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise PersonalizerError("InvalidPolicyConfiguration", f"Vowpal Wabbit refused the arguments: {first}") from None
-
-
-def _model_bytes(vw: Workspace) -> bytes:
-    fd, path = tempfile.mkstemp(suffix=".vw")
-    os.close(fd)
-    try:
-        vw.save(path)
-        return Path(path).read_bytes()
-    finally:
-        os.unlink(path)
 
 
 # ================================================================ evaluation results
@@ -1361,9 +1330,9 @@ class Evaluations:
         if name == "Online":
             status = "onlinePolicyRetained"
         else:
-            tokens = validate_policy_arguments(chosen["arguments"])
-            if "--epsilon" in tokens:
-                eps = float(tokens[tokens.index("--epsilon") + 1])
+            epsilon = option_value(parse_arguments(chosen["arguments"]), "--epsilon")
+            if epsilon is not None:
+                eps = float(epsilon)
                 cfg = self._engine.get_service_configuration()
                 if not math.isclose(cfg.get("explorationPercentage", eps), eps):
                     self._engine.update_service_configuration({"explorationPercentage": eps})
@@ -1423,11 +1392,11 @@ class Evaluations:
                 why = " (a built-in policy name)" if name.casefold() in {n.casefold() for n in BUILTIN_POLICIES} else ""
                 raise PersonalizerError("DuplicateCustomPolicyNames", f"policy name '{name}' is used twice{why}")
             seen.add(name.casefold())
-            tokens = validate_policy_arguments(args)
+            tokens = parse_arguments(args)
             if "--epsilon" not in tokens and exploration is not None:
                 args = effective_arguments(args, exploration)
-                tokens = validate_policy_arguments(args)
-            _workspace(tokens).finish()  # VW's own checks (e.g. an unknown --cb_type value)
+            # VW's own checks, and crashes or freezes in a child process, not in the server.
+            trial.trial_policy(" ".join(parse_arguments(args)))
             clean.append({"name": name, "arguments": args, "source": "Custom"})
         return clean
 

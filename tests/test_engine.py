@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import sqlite3
@@ -320,7 +319,7 @@ def test_one_process_owns_a_data_directory(tmp_path: Path) -> None:
 
 def test_catalog_cache_encodes_exactly_like_replay(engine: LocalPersonalizer) -> None:
     """Live ranks reuse a catalog's encoding; replay encodes from scratch: both must agree."""
-    from personalizer.engine import encode_request
+    from personalizer.vw.encoding import encode_request
 
     requests = [seed_request(t, d) for t in TIMES for d in DEVICES]
     requests[0]["contextFeatures"].append({"x": 1, "actions": "spoof,\"actions\":"})
@@ -329,8 +328,7 @@ def test_catalog_cache_encodes_exactly_like_replay(engine: LocalPersonalizer) ->
         answer = engine.rank({**req, "eventId": f"cache-{i}"})
         logged = engine.event(answer["eventId"])
         assert logged is not None
-        live = engine._catalogs.encode(
-            json.dumps(logged.request, separators=(",", ":")), logged.request, logged.event_id)
+        live = engine._catalogs.encode(logged.request, logged.event_id)
         assert live == encode_request(logged.request, logged.event_id)
 
 

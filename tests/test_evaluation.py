@@ -20,10 +20,10 @@ from personalizer.engine import (
     DEFAULT_POLICY_ARGUMENTS,
     RETIRED_POLICY_ARGUMENTS,
     LocalPersonalizer,
-    encode_request,
     labeled_example,
 )
 from personalizer.simulation import Scenario, load_scenario, simulate
+from personalizer.vw.encoding import encode_request
 
 CRIPPLED = "--ccb_explore_adf --epsilon 0.2 -l 1e-9"
 
