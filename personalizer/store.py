@@ -132,7 +132,10 @@ class EventLog:
         self.home = Path(home) if home is not None else default_home()
         self.home.mkdir(parents=True, exist_ok=True)
         self.path = self.home / "personalizer.sqlite3"
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=1.0)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=1.0)
+        except sqlite3.Error as exc:  # e.g. a directory that cannot be written
+            raise storage_error(exc, self.path) from None
         try:
             self._open()
         except BaseException:
