@@ -154,6 +154,25 @@ def test_a_full_disk_when_a_deadline_closes_an_event_keeps_it_due(small_disk: Pa
         engine.close()
 
 
+def test_a_full_disk_at_activation_leaves_the_event_unactivated(small_disk: Path) -> None:
+    engine = LocalPersonalizer(small_disk / "data", clock=FakeClock())
+    try:
+        event_id = engine.rank(seed_request(defer=True))["eventId"]
+        engine.reward(event_id, both_rewards(1, 1))  # complete, but waiting for its activation
+        deadlines = list(engine._deadlines)
+        filler = _fill_disk(small_disk)
+        with pytest.raises(PersonalizerError) as exc:
+            engine.activate(event_id)
+        assert exc.value.status == 507
+        assert not engine._pending[event_id].activated and engine._deadlines == deadlines
+        assert engine.event(event_id).activated is None
+        filler.unlink()
+        assert engine.activate(event_id)["status"] == "learned"
+        assert engine.event(event_id).status == "learned"
+    finally:
+        engine.close()
+
+
 def test_a_learn_that_fails_after_the_commit_rebuilds_the_model_from_the_log(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     engine = LocalPersonalizer(tmp_path / "data", clock=FakeClock())
