@@ -231,12 +231,6 @@ class EventLog:
                                (event_id,)).fetchone()
         return None if row is None else (row[0], json.loads(row[1]))
 
-    def pending_events(self) -> list[StoredEvent]:
-        """Events not yet learned or discarded, in rank order."""
-        rows = self._db.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE status = 'pending' ORDER BY seq").fetchall()
-        return [_event(r) for r in rows]
-
     def pending_summaries(self) -> Iterator[tuple[str, float, str, bool, float | None, list[str]]]:
         """(event_id, created, mode, deferred, activated, slot ids) of each pending event, in rank order.
 
