@@ -9,9 +9,11 @@ once activated.
 
 The SQLite event log (``store.EventLog``) is the truth; the VW model is a cache
 of it, checkpointed and rebuilt on start by replaying what was learned after the
-newest checkpoint. Memory holds only events not yet learned. One lock guards the
-workspace and the log: VW is not thread-safe, and Streamlit sessions or server
-threads share one engine.
+newest checkpoint. Closing an event commits to the log first and only then
+teaches the model, so a failed write (a full disk) changes nothing and can be
+retried. Memory holds only what closing a pending event needs (its example is
+rebuilt from the logged request). One lock guards the workspace and the log: VW
+is not thread-safe, and Streamlit sessions or server threads share one engine.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import logging
 import os
 import random
 import secrets
+import sqlite3
 import string
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,7 +45,7 @@ from .contract import (
     ServiceConfiguration,
     parse,
 )
-from .store import EventLog, StoredEvent
+from .store import EventLog, StoredEvent, storage_error
 from .vw import encoding, trial
 from .vw import workspace as vw_workspace
 from .vw.arguments import effective_arguments, parse_arguments
@@ -53,7 +56,7 @@ from .vw.workspace import Workspace
 RETIRED_POLICY_ARGUMENTS = "--ccb_explore_adf --epsilon 0.2 --power_t 0 -l 0.001 --cb_type mtr -q ::"
 #: This project's default, chosen by ``bench/learning.py`` (see README): the same exploration,
 #: VW's adaptive updates at learning rate 1 (not the retired 0.001 with no decay), and context x
-#: context x action interactions (features.py puts all context features in namespace @ and all
+#: context x action interactions (vw/encoding.py puts all context features in namespace @ and all
 #: action features in _), so a preference that depends on time and device jointly is learnable.
 #: Lower-order -q terms slowed early learning; -l 1 re-learns after a drift faster than -l 0.5.
 DEFAULT_POLICY_ARGUMENTS = "--ccb_explore_adf --epsilon 0.2 --cb_type mtr --cubic @@_ -l 1"
@@ -80,25 +83,33 @@ def _iso(ts: float | None) -> str | None:
 
 # ---------------------------------------------------------------- events in memory
 
-@dataclass
 class _Pending:
-    """An event not yet learned: its VW example, choices and the rewards joined so far."""
+    """An event waiting for its rewards: only what joining and closing it needs.
 
-    event_id: str
-    created: float
-    request_hash: str
-    response: dict[str, Any]
-    mode: str
-    deferred: bool
-    activated: bool
-    deadline: float
-    head: list[str]                      # shared + action lines
-    slot_bodies: list[str]
-    allowed: list[list[int]]
-    slot_ids: list[str]
-    chosen: list[int]
-    probabilities: list[float]
-    rewards: dict[str, float] = field(default_factory=dict)
+    No request, response or VW example: a busy site holds 100,000s of these, and the
+    example is rebuilt from the logged request when the event closes (the retry check
+    of a rank reads the log too). ``slot_ids`` is shared between events of one catalog.
+    """
+
+    __slots__ = ("event_id", "deadline", "mode", "deferred", "activated", "slot_ids", "rewards")
+
+    def __init__(self, event_id: str, deadline: float, mode: str, deferred: bool, activated: bool,
+                 slot_ids: tuple[str, ...]) -> None:
+        self.event_id = event_id
+        self.deadline = deadline
+        self.mode = mode
+        self.deferred = deferred
+        self.activated = activated
+        self.slot_ids = slot_ids
+        self.rewards: dict[str, float] | None = None  # joined so far; None until the first reward
+
+
+#: What learning one event needs: head lines, slot bodies, allowed indices, chosen indices, probabilities.
+_Example = tuple[list[str], list[str], list[list[int]], list[int], list[float]]
+#: Examples of the most recent ranks kept ready (rewards usually follow a rank within seconds);
+#: older events rebuild theirs from the log. Bounds the memory of this shortcut.
+_RECENT_EXAMPLES = 1024
+_SLOT_ID_SETS = 256
 
 
 def _check_rank(req: MultiSlotRankRequest) -> None:
@@ -174,13 +185,17 @@ class LocalPersonalizer:
         self._pending: dict[str, _Pending] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._catalogs = CatalogCache()
+        self._recent: dict[str, _Example] = {}
+        self._slot_id_sets: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._counts: dict[str, int] | None = None  # events by status and rewards; None: read the log
         try:
             with self._lock:
                 self._load_settings(policy_arguments, configuration)
                 self._restore()
-        except BaseException:
+        except BaseException as exc:
             self._log.close()  # release the data directory for the next attempt
+            if isinstance(exc, sqlite3.DatabaseError):  # e.g. a page of the file is corrupt
+                raise storage_error(exc, self._log.path) from None
             raise
 
     # ------------------------------------------------------------ settings
@@ -261,7 +276,24 @@ class LocalPersonalizer:
             self._modified = None
 
     def _restore(self) -> None:
-        """Load the newest checkpoint, replay what was learned after it, reload pending events."""
+        """Load the model (checkpoint + replay), then reload pending events."""
+        replayed, fresh = self._load_model()
+        self._since_checkpoint = replayed
+        if fresh:
+            self._checkpoint("created")
+        elif self._policy_set_aside:
+            self._checkpoint("policy")  # the default policy's lineage starts here
+        self._reload_pending()
+        self.replayed_on_start = replayed
+
+    def _load_model(self) -> tuple[int, bool]:
+        """Build the model from the newest loadable checkpoint of its lineage and replay the log after it.
+
+        Returns (events replayed, whether the log had no checkpoint at all). When the newest
+        checkpoint does not load, the lineage's origin (the reset, policy change or import
+        that created the model, never pruned) is tried, then a fresh model replays from the
+        origin on: events learned before a reset are never replayed into its model.
+        """
         cp = self._log.latest_checkpoint()
         self._learn_seq = self._log.max_learn_seq()
         if cp is None:
@@ -271,21 +303,26 @@ class LocalPersonalizer:
         else:
             origin = self._log.first_checkpoint_since_reset()
             self._created = origin.created if origin else cp.created
-            try:
-                if self._policy_set_aside:  # its checkpoints carry the set-aside options in their headers
-                    raise PersonalizerError("InvalidModelImportFormat", "made with a policy that was set aside")
-                vw_workspace.read_header(cp.model)
-                self._vw = self._workspace(cp.model)
-                start = cp.learn_seq
-            except Exception as exc:  # e.g. a checkpoint written by another VW version
-                refused = isinstance(exc, PersonalizerError) and exc.code == "InvalidModelImportFormat"
+            # A set-aside policy's checkpoints carry its refused options in their headers: rebuild instead.
+            refused = self._policy_set_aside
+            candidates = [] if refused else [cp] if origin is None or origin.id == cp.id else [cp, origin]
+            for candidate in candidates:
+                try:
+                    vw_workspace.read_header(candidate.model)
+                    self._vw = self._workspace(candidate.model)
+                    start = candidate.learn_seq
+                    break
+                except Exception as exc:  # e.g. a checkpoint written by another VW version
+                    refused = refused or (isinstance(exc, PersonalizerError) and exc.code == "InvalidModelImportFormat")
+                    log.warning("checkpoint %d (%s) in %s does not load: %s", candidate.id, candidate.reason,
+                                self.home, _first_line(exc))
+            else:
                 if origin is not None and origin.reason == "import" and not refused:
                     raise PersonalizerError(
-                        "ModelDownloadFailed", f"the saved model in {self.home} cannot be loaded ({_first_line(exc)}) "
-                        "and an imported model cannot be rebuilt from the log; import it again", 500) from None
+                        "ModelDownloadFailed", f"the saved model in {self.home} cannot be loaded "
+                        "and an imported model cannot be rebuilt from the log; import it again", 500)
                 # The log is the truth: rebuild the model from the start of its lineage.
-                log.warning("checkpoint in %s does not load (%s); rebuilding the model from the event log",
-                            self.home, _first_line(exc))
+                log.warning("rebuilding the model in %s from the event log", self.home)
                 self._vw = self._workspace()
                 start = origin.learn_seq if origin is not None else 0
         self._modified: float | None = None
@@ -297,32 +334,33 @@ class LocalPersonalizer:
             self._learn_example(ev.event_id, head, bodies, allowed, chosen, probs, ev.labels or [], ev.mode)
             self._modified = ev.closed
             replayed += 1
-        self._since_checkpoint = replayed
-        if cp is None:
-            self._checkpoint("created")
-        elif self._policy_set_aside:
-            self._checkpoint("policy")  # the default policy's lineage starts here
-        for ev in self._log.pending_events():
-            self._reload_pending(ev)
-        self.replayed_on_start = replayed
+        return replayed, cp is None
 
-    def _reload_pending(self, ev: StoredEvent) -> None:
-        head, bodies, allowed, index = encode_request(ev.request, ev.event_id)
-        slots = ev.response["slots"]
-        start = ev.activated if ev.activated is not None else ev.created
-        p = _Pending(
-            event_id=ev.event_id, created=ev.created, request_hash=ev.request_hash, response=ev.response,
-            mode=ev.mode, deferred=ev.deferred, activated=ev.activated is not None, deadline=start + self._wait,
-            head=head, slot_bodies=bodies, allowed=allowed, slot_ids=[s["id"] for s in slots],
-            chosen=[index[s["rewardActionId"]] for s in slots], probabilities=[s["probability"] for s in slots],
-        )
-        for slot_id, value, _ in self._log.rewards_of(ev.event_id):
-            self._aggregate(p, slot_id, value)
-        self._pending[p.event_id] = p
-        heapq.heappush(self._deadlines, (p.deadline, p.event_id))
-        if self._complete(p):  # a crash came between its last reward and its learning
-            with self._tx():
-                self._learn(p, self._clock())
+    def _reload_pending(self) -> None:
+        """Pending events from the log: the small ``_Pending`` entries, rewards joined again."""
+        for event_id, created, mode, deferred, activated, slot_ids in self._log.pending_summaries():
+            start = activated if activated is not None else created
+            p = _Pending(event_id, start + self._wait, sys.intern(mode), deferred, activated is not None,
+                         self._shared_slot_ids(slot_ids))
+            self._pending[event_id] = p
+            heapq.heappush(self._deadlines, (p.deadline, event_id))
+        for event_id, slot_id, value in self._log.pending_rewards():
+            p = self._pending.get(event_id)
+            if p is not None:
+                p.rewards = self._merged_rewards(p, [(slot_id, value)])
+        complete = [p for p in self._pending.values() if self._complete(p)]
+        for p in complete:  # a crash came between its last reward and its closing
+            self._close(p, p.rewards, self._clock())
+
+    def _shared_slot_ids(self, slot_ids: Sequence[str]) -> tuple[str, ...]:
+        """One tuple object for every pending event with these slot ids (a catalog's slots repeat)."""
+        key = tuple(slot_ids)
+        shared = self._slot_id_sets.get(key)
+        if shared is None:
+            if len(self._slot_id_sets) >= _SLOT_ID_SETS:
+                self._slot_id_sets.pop(next(iter(self._slot_id_sets)))
+            shared = self._slot_id_sets[key] = tuple(sys.intern(x) for x in key)
+        return shared
 
     # ------------------------------------------------------------ rank
     def rank(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -373,24 +411,21 @@ class LocalPersonalizer:
                 response.update(extra(prediction))
             self._log.add_event(event_id, now, request_hash, canonical_json, response, mode,
                                 req.defer_activation)  # one statement: commits on its own
-            p = _Pending(
-                event_id=event_id, created=now, request_hash=request_hash, response=response, mode=mode,
-                deferred=req.defer_activation, activated=False, deadline=now + self._wait, head=head,
-                slot_bodies=bodies, allowed=allowed, slot_ids=slot_ids, chosen=chosen, probabilities=probs,
-            )
+            p = _Pending(event_id, now + self._wait, mode, req.defer_activation, False,
+                         self._shared_slot_ids(slot_ids))
             self._pending[event_id] = p
             heapq.heappush(self._deadlines, (p.deadline, event_id))
+            if mode != "LoggingOnly":
+                if len(self._recent) >= _RECENT_EXAMPLES:
+                    self._recent.pop(next(iter(self._recent)))
+                self._recent[event_id] = (head, bodies, allowed, chosen, probs)
             return _copy(response)
 
     def _previous_answer(self, event_id: str, request_hash: str) -> dict[str, Any] | None:
-        pending = self._pending.get(event_id)
-        if pending is not None:
-            stored_hash, response = pending.request_hash, pending.response
-        else:
-            stored = self._log.get_event(event_id)
-            if stored is None:
-                return None
-            stored_hash, response = stored.request_hash, stored.response
+        stored = self._log.event_answer(event_id)
+        if stored is None:
+            return None
+        stored_hash, response = stored
         if stored_hash != request_hash:
             raise PersonalizerError(
                 "InvalidRankRequest",
@@ -456,7 +491,7 @@ class LocalPersonalizer:
     def _slot_ids(self, event_id: str) -> list[str]:
         p = self._pending.get(event_id)
         if p is not None:
-            return p.slot_ids
+            return list(p.slot_ids)
         stored = self._log.get_event(event_id)
         if stored is None:
             raise _unknown_event(event_id)
@@ -477,14 +512,18 @@ class LocalPersonalizer:
                                             f"slotId '{slot_id}' is not a slot of event '{event_id}'", 400)
             if stored is not None:
                 return self._reward_closed(stored, values, now)
+            # Commit, then change memory, then learn: a failed commit (a full disk) leaves the
+            # pending event and its rewards as they were, so the same call can be retried.
+            merged = self._merged_rewards(p, values)
+            complete = self._complete(p, merged)
             with self._tx():
                 self._log.add_rewards(event_id, values, now)
-                self._count("rewards", len(values))
-                for slot_id, value in values:
-                    self._aggregate(p, slot_id, value)
-                if self._complete(p):
-                    self._learn(p, now)
-                    return {"eventId": event_id, "status": "learned"}
+                closing = self._close_in_log(p, merged, now) if complete else None
+            p.rewards = merged
+            self._count("rewards", len(values))
+            if closing is not None:
+                self._after_close(p, closing, now)
+                return {"eventId": event_id, "status": "learned"}
             return {"eventId": event_id, "status": "pending"}
 
     def _reward_closed(self, stored: StoredEvent, values: list[tuple[str, float]], now: float) -> dict[str, Any]:
@@ -502,16 +541,22 @@ class LocalPersonalizer:
             f"event '{event_id}' was closed at {_iso(stored.closed)} because {why}; "
             "this late reward was logged but not learned", 409)
 
-    def _aggregate(self, p: _Pending, slot_id: str, value: float) -> None:
-        if self._config.reward_aggregation == "sum":
-            p.rewards[slot_id] = p.rewards.get(slot_id, 0.0) + value
-        else:
-            p.rewards.setdefault(slot_id, value)
+    def _merged_rewards(self, p: _Pending, values: Sequence[tuple[str, float]]) -> dict[str, float]:
+        """The event's joined rewards with ``values`` added (a new dict: memory changes after the commit)."""
+        rewards = dict(p.rewards) if p.rewards else {}
+        for slot_id, value in values:
+            if self._config.reward_aggregation == "sum":
+                rewards[slot_id] = rewards.get(slot_id, 0.0) + value
+            else:
+                rewards.setdefault(slot_id, value)
+        return rewards
 
-    def _complete(self, p: _Pending) -> bool:
+    def _complete(self, p: _Pending, rewards: dict[str, float] | None = None, activated: bool | None = None) -> bool:
         """Earliest aggregation learns as soon as every slot has a reward (and the event is active)."""
-        return (self._config.reward_aggregation == "earliest" and len(p.rewards) == len(p.slot_ids)
-                and (p.activated or not p.deferred))
+        rewards = p.rewards if rewards is None else rewards
+        active = p.activated if activated is None else activated
+        return (self._config.reward_aggregation == "earliest" and rewards is not None
+                and len(rewards) == len(p.slot_ids) and (active or not p.deferred))
 
     # ------------------------------------------------------------ activate
     def activate(self, event_id: str) -> dict[str, Any]:
@@ -532,14 +577,16 @@ class LocalPersonalizer:
                         f"reward wait time ({self._config.reward_wait_time})", 409)
                 return {"eventId": event_id, "status": stored.status}
             if p.deferred and not p.activated:
+                complete = self._complete(p, activated=True)
+                with self._tx():  # commit first: a failed write leaves the event unactivated
+                    self._log.set_activated(event_id, now)
+                    closing = self._close_in_log(p, p.rewards, now) if complete else None
                 p.activated = True
                 p.deadline = now + self._wait
                 heapq.heappush(self._deadlines, (p.deadline, event_id))
-                with self._tx():
-                    self._log.set_activated(event_id, now)
-                    if self._complete(p):
-                        self._learn(p, now)
-                        return {"eventId": event_id, "status": "learned"}
+                if closing is not None:
+                    self._after_close(p, closing, now)
+                    return {"eventId": event_id, "status": "learned"}
             return {"eventId": event_id, "status": "pending"}
 
     # ------------------------------------------------------------ join and learn
@@ -551,36 +598,95 @@ class LocalPersonalizer:
     def _process_due(self, now: float) -> int:
         closed = 0
         while self._deadlines and self._deadlines[0][0] <= now:
-            deadline, event_id = heapq.heappop(self._deadlines)
+            deadline, event_id = self._deadlines[0]
             p = self._pending.get(event_id)
             if p is None or p.deadline != deadline:
+                heapq.heappop(self._deadlines)
                 continue  # stale heap entry: learned already, or activation moved its deadline
-            with self._tx():
-                if p.deferred and not p.activated:
-                    self._log.close_event(event_id, "discarded", now, None, None)
-                    self._count("discarded")
-                    del self._pending[event_id]
-                else:
-                    self._learn(p, now)
+            # The heap entry goes only once the closing committed: a failed write keeps it due.
+            if p.deferred and not p.activated:
+                self._log.close_event(event_id, "discarded", now, None, None)  # one statement: its own commit
+                heapq.heappop(self._deadlines)
+                del self._pending[event_id]
+                self._recent.pop(event_id, None)
+                self._count("discarded")
+            else:
+                self._close(p, p.rewards, now)
+                heapq.heappop(self._deadlines)
             closed += 1
         return closed
 
-    def _learn(self, p: _Pending, now: float) -> None:
-        """Learn a complete event (missing slots take the default reward) and close it in the log."""
-        labels = [p.rewards.get(s, self._config.default_reward) for s in p.slot_ids]
-        del self._pending[p.event_id]
+    def _close(self, p: _Pending, rewards: dict[str, float] | None, now: float) -> None:
+        """Close a complete (or timed-out) event: commit its closing, then learn it."""
+        with self._tx():
+            closing = self._close_in_log(p, rewards, now)
+        self._after_close(p, closing, now)
+
+    def _close_in_log(self, p: _Pending, rewards: dict[str, float] | None, now: float
+                      ) -> tuple[str, int | None, list[float | None]]:
+        """Write an event's closing (inside the caller's transaction); memory is not touched.
+
+        Missing slots take the default reward. Returns (status, learn_seq, labels) for
+        ``_after_close`` to apply once the transaction committed.
+        """
+        rewards = rewards or {}
+        labels: list[float | None] = [rewards.get(s, self._config.default_reward) for s in p.slot_ids]
         if p.mode == "LoggingOnly":
-            self._log.close_event(p.event_id, "logged", now, None, labels)
-            self._count("logged")
+            status, learn_seq = "logged", None
+        else:
+            status, learn_seq = "learned", self._learn_seq + 1
+        self._log.close_event(p.event_id, status, now, learn_seq, labels)
+        return status, learn_seq, labels
+
+    def _after_close(self, p: _Pending, closing: tuple[str, int | None, list[float | None]], now: float) -> None:
+        """After the closing committed: drop the event from memory and teach the model.
+
+        If learning fails now, the log already says the event was learned: the model is
+        rebuilt from the log (newest checkpoint + replay), which includes it.
+        """
+        status, learn_seq, labels = closing
+        del self._pending[p.event_id]
+        example = self._recent.pop(p.event_id, None)
+        self._count(status)
+        if status != "learned" or learn_seq is None:
             return
-        self._learn_example(p.event_id, p.head, p.slot_bodies, p.allowed, p.chosen, p.probabilities, labels, p.mode)
-        self._learn_seq += 1
+        self._learn_seq = learn_seq
         self._modified = now
-        self._log.close_event(p.event_id, "learned", now, self._learn_seq, labels)
-        self._count("learned")
         self._since_checkpoint += 1
+        try:
+            head, bodies, allowed, chosen, probs = example or self._logged_example(p.event_id)
+            self._learn_example(p.event_id, head, bodies, allowed, chosen, probs, labels, p.mode)
+        except Exception as exc:
+            log.error("learning event %s failed after its closing was committed (%s); rebuilding the model "
+                      "from the event log", p.event_id, _first_line(exc))
+            self._rebuild_model()
         if self._since_checkpoint >= self._checkpoint_every:
-            self._checkpoint("periodic")
+            try:
+                with self._tx():
+                    self._checkpoint("periodic")
+            except PersonalizerError as exc:  # e.g. a full disk: the log still replays; retried next event
+                log.warning("periodic checkpoint failed: %s", exc.message)
+
+    def _logged_example(self, event_id: str) -> _Example:
+        """Rebuild an event's VW example from its logged request, exactly as rank built it."""
+        source = self._log.event_source(event_id)
+        if source is None:
+            raise PersonalizerError("InternalServerError", f"event '{event_id}' is missing from the log", 500)
+        request_json, _, response = source
+        head, bodies, allowed, index = self._catalogs.encode(json.loads(request_json), event_id, request_json)
+        chosen = [index[s["rewardActionId"]] for s in response["slots"]]
+        probs = [float(s["probability"]) for s in response["slots"]]
+        return head, bodies, allowed, chosen, probs
+
+    def _rebuild_model(self) -> None:
+        """Rebuild the model from the log after a failed live learn; a 503 if even that fails."""
+        try:
+            replayed, _ = self._load_model()
+        except Exception as exc:
+            raise PersonalizerError(
+                "ServiceUnavailable", f"the model could not be rebuilt from the log ({_first_line(exc)}); the "
+                "rewards are stored: restart the server to rebuild it", 503) from None
+        self._since_checkpoint = replayed
 
     def _learn_example(self, event_id: str, head: list[str], bodies: Sequence[str], allowed: Sequence[Sequence[int]],
                        chosen: Sequence[int], probs: Sequence[float], labels: Sequence[float | None],
@@ -660,6 +766,22 @@ class LocalPersonalizer:
         """One logged event, whatever its status, or None."""
         with self._lock:
             return self._log.get_event(event_id)
+
+    # ------------------------------------------------------------ evaluation records
+    def save_evaluation_record(self, evaluation_id: str, created: float, record_json: str) -> None:
+        """Store one offline evaluation (JSON text) in the event log's database: one store, one backup."""
+        with self._lock:
+            self._log.put_evaluation(evaluation_id, created, record_json)
+
+    def delete_evaluation_record(self, evaluation_id: str) -> bool:
+        """Delete one stored evaluation; True when there was one."""
+        with self._lock:
+            return self._log.delete_evaluation(evaluation_id)
+
+    def evaluation_records(self) -> list[tuple[str, str]]:
+        """(id, JSON text) of every stored evaluation, oldest first."""
+        with self._lock:
+            return self._log.evaluation_records()
 
     # ------------------------------------------------------------ configuration
     def get_service_configuration(self) -> dict[str, Any]:
@@ -784,10 +906,14 @@ class LocalPersonalizer:
     def close(self) -> None:
         """Checkpoint what was learned since the last checkpoint and close the log."""
         with self._lock:
-            if self._since_checkpoint:
-                self.checkpoint()
-            self._vw.finish()
-            self._log.close()
+            try:
+                if self._since_checkpoint:
+                    self.checkpoint()
+            except PersonalizerError as exc:  # e.g. a full disk: nothing is lost, the next start replays
+                log.warning("checkpoint on close failed: %s", exc.message)
+            finally:
+                self._vw.finish()
+                self._log.close()
 
     def __enter__(self) -> LocalPersonalizer:
         return self

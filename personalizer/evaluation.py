@@ -70,13 +70,11 @@ policies that differ from them are then biased (unseen rewards count as 0 in IPS
 
 from __future__ import annotations
 
-import contextlib
 import json
+import logging
 import math
-import os
 import queue
 import re
-import tempfile
 import threading
 import time
 import uuid
@@ -1181,11 +1179,18 @@ def _timestamp(value: Any, what: str) -> float:
     raise PersonalizerError("InvalidEvaluationContract", f"{what} is required (an ISO-8601 date-time)")
 
 
+_evaluations_log = logging.getLogger(__name__)
+
+
 class Evaluations:
     """Offline evaluations of an engine's log, run one at a time on a background thread.
 
-    Thread-safe. Results live in memory and, with ``persist`` (default), in
-    ``<engine home>/evaluations.json``; evaluations interrupted by a restart run again.
+    Thread-safe. Results live in memory and, with ``persist`` (default), in the engine's
+    SQLite database, one row per evaluation (``engine.evaluation_records``), so the log,
+    the model and the evaluations are one store with one backup; evaluations interrupted
+    by a restart run again. A stored record that cannot be loaded or shown is left out of
+    the listing (logged once) and can still be deleted by its id. An ``evaluations.json``
+    written by earlier versions is imported once and renamed ``evaluations.json.migrated``.
     ``events`` overrides where events come from: ``events(start, end) -> iterable``.
     """
 
@@ -1201,8 +1206,8 @@ class Evaluations:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._closed = False
-        home = getattr(engine, "home", None)
-        self._path = Path(home) / "evaluations.json" if persist and home is not None else None
+        self._store = engine if persist and hasattr(engine, "evaluation_records") else None
+        self._unreadable: set[str] = set()  # stored ids that failed to load or render (logged once each)
         self._load()
 
     # ---------------------------------------------------------------- API
@@ -1242,8 +1247,8 @@ class Evaluations:
                 raise PersonalizerError("EvaluationAlreadyExists", f"evaluation '{evaluation_id}' already exists", 409)
             rec = _Record(evaluation_id, name, t0, t1, clean, online, self._clock(), evaluation_type,
                           enable_offline_experimentation, status="pending")
+            self._save(rec)  # first: a failed write (a full disk) leaves no half-created evaluation
             self._records[evaluation_id] = rec
-            self._save()
             self._submit(evaluation_id)
             return self._render(rec, API_V1)
 
@@ -1265,19 +1270,35 @@ class Evaluations:
         """Every evaluation, oldest first (2022 shape: details without results)."""
         with self._lock:
             recs = sorted(self._records.values(), key=lambda r: r.created)
-            if api_version == API_2022:
-                return [self._details(r) for r in recs]
-            return [self._render(r, api_version) for r in recs]
+            shown = []
+            for rec in recs:
+                if rec.id in self._unreadable:
+                    continue
+                try:
+                    item = self._details(rec) if api_version == API_2022 else self._render(rec, api_version)
+                    _check_encodable(item)
+                except Exception as exc:  # one bad record must not break the listing of the others
+                    self._set_aside(rec.id, exc)
+                    continue
+                shown.append(item)
+            return shown
 
     def delete(self, evaluation_id: str) -> None:
         """Delete an evaluation; a running one is cancelled."""
         with self._lock:
+            if evaluation_id in self._unreadable and evaluation_id not in self._records:
+                if self._store is not None:
+                    self._store.delete_evaluation_record(evaluation_id)
+                self._unreadable.discard(evaluation_id)
+                return
             rec = self._get(evaluation_id)
+            if self._store is not None:
+                self._store.delete_evaluation_record(evaluation_id)
             rec.cancel.set()
             del self._records[evaluation_id]
+            self._unreadable.discard(evaluation_id)
             for key in [k for k in self._models if k[0] == evaluation_id]:
                 del self._models[key]
-            self._save()
 
     def result(self, evaluation_id: str) -> EvaluationResult | None:
         """The Python result object (None until the evaluation succeeded)."""
@@ -1343,7 +1364,7 @@ class Evaluations:
         with self._lock:
             if evaluation_id in self._records:
                 self._records[evaluation_id].status = status
-                self._save()
+                self._save_quietly(self._records[evaluation_id])
         return self._engine.get_policy()
 
     def close(self) -> None:
@@ -1475,7 +1496,7 @@ class Evaluations:
             rec.message = message
             rec.progress = 1.0
             if rec.id in self._records:
-                self._save()
+                self._save_quietly(rec)
         rec.done.set()
 
     # ---------------------------------------------------------------- rendering
@@ -1514,52 +1535,95 @@ class Evaluations:
                 "evaluationType": rec.evaluation_type, "progress": round(rec.progress, 4)}
 
     # ---------------------------------------------------------------- persistence
-    def _save(self) -> None:
-        if self._path is None:
-            return
-        items = []
-        for rec in self._records.values():
-            items.append({
-                "id": rec.id, "name": rec.name, "start": rec.start, "end": rec.end, "policies": rec.policies,
-                "onlinePolicy": rec.online_policy, "created": rec.created, "evaluationType": rec.evaluation_type,
-                "offlineExperimentation": rec.offline_experimentation, "status": rec.status,
-                "message": rec.message, "result": rec.result.to_json() if rec.result else None,
-            })
-        fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".evaluations-", suffix=".json")
+    def _save(self, rec: _Record) -> None:
+        """Write one evaluation's row (raises the store's error, e.g. 507 on a full disk)."""
+        if self._store is not None:
+            self._store.save_evaluation_record(rec.id, rec.created, json.dumps(_record_item(rec)))
+
+    def _save_quietly(self, rec: _Record) -> None:
+        """Write a status change the caller cannot undo; a failed write is logged (a restart re-runs it)."""
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"version": 1, "evaluations": items}, fh)
-            os.replace(tmp, self._path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+            self._save(rec)
+        except PersonalizerError as exc:
+            _evaluations_log.warning("evaluation %s: saving its status failed: %s", ascii(rec.id), exc.message)
+
+    def _set_aside(self, evaluation_id: str, exc: BaseException) -> None:
+        if evaluation_id not in self._unreadable:
+            self._unreadable.add(evaluation_id)
+            _evaluations_log.warning("evaluation %s cannot be loaded or shown and is left out of the listing "
+                                     "(delete it by its id): %s", ascii(evaluation_id), ascii(str(exc))[:300])
 
     def _load(self) -> None:
-        if self._path is None or not self._path.exists():
+        if self._store is None:
             return
-        try:
-            data = json.loads(self._path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # unreadable: keep it aside, start empty rather than not at all
-            self._path.replace(self._path.with_suffix(".json.unreadable"))
-            return
+        self._import_json_file()
         rerun = []
-        for item in data.get("evaluations", []):
-            rec = _Record(item["id"], item["name"], item["start"], item["end"], item["policies"],
-                          item["onlinePolicy"], item["created"], item.get("evaluationType", "Manual"),
-                          item.get("offlineExperimentation", False), item["status"], item.get("message", ""))
-            if item.get("result"):
-                rec.result = EvaluationResult.from_json(item["result"])
-                rec.progress = 1.0
-                rec.done.set()
-            elif rec.status in ("pending", "running", "notSubmitted"):
+        for evaluation_id, text in self._store.evaluation_records():
+            try:
+                item = json.loads(text)
+                _check_encodable(item)
+                rec = _record_from_item(item)
+                if rec.id != evaluation_id:
+                    raise ValueError(f"the record's id {ascii(rec.id)} differs from its row's")
+            except Exception as exc:  # one bad record must not stop the others from loading
+                self._set_aside(evaluation_id, exc)
+                continue
+            if rec.result is None and rec.status in ("pending", "running", "notSubmitted"):
                 rec.status = "pending"  # interrupted by a restart: run again
                 rerun.append(rec.id)
-            else:
-                rec.done.set()
             self._records[rec.id] = rec
         for evaluation_id in rerun:
             self._submit(evaluation_id)
+
+    def _import_json_file(self) -> None:
+        """Move evaluations from the ``evaluations.json`` of earlier versions into the database, once."""
+        home = getattr(self._engine, "home", None)
+        path = Path(home) / "evaluations.json" if home is not None else None
+        if self._store is None or path is None or not path.exists():
+            return
+        try:
+            items = json.loads(path.read_text(encoding="utf-8")).get("evaluations", [])
+        except (OSError, ValueError, AttributeError) as exc:  # keep it aside, start without it
+            _evaluations_log.warning("%s is unreadable and was not imported: %s", path, exc)
+            path.replace(path.with_name(path.name + ".unreadable"))
+            return
+        known = {evaluation_id for evaluation_id, _ in self._store.evaluation_records()}
+        for item in items:
+            try:
+                if item["id"] not in known:
+                    self._store.save_evaluation_record(str(item["id"]), float(item["created"]), json.dumps(item))
+            except (KeyError, TypeError, ValueError) as exc:
+                _evaluations_log.warning("an evaluation in %s was not imported: %s", path, exc)
+        path.replace(path.with_name(path.name + ".migrated"))
+
+
+def _record_item(rec: _Record) -> dict[str, Any]:
+    """An evaluation as stored: JSON-ready, without its threading state."""
+    return {
+        "id": rec.id, "name": rec.name, "start": rec.start, "end": rec.end, "policies": rec.policies,
+        "onlinePolicy": rec.online_policy, "created": rec.created, "evaluationType": rec.evaluation_type,
+        "offlineExperimentation": rec.offline_experimentation, "status": rec.status,
+        "message": rec.message, "result": rec.result.to_json() if rec.result else None,
+    }
+
+
+def _record_from_item(item: dict[str, Any]) -> _Record:
+    """The inverse of ``_record_item``; raises on anything malformed."""
+    rec = _Record(item["id"], item["name"], item["start"], item["end"], item["policies"],
+                  item["onlinePolicy"], item["created"], item.get("evaluationType", "Manual"),
+                  item.get("offlineExperimentation", False), item["status"], item.get("message", ""))
+    if item.get("result"):
+        rec.result = EvaluationResult.from_json(item["result"])
+        rec.progress = 1.0
+        rec.done.set()
+    elif rec.status not in ("pending", "running", "notSubmitted"):
+        rec.done.set()
+    return rec
+
+
+def _check_encodable(item: Any) -> None:
+    """Raise unless ``item`` serializes to UTF-8 JSON (a lone surrogate in a string does not)."""
+    json.dumps(item, ensure_ascii=False).encode("utf-8")
 
 
 def _describe(rec: _Record) -> str:

@@ -692,7 +692,7 @@ def create_app(
     task closes events whose reward wait time has passed. The caller owns ``engine``.
 
     Offline evaluations run on an ``Evaluations`` manager over ``engine`` (kept in
-    ``<engine home>/evaluations.json``), created here and closed when the app shuts down;
+    the engine's SQLite database), created here and closed when the app shuts down;
     pass ``evaluations`` to use your own (you close it). It is ``app.state.evaluations``.
     """
 

@@ -9,10 +9,18 @@ Writes commit before the engine answers, so an acknowledged reward survives a
 crash of the process. With ``synchronous=NORMAL`` (the default) a power loss can
 still drop the last transactions; set ``PERSONALIZER_SYNC=FULL`` to fsync each
 commit as well.
+
+The schema is versioned (``PRAGMA user_version``) and migrated forward in place
+when an older database is opened; a database from a newer version, or a file
+that is not a readable SQLite database, is refused with a one-line
+``PersonalizerError``. A full disk (``SQLITE_FULL``) is ``InsufficientStorage``
+(507) and other I/O failures ``ServiceUnavailable`` (503): the failed write is
+rolled back, and reads keep working.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -23,7 +31,8 @@ from typing import Any
 
 from .contract import PersonalizerError
 
-_SCHEMA = """
+#: The schema as the first release created it (user_version 0); kept verbatim: migrations start from it.
+_SCHEMA_V0 = """
 CREATE TABLE IF NOT EXISTS events (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id    TEXT NOT NULL UNIQUE,
@@ -63,6 +72,21 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     model       BLOB NOT NULL
 );
 """
+
+#: Forward migrations: ``_MIGRATIONS[n - 1]`` takes a database from version ``n - 1`` to ``n``.
+_MIGRATIONS: tuple[str, ...] = (
+    # 1: evaluations live in the database (one store), one row each, so one bad record
+    #    cannot make the others unreadable.
+    """
+    CREATE TABLE IF NOT EXISTS evaluations (
+        id          TEXT PRIMARY KEY,
+        created     REAL NOT NULL,
+        record      TEXT NOT NULL      -- the evaluation as JSON
+    );
+    """,
+)
+#: The schema version this code writes.
+SCHEMA_VERSION = len(_MIGRATIONS)
 
 
 @dataclass
@@ -108,7 +132,17 @@ class EventLog:
         self.home = Path(home) if home is not None else default_home()
         self.home.mkdir(parents=True, exist_ok=True)
         self.path = self.home / "personalizer.sqlite3"
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=1.0)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=1.0)
+        except sqlite3.Error as exc:  # e.g. a directory that cannot be written
+            raise storage_error(exc, self.path) from None
+        try:
+            self._open()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open(self) -> None:
         try:
             # One process owns a data directory: a second engine would learn a diverging model
             # from the same log. EXCLUSIVE locking enforces that and skips shared-memory locking.
@@ -119,24 +153,61 @@ class EventLog:
             # Checkpointing the WAL is what fsyncs; doing it every ~40 MB instead of every
             # ~4 MB takes most of the cost off each commit.
             self._db.execute("PRAGMA wal_autocheckpoint=10000")
-            self._db.executescript(_SCHEMA)
             self._db.execute("BEGIN IMMEDIATE")  # take the write lock now; EXCLUSIVE mode keeps it
-            self._db.execute("COMMIT")
         except sqlite3.OperationalError as exc:
-            self._db.close()
+            if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise storage_error(exc, self.path) from None
             raise PersonalizerError(
                 "InternalServerError",
                 f"the data directory {self.home} is in use by another process ({exc})", 503) from None
+        except sqlite3.DatabaseError as exc:
+            raise storage_error(exc, self.path) from None
+        try:
+            self._migrate()
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise storage_error(exc, self.path) from None
+            raise
+
+    def _migrate(self) -> None:
+        """Bring the schema to ``SCHEMA_VERSION`` inside the open transaction; refuse a newer one."""
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise PersonalizerError(
+                "DatabaseVersionNotSupported",
+                f"the database {self.path} has schema version {version}, newer than this version of "
+                f"Personalizer Studio supports ({SCHEMA_VERSION}); upgrade Personalizer Studio", 503)
+        if version == SCHEMA_VERSION:
+            return
+        if version == 0:  # a new file, or one written before versioning: the v0 tables, idempotently
+            _execute_script(self._db, _SCHEMA_V0)
+        for script in _MIGRATIONS[version:]:
+            _execute_script(self._db, script)
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def schema_version(self) -> int:
+        """The schema version of the open database (``PRAGMA user_version``)."""
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def close(self) -> None:
         """Close the database connection."""
         self._db.close()
 
+    def _write(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        """One write statement; a failure (full disk, I/O) becomes a Personalizer error, nothing written."""
+        try:
+            return self._db.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.path) from None
+
     # ------------------------------------------------------------ events
     def add_event(self, event_id: str, created: float, request_hash: str, request_json: str,
                   response: dict[str, Any], mode: str, deferred: bool) -> int:
         """Log a ranked event as pending; returns its sequence number."""
-        cur = self._db.execute(
+        cur = self._write(
             "INSERT INTO events (event_id, created, request_hash, request, response, mode, deferred, status)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
             (event_id, created, request_hash, request_json, json.dumps(response), mode, int(deferred)),
@@ -148,20 +219,43 @@ class EventLog:
         row = self._db.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,)).fetchone()
         return _event(row) if row else None
 
-    def pending_events(self) -> list[StoredEvent]:
-        """Events not yet learned or discarded, in rank order."""
-        rows = self._db.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE status = 'pending' ORDER BY seq").fetchall()
-        return [_event(r) for r in rows]
+    def event_source(self, event_id: str) -> tuple[str, str, dict[str, Any]] | None:
+        """(request JSON text, mode, response) of an event: what rebuilding its VW example needs."""
+        row = self._db.execute("SELECT request, mode, response FROM events WHERE event_id = ?",
+                               (event_id,)).fetchone()
+        return None if row is None else (row[0], row[1], json.loads(row[2]))
+
+    def event_answer(self, event_id: str) -> tuple[str, dict[str, Any]] | None:
+        """(request hash, response) of an event: what answering a retried rank needs."""
+        row = self._db.execute("SELECT request_hash, response FROM events WHERE event_id = ?",
+                               (event_id,)).fetchone()
+        return None if row is None else (row[0], json.loads(row[1]))
+
+    def pending_summaries(self) -> Iterator[tuple[str, float, str, bool, float | None, list[str]]]:
+        """(event_id, created, mode, deferred, activated, slot ids) of each pending event, in rank order.
+
+        Only what the engine keeps in memory for a pending event: no request, no parsed example.
+        """
+        cur = self._db.execute(
+            "SELECT event_id, created, mode, deferred, activated, response FROM events WHERE status = 'pending'"
+            " ORDER BY seq")
+        for event_id, created, mode, deferred, activated, response in cur:
+            yield event_id, created, mode, bool(deferred), activated, [s["id"] for s in json.loads(response)["slots"]]
+
+    def pending_rewards(self) -> list[tuple[str, str, float]]:
+        """(event_id, slot_id, value) of every on-time reward of a pending event, in arrival order."""
+        return self._db.execute(
+            "SELECT r.event_id, r.slot_id, r.value FROM rewards r JOIN events e ON e.event_id = r.event_id"
+            " WHERE e.status = 'pending' AND r.late = 0 ORDER BY r.id").fetchall()
 
     def set_activated(self, event_id: str, when: float) -> None:
         """Record that a deferred event was activated."""
-        self._db.execute("UPDATE events SET activated = ? WHERE event_id = ?", (when, event_id))
+        self._write("UPDATE events SET activated = ? WHERE event_id = ?", (when, event_id))
 
     def close_event(self, event_id: str, status: str, when: float, learn_seq: int | None,
                     labels: list[float | None] | None) -> None:
         """Mark an event learned, logged (not learned, e.g. LoggingOnly) or discarded (never activated)."""
-        self._db.execute(
+        self._write(
             "UPDATE events SET status = ?, closed = ?, learn_seq = ?, labels = ? WHERE event_id = ?",
             (status, when, learn_seq, None if labels is None else json.dumps(labels), event_id),
         )
@@ -211,10 +305,13 @@ class EventLog:
     # ------------------------------------------------------------ rewards
     def add_rewards(self, event_id: str, rewards: list[tuple[str, float]], when: float, late: bool = False) -> None:
         """Log rewards for an event (every call is kept, whatever the aggregation)."""
-        self._db.executemany(
-            "INSERT INTO rewards (event_id, slot_id, value, received, late) VALUES (?, ?, ?, ?, ?)",
-            [(event_id, slot, value, when, int(late)) for slot, value in rewards],
-        )
+        try:
+            self._db.executemany(
+                "INSERT INTO rewards (event_id, slot_id, value, received, late) VALUES (?, ?, ?, ?, ?)",
+                [(event_id, slot, value, when, int(late)) for slot, value in rewards],
+            )
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.path) from None
 
     def rewards_of(self, event_id: str) -> list[tuple[str, float, float]]:
         """(slot_id, value, received) of an event's on-time rewards, in arrival order."""
@@ -230,19 +327,32 @@ class EventLog:
 
     def set_setting(self, key: str, value: Any) -> None:
         """Store a JSON setting."""
-        self._db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+        self._write("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     # ------------------------------------------------------------ checkpoints
     def add_checkpoint(self, learn_seq: int, created: float, reason: str, arguments: str, model: bytes,
                        keep: int = 3) -> None:
-        """Save a model checkpoint; keeps the newest ``keep``."""
+        """Save a model checkpoint; keeps the newest ``keep`` and the current model's origin.
+
+        The origin is the newest checkpoint not made periodically (``created``, ``reset``,
+        ``import``, ``policy``): it holds the model's ``creationTime``, and when a newer
+        checkpoint cannot load, the rebuild starts from it and never replays events learned
+        before it. Origins of earlier lineages are pruned: nothing rebuilds into them.
+        """
         with self.transaction():
             self._db.execute(
                 "INSERT INTO checkpoints (learn_seq, created, reason, arguments, model) VALUES (?, ?, ?, ?, ?)",
                 (learn_seq, created, reason, arguments, model))
             self._db.execute(
-                "DELETE FROM checkpoints WHERE id NOT IN (SELECT id FROM checkpoints ORDER BY id DESC LIMIT ?)",
+                "DELETE FROM checkpoints WHERE id NOT IN (SELECT id FROM checkpoints ORDER BY id DESC LIMIT ?)"
+                " AND id IS NOT (SELECT MAX(id) FROM checkpoints WHERE reason != 'periodic')",
                 (keep,))
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every kept checkpoint, oldest first (models included)."""
+        rows = self._db.execute(
+            "SELECT id, learn_seq, created, reason, arguments, model FROM checkpoints ORDER BY id").fetchall()
+        return [Checkpoint(*row[:5], bytes(row[5])) for row in rows]
 
     def latest_checkpoint(self) -> Checkpoint | None:
         """The newest checkpoint, or None."""
@@ -257,6 +367,20 @@ class EventLog:
             f"SELECT id, learn_seq, created, reason, arguments, model FROM checkpoints {where} ORDER BY id DESC LIMIT 1"
         ).fetchone()
         return Checkpoint(*row[:5], bytes(row[5])) if row else None
+
+    # ------------------------------------------------------------ evaluations
+    def put_evaluation(self, evaluation_id: str, created: float, record_json: str) -> None:
+        """Insert or replace one evaluation record (JSON text)."""
+        self._write("INSERT OR REPLACE INTO evaluations (id, created, record) VALUES (?, ?, ?)",
+                         (evaluation_id, created, record_json))
+
+    def delete_evaluation(self, evaluation_id: str) -> bool:
+        """Delete one evaluation record; True when there was one."""
+        return self._write("DELETE FROM evaluations WHERE id = ?", (evaluation_id,)).rowcount > 0
+
+    def evaluation_records(self) -> list[tuple[str, str]]:
+        """(id, record JSON text) of every stored evaluation, oldest first."""
+        return self._db.execute("SELECT id, record FROM evaluations ORDER BY created, id").fetchall()
 
     # ------------------------------------------------------------ transactions
     def transaction(self) -> _Transaction:
@@ -274,10 +398,55 @@ class _Transaction:
         if self._outer:
             self._db.execute("BEGIN IMMEDIATE")
 
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, _: Any) -> None:
         if not self._outer:
             return
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.Error as commit_error:
+                _rollback(self._db)
+                raise storage_error(commit_error) from None
+        _rollback(self._db)
+        if isinstance(exc, sqlite3.Error):
+            raise storage_error(exc) from None
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    # SQLite rolls a transaction back by itself on some errors (SQLITE_FULL among them).
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+
+
+def _execute_script(db: sqlite3.Connection, script: str) -> None:
+    """Run each statement of a script inside the caller's transaction (``executescript`` would commit)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def storage_error(exc: sqlite3.Error, path: os.PathLike[str] | str | None = None) -> PersonalizerError:
+    """The Personalizer error for a failed SQLite call: full disk 507, I/O or corruption 503.
+
+    Never a bare 500: the caller can tell "retry when there is space" from a bug, and
+    the message names the file rather than dumping SQLite's internals.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    where = f" ({path})" if path is not None else ""
+    if primary == sqlite3.SQLITE_FULL:
+        return PersonalizerError(
+            "InsufficientStorage", f"the event log's disk is full{where}; nothing was written, retry when there "
+            "is space", 507)
+    if primary in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return PersonalizerError(
+            "DatabaseCorrupt", f"the event log{where} is not a readable Personalizer database ({exc}); restore it "
+            "from a backup or move it aside", 503)
+    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return PersonalizerError("ServiceUnavailable", f"the event log{where} is busy ({exc}); retry", 503)
+    return PersonalizerError("ServiceUnavailable", f"the event log{where} failed ({exc}); nothing was written", 503)
 
 
 _EVENT_COLUMNS = ("seq, event_id, created, request_hash, request, response, mode, deferred, activated,"

@@ -449,7 +449,7 @@ def test_evaluations_persist_and_apply(tmp_path: Path) -> None:
         first = evals.wait("e", timeout=60)
         assert first["status"] == "completed"
         evals.close()
-        assert (engine.home / "evaluations.json").exists()
+        assert [i for i, _ in engine.evaluation_records()] == ["e"]  # in the engine's database
 
         again = ev.Evaluations(engine)
         assert again.get("e") == first  # reloaded from the engine's home
@@ -494,7 +494,11 @@ def test_request_hash_is_optional_for_event_sources() -> None:
 
 
 def test_an_unreadable_evaluations_file_is_set_aside(tmp_path: Path) -> None:
-    (tmp_path / "evaluations.json").write_text("{not json")
-    with ev.Evaluations(SimpleNamespace(home=tmp_path)) as evals:
-        assert evals.list() == []
-    assert (tmp_path / "evaluations.json.unreadable").exists()
+    engine = LocalPersonalizer(tmp_path)
+    try:
+        (tmp_path / "evaluations.json").write_text("{not json")
+        with ev.Evaluations(engine) as evals:
+            assert evals.list() == []
+        assert (tmp_path / "evaluations.json.unreadable").exists()
+    finally:
+        engine.close()
