@@ -90,6 +90,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pylibvw
+from scipy.special import fdtri
 from vowpalwabbit import Workspace
 
 from . import features
@@ -146,14 +147,28 @@ _MIN_PROBABILITY = 1e-6  # the engine's floor for logged probabilities (engine.l
 # ================================================================ statistics
 
 # Sufficient statistics of IPS terms, per (group, time bucket). They add, so buckets
-# merge into any window without keeping per-event terms.
-_N, _SW, _SWR, _SW2, _SW2R, _SW2R2, _NZ, _WMAX = range(8)
-_FIELDS = 8
+# merge into any window without keeping per-event terms. _WB is the largest weight the
+# policy *could* give a row (1 / logged probability, or its cascade product): the
+# Cressie-Read interval's wmax. _SD, _SD2: sum and sum of squares of doubly robust terms.
+_N, _SW, _SWR, _SW2, _SW2R, _SW2R2, _NZ, _WMAX, _WB, _SD, _SD2 = range(11)
+_FIELDS = 11
+_MAX_FIELDS = (_WMAX, _WB)  # merged by max, the others by sum
+
+#: Interval kinds ``Estimate.interval_of`` and ``Lift.interval_of`` know.
+INTERVAL_KINDS = ("cressie-read", "gaussian", "ips-gaussian", "bernstein", "dr-gaussian")
+#: The headline interval kind (see ``Estimate.interval``).
+HEADLINE_INTERVAL = "cressie-read"
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """One policy's estimated average reward per event (one slot, or the headline) with intervals."""
+    """One policy's estimated average reward per event (one slot, or the headline) with intervals.
+
+    The headline value is SNIPS; the headline interval (``interval``) is the Cressie-Read
+    empirical-likelihood interval, which holds its coverage at every sample size. The
+    Gaussian (delta-method SNIPS, and IPS), empirical-Bernstein and doubly robust
+    intervals stay available through ``interval_of(kind)``.
+    """
 
     events: int
     ips: float
@@ -167,6 +182,10 @@ class Estimate:
     nonzero: int
     max_weight: float
     confidence: float
+    cressie_read_interval: tuple[float, float] = (math.nan, math.nan)
+    dr: float = math.nan           # doubly robust estimate (equals IPS where no reward model applies)
+    dr_interval: tuple[float, float] = (math.nan, math.nan)  # Gaussian around DR
+    sum_of_weight_squares: float = 0.0
 
     @property
     def value(self) -> float:
@@ -175,17 +194,34 @@ class Estimate:
 
     @property
     def interval(self) -> tuple[float, float]:
-        """The headline interval: Gaussian (delta method) around SNIPS."""
-        return self.snips_interval
+        """The headline interval: Cressie-Read empirical likelihood (``HEADLINE_INTERVAL``)."""
+        return self.cressie_read_interval
+
+    def interval_of(self, kind: str = HEADLINE_INTERVAL) -> tuple[float, float]:
+        """The interval of ``kind``: cressie-read | gaussian (SNIPS) | ips-gaussian | bernstein | dr-gaussian."""
+        intervals = {"cressie-read": self.cressie_read_interval, "gaussian": self.snips_interval,
+                     "ips-gaussian": self.ips_interval, "bernstein": self.bernstein_interval,
+                     "dr-gaussian": self.dr_interval}
+        try:
+            return intervals[kind]
+        except KeyError:
+            raise ValueError(f"interval kind must be one of {list(INTERVAL_KINDS)}") from None
+
+    @property
+    def effective_events(self) -> float:
+        """Kish effective sample size ``(sum w)^2 / sum w^2``: how many events the estimate really rests on."""
+        w2 = self.sum_of_weight_squares
+        return self.snips_denominator ** 2 / w2 if w2 > 0 else 0.0
 
     def summary(self, time_stamp: str | None = None, window: str | None = None) -> dict[str, Any]:
-        """A Personalizer ``PolicyResultSummary``; extra fields carry both estimators' intervals.
+        """A Personalizer ``PolicyResultSummary``; extra fields carry every estimator's interval.
 
         ``averageReward`` is SNIPS (numerator / snipsEstimatorDenominator), ``confidenceInterval``
-        its Gaussian half-width, ``nonZeroProbability`` the share of events where the policy
-        gave the logged action a positive probability, ``sumOfSquares`` the sum of squared IPS terms.
+        the headline (Cressie-Read) interval's half-width, ``interval`` its bounds (it need not be
+        symmetric), ``nonZeroProbability`` the share of events where the policy gave the logged
+        action a positive probability, ``sumOfSquares`` the sum of squared IPS terms.
         """
-        lo, hi = self.snips_interval
+        lo, hi = self.interval
         out: dict[str, Any] = {
             "ipsEstimatorNumerator": self.ips_numerator,
             "ipsEstimatorDenominator": float(self.events),
@@ -195,10 +231,15 @@ class Estimate:
             "confidenceInterval": _finite((hi - lo) / 2),
             "averageReward": _finite(self.snips),
             "events": self.events,
+            "interval": [_finite(lo), _finite(hi)],
+            "intervalKind": HEADLINE_INTERVAL,
             "ipsAverageReward": _finite(self.ips),
-            "snipsInterval": [_finite(lo), _finite(hi)],
+            "cressieReadInterval": [_finite(v) for v in self.cressie_read_interval],
+            "snipsInterval": [_finite(v) for v in self.snips_interval],
             "ipsInterval": [_finite(v) for v in self.ips_interval],
             "bernsteinInterval": [_finite(v) for v in self.bernstein_interval],
+            "drAverageReward": _finite(self.dr),
+            "drInterval": [_finite(v) for v in self.dr_interval],
         }
         if time_stamp is not None:
             out["timeStamp"] = time_stamp
@@ -215,17 +256,83 @@ def _z(confidence: float) -> float:
     return NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
+def _cressie_read_bound(n: float, sw: float, sww: float, sh: float, swh: float, shh: float,
+                        wmin: float, wmax: float, fakes: Sequence[tuple[float, float]], confidence: float) -> float:
+    """Lower confidence bound on ``E[h]`` under ``E[w] = 1``: the Cressie-Read (power -2) empirical likelihood.
+
+    Karampatziakis, Langford & Mineiro, "Empirical Likelihood for Contextual Bandits" (NeurIPS 2020),
+    as computed by Microsoft's ``vw-estimators`` (``bandits/cressieread.IntervalImpl``), generalised
+    from ``h = w r`` to any ``h`` that is linear in ``w`` for the one unseen point the method adds:
+    ``fakes`` lists its ``h = c0 + c1 * w`` candidates (the reward extremes); the bound is the worst of
+    them at ``w = wmin`` and ``w = wmax``. Sums are over the n events: w, w^2, h, w*h, h^2. The F(1, n)
+    quantile calibrates the likelihood-ratio threshold. Returns -inf when no candidate is feasible.
+    """
+    delta = float(fdtri(1.0, n, confidence))
+    unc = wmax if sw < n else wmin
+    if math.isinf(unc):
+        uncgstar = 1.0 + 1.0 / n
+    else:
+        a = (unc + sw) / (1.0 + n)
+        b = (unc * unc + sww) / (1.0 + n)
+        uncgstar = (1.0 + n) * (a - 1.0) ** 2 / (b - a * a) if b > a * a else math.inf
+    phi = (-uncgstar - delta) / (2.0 * (1.0 + n))
+    tol = 1e-9
+    best = math.inf
+    for c0, c1 in fakes:
+        for wf in (wmin, wmax):
+            if math.isinf(wf):
+                # The unseen point carries the missing weight mass at vanishing probability:
+                # E[h] = c1 + E[h - c1 w] over the n events.
+                sg = sh - c1 * sw
+                sgg = shh - 2.0 * c1 * swh + c1 * c1 * sww
+                x = c1 + sg / n
+                y = sg * sg / (n * (1.0 + n)) - sgg / (1.0 + n)
+                z = phi + 1.0 / (2.0 * n)
+            else:
+                hf = c0 + c1 * wf
+                m = 1.0 + n
+                bw, bww = (wf + sw) / m, (wf * wf + sww) / m
+                bh, bwh, bhh = (hf + sh) / m, (wf * hf + swh) / m, (hf * hf + shh) / m
+                var_w = bww - bw * bw
+                if var_w <= 0:
+                    continue
+                cov = bwh - bw * bh
+                x = bh + (1.0 - bw) * cov / var_w
+                y = cov * cov / var_w - (bhh - bh * bh)
+                z = phi + 0.5 * (1.0 - bw) ** 2 / var_w
+            if abs(y * z) <= tol * tol:
+                best = min(best, x - math.sqrt(2.0) * tol)
+            elif z <= 0 and y * z >= 0:
+                best = min(best, x - math.sqrt(2.0 * y * z))
+    return best if math.isfinite(best) else -math.inf
+
+
+def _cressie_read_value(n: float, sw: float, sww: float, swr: float, swwr: float, swwrr: float,
+                        wmax: float, reward_range: tuple[float, float], confidence: float) -> tuple[float, float]:
+    """Cressie-Read interval for a policy's value ``E[w r]`` (agrees with vw-estimators' ``cressieread.Interval``)."""
+    lo_r, hi_r = reward_range
+    wmax = wmax if wmax > 1.0 else math.inf
+    lower = _cressie_read_bound(n, sw, sww, swr, swwr, swwrr, 0.0, wmax, [(0.0, lo_r)], confidence)
+    upper = -_cressie_read_bound(n, sw, sww, -swr, -swwr, swwrr, 0.0, wmax, [(0.0, -hi_r)], confidence)
+    lower = lo_r if not math.isfinite(lower) else lower
+    upper = hi_r if not math.isfinite(upper) else upper
+    return (min(max(lower, lo_r), hi_r), max(min(upper, hi_r), lo_r))
+
+
 def _from_stats(s: np.ndarray, confidence: float, reward_range: tuple[float, float]) -> Estimate:
     """An Estimate from one vector of sufficient statistics."""
     n = int(round(s[_N]))
     lo_r, hi_r = reward_range
     nan = math.nan
+    full = (lo_r, hi_r)
     if n == 0:
-        return Estimate(0, nan, nan, (lo_r, hi_r), (lo_r, hi_r), (lo_r, hi_r), 0.0, 0.0, 0.0, 0, 0.0, confidence)
+        return Estimate(0, nan, nan, full, full, full, 0.0, 0.0, 0.0, 0, 0.0, confidence, full, nan, full)
     sw, swr, sw2, sw2r, sw2r2 = (float(s[i]) for i in (_SW, _SWR, _SW2, _SW2R, _SW2R2))
+    sd, sd2 = float(s[_SD]), float(s[_SD2])
     z = _z(confidence)
     ips = swr / n
     snips = swr / sw if sw > 0 else nan
+    dr = sd / n
 
     def clip(a: float, b: float) -> tuple[float, float]:
         return (min(max(a, lo_r), hi_r), max(min(b, hi_r), lo_r))
@@ -240,26 +347,34 @@ def _from_stats(s: np.ndarray, confidence: float, reward_range: tuple[float, flo
         log_term = math.log(4.0 / (1.0 - confidence))
         eb = math.sqrt(2.0 * var * log_term / n) + 7.0 * span * log_term / (3.0 * (n - 1))
         bern_iv = clip(ips - eb, ips + eb)
+        dr_half = z * math.sqrt(max(sd2 - n * dr * dr, 0.0) / (n - 1) / n)
+        dr_iv = clip(dr - dr_half, dr + dr_half)
     else:
-        ips_iv = bern_iv = (lo_r, hi_r)
+        ips_iv = bern_iv = dr_iv = full
     if sw > 0 and n > 1:
         # Delta method: Var(SNIPS) ~ sum (w_i (r_i - V))^2 / (sum w)^2
         v = max(sw2r2 - 2 * snips * sw2r + snips * snips * sw2, 0.0) / (sw * sw)
         half = z * math.sqrt(v * n / (n - 1))
         snips_iv = clip(snips - half, snips + half)
     else:
-        snips_iv = (lo_r, hi_r)
+        snips_iv = full
+    bound = float(s[_WB])  # 0: unknown, unbounded
+    cr_iv = _cressie_read_value(n, sw, sw2, swr, sw2r, sw2r2, max(bound, float(s[_WMAX])) if bound > 0 else math.inf,
+                                reward_range, confidence)
     return Estimate(
         events=n, ips=ips, snips=snips, ips_interval=ips_iv, snips_interval=snips_iv, bernstein_interval=bern_iv,
         ips_numerator=swr, snips_denominator=sw, sum_of_squares=sw2r2, nonzero=int(round(s[_NZ])),
-        max_weight=float(s[_WMAX]), confidence=confidence,
+        max_weight=float(s[_WMAX]), confidence=confidence, cressie_read_interval=cr_iv, dr=dr, dr_interval=dr_iv,
+        sum_of_weight_squares=sw2,
     )
 
 
-def _stats(w: np.ndarray, r: np.ndarray) -> np.ndarray:
+def _stats(w: np.ndarray, r: np.ndarray, bound: np.ndarray | None = None, dr: np.ndarray | None = None) -> np.ndarray:
     wr = w * r
+    d = wr if dr is None else dr
     return np.array([len(w), w.sum(), wr.sum(), (w * w).sum(), (w * wr).sum(), (wr * wr).sum(),
-                     np.count_nonzero(w), w.max(initial=0.0)])
+                     np.count_nonzero(w), w.max(initial=0.0), 0.0 if bound is None else bound.max(initial=0.0),
+                     d.sum(), (d * d).sum()])
 
 
 def _reward_range(r: np.ndarray) -> tuple[float, float]:
@@ -270,11 +385,15 @@ def _reward_range(r: np.ndarray) -> tuple[float, float]:
 
 
 def estimate(weights: Sequence[float] | np.ndarray, rewards: Sequence[float] | np.ndarray, *,
-             confidence: float = 0.95, reward_range: tuple[float, float] | None = None) -> Estimate:
-    """IPS and SNIPS with Gaussian and empirical-Bernstein intervals from per-event weights and rewards.
+             confidence: float = 0.95, reward_range: tuple[float, float] | None = None,
+             max_weight: float | None = None, dr_terms: Sequence[float] | np.ndarray | None = None) -> Estimate:
+    """IPS and SNIPS with Cressie-Read, Gaussian and empirical-Bernstein intervals from per-event weights and rewards.
 
     ``weights[i] = pi(logged action) / logged probability``; ``rewards`` in ``reward_range``
-    (inferred when not given: [0, 1] if every reward lies there, else [-1, 1]).
+    (inferred when not given: [0, 1] if every reward lies there, else [-1, 1]). ``max_weight``:
+    the largest weight the policy could give any event (e.g. 1 / the smallest logging
+    probability); None: unbounded, vw-estimators' default, a little wider. ``dr_terms``:
+    per-event doubly robust terms (default: the IPS terms ``w * r``).
     """
     w = np.asarray(weights, dtype=float)
     r = np.asarray(rewards, dtype=float)
@@ -282,7 +401,11 @@ def estimate(weights: Sequence[float] | np.ndarray, rewards: Sequence[float] | n
         raise ValueError("weights and rewards must be 1-D arrays of the same length")
     if np.any(w < 0):
         raise ValueError("weights must be >= 0")
-    return _from_stats(_stats(w, r), confidence, reward_range or _reward_range(r))
+    d = None if dr_terms is None else np.asarray(dr_terms, dtype=float)
+    if d is not None and d.shape != w.shape:
+        raise ValueError("dr_terms must have one entry per event")
+    bound = None if max_weight is None else np.array([float(max_weight)])
+    return _from_stats(_stats(w, r, bound, d), confidence, reward_range or _reward_range(r))
 
 
 # ================================================================ logged data
@@ -324,6 +447,8 @@ class LoggedData:
     open_actions: np.ndarray       # allowed actions not shown in an earlier slot of the event
     slot_ids: list[str]
     skipped: int = 0               # events without rewards or probabilities
+    # Per row: the action index of the slot's baselineAction (empty when the source has none).
+    baseline: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def events(self) -> int:
@@ -416,6 +541,7 @@ def prepare(events: Iterable[LoggedEvent]) -> LoggedData:
     p_col: list[float] = []
     r_col: list[float] = []
     base_col: list[bool] = []
+    baseline_col: list[int] = []
     open_col: list[int] = []
     slot_codes: dict[str, int] = {}
     templates: dict[str, _Template] = {}
@@ -455,6 +581,7 @@ def prepare(events: Iterable[LoggedEvent]) -> LoggedData:
             slot_col.append(tpl.slot_codes[k])
             chosen_col.append(c)
             base_col.append(c == tpl.baselines[k])
+            baseline_col.append(tpl.baselines[k])
             allowed_k = tpl.allowed_sets[k]
             open_col.append(len(allowed_k) - sum(1 for e in chosen[:k] if e in allowed_k))
         p_col.extend(probs)
@@ -466,7 +593,7 @@ def prepare(events: Iterable[LoggedEvent]) -> LoggedData:
         slot=np.asarray(slot_col, dtype=np.int64), chosen=np.asarray(chosen_col, dtype=np.int64),
         probability=np.asarray(p_col, dtype=float), reward=np.asarray(r_col, dtype=float),
         is_baseline=np.asarray(base_col, dtype=bool), open_actions=np.asarray(open_col, dtype=np.int64),
-        slot_ids=list(slot_codes), skipped=skipped,
+        slot_ids=list(slot_codes), skipped=skipped, baseline=np.asarray(baseline_col, dtype=np.int64),
     )
 
 
@@ -478,6 +605,110 @@ def _cascade(data: LoggedData, w: np.ndarray) -> np.ndarray:
             rows = np.flatnonzero(data.position == k)
             out[rows] *= out[rows - 1]  # an event's rows are contiguous, in slot order
     return out
+
+
+def _cascade_bound(data: LoggedData) -> np.ndarray:
+    """Per row: the largest weight any policy could give it (1 / p, multiplied along the page for cascade)."""
+    return _cascade(data, 1.0 / data.probability)
+
+
+class _RewardModel:
+    """A progressive reward model for doubly robust estimates, read from the log itself.
+
+    ``predict(rows, actions)`` is the mean reward of ``action`` in the row's slot and request
+    (context) over events strictly *before* the row's event, shrunk towards the same action's
+    mean in that slot over every request, itself shrunk towards the slot's mean. Only earlier
+    events count, so a prediction never depends on the reward it is used with: the DR term
+    stays unbiased whatever the model's quality (a poor model only costs variance).
+
+    Why not the replayed VW learner's own scores: CCB predictions expose the post-exploration
+    probabilities only; per-action costs are not part of VW's Python interface for CCB.
+    """
+
+    SHRINK = 2.0  # pseudo-events of the coarser level in each finer mean
+
+    def __init__(self, data: LoggedData) -> None:
+        self.data = data
+        _, ctx_of_event = np.unique(np.asarray(data.request_hashes, dtype=object).astype(str), return_inverse=True)
+        self.ctx = ctx_of_event.astype(np.int64)[data.event_of_row] if len(data.event_of_row) else data.event_of_row
+        self.slots = max(len(data.slot_ids), 1)
+        self.actions = int(data.chosen.max(initial=0)) + 64  # headroom: queried actions may never have been shown
+        self.span = data.events + 1
+        lo_r, hi_r = data.reward_range
+        self.prior = (lo_r + hi_r) / 2
+        self.tables = [self._table(k) for k in self._keys(np.arange(len(data.chosen)), data.chosen)]
+
+    def _keys(self, rows: np.ndarray, actions: np.ndarray) -> list[np.ndarray]:
+        s = self.data.slot[rows]
+        coarse = s * self.actions + actions
+        return [s, coarse, (self.ctx[rows] * self.slots + s) * self.actions + actions]
+
+    def _table(self, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        comp = key * self.span + self.data.event_of_row
+        order = np.argsort(comp, kind="stable")
+        return comp[order], np.concatenate([[0.0], np.cumsum(self.data.reward[order])])
+
+    def predict(self, rows: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Predicted reward of ``actions[i]`` at row ``rows[i]`` from earlier events only."""
+        events = self.data.event_of_row[rows]
+        estimate = np.full(len(rows), self.prior)
+        for key, (comp, csum) in zip(self._keys(rows, actions), self.tables, strict=True):
+            start = np.searchsorted(comp, key * self.span, "left")
+            stop = np.searchsorted(comp, key * self.span + events, "left")
+            estimate = (csum[stop] - csum[start] + self.SHRINK * estimate) / (stop - start + self.SHRINK)
+        return estimate
+
+    def dr_terms(self, w: np.ndarray, rows: np.ndarray, actions: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """Per row: ``sum_a pi(a) rhat(a) + w (r - rhat(logged))`` given the policy's (row, action, pi) triples."""
+        n = len(self.data.chosen)
+        direct = np.bincount(rows, weights=probs * self.predict(rows, actions), minlength=n)
+        logged = self.predict(np.arange(n), self.data.chosen)
+        return direct + w * (self.data.reward - logged)
+
+
+def _open_actions(data: LoggedData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, action, 1 / open) for each allowed action not shown in an earlier slot: the Random policy."""
+    rows: list[int] = []
+    actions: list[int] = []
+    probs: list[float] = []
+    chosen = data.chosen.tolist()
+    for i, (_, _, allowed) in enumerate(data.encoded):
+        r0 = int(data.row_start[i])
+        for k, allowed_k in enumerate(allowed):
+            taken = set(chosen[r0: r0 + k])
+            open_k = [a for a in allowed_k if a not in taken]
+            rows.extend([r0 + k] * len(open_k))
+            actions.extend(open_k)
+            probs.extend([1.0 / max(len(open_k), 1)] * len(open_k))
+    return np.asarray(rows, dtype=np.int64), np.asarray(actions, dtype=np.int64), np.asarray(probs, dtype=float)
+
+
+def _baseline_pairs(data: LoggedData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, baseline action, 1) where the baseline is still open (not shown in an earlier slot)."""
+    n = len(data.chosen)
+    open_ = np.ones(n, dtype=bool)
+    for k in range(1, int(data.position.max(initial=0)) + 1):
+        rows = np.flatnonzero(data.position == k)
+        for j in range(1, k + 1):
+            open_[rows] &= data.chosen[rows - j] != data.baseline[rows]
+    rows = np.flatnonzero(open_)
+    return rows, data.baseline[rows], np.ones(len(rows))
+
+
+def _distribution_pairs(data: LoggedData, distributions: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, action, probability) triples of a replayed policy's per-slot distributions."""
+    rows: list[int] = []
+    actions: list[int] = []
+    probs: list[float] = []
+    starts = data.row_start.tolist()
+    for i, scores in enumerate(distributions):
+        r0 = starts[i]
+        for k, dist in enumerate(scores):
+            for a, p in dist:
+                rows.append(r0 + k)
+                actions.append(a)
+                probs.append(p)
+    return np.asarray(rows, dtype=np.int64), np.asarray(actions, dtype=np.int64), np.asarray(probs, dtype=float)
 
 
 # ================================================================ replay of candidate policies
@@ -504,6 +735,8 @@ class Replayer:
         self.data = data
         self.vw = _workspace(tokens)
         self.pi = np.zeros(len(data.chosen))
+        # Per event: each slot's full distribution [(action, probability), ...], for the DR direct term.
+        self.distributions: list[Any] = [()] * data.events
         self._chosen = data.chosen.tolist()
         self._starts = data.row_start.tolist()
 
@@ -518,11 +751,14 @@ class Replayer:
                 head, bodies, allowed = data.encoded[i]
                 r0 = starts[i]
                 picks = chosen[r0: r0 + len(bodies)]
+                dists = []
                 for k in range(len(bodies)):
                     lines = list(head)
                     lines.extend(slot_line(bodies[j], [picks[j]]) for j in range(k))
                     lines.append(slot_line(bodies[k], allowed[k]))
-                    pi[r0 + k] = _prob_of(vw_predict(vw, lines)[k], picks[k])
+                    dists.append(vw_predict(vw, lines)[k])
+                    pi[r0 + k] = _prob_of(dists[k], picks[k])
+                self.distributions[i] = dists
                 exs = parse(data.examples[i])
                 try:
                     learn(vw, exs)
@@ -537,6 +773,7 @@ class Replayer:
                 scores = exs[0].get_decision_scores()
             finally:
                 finish(vw, exs)
+            self.distributions[i] = scores
             r0 = starts[i]
             for k, dist in enumerate(scores):
                 c = chosen[r0 + k]
@@ -554,13 +791,15 @@ class Replayer:
 
 
 def replay(data: LoggedData, arguments: str, *, exact: bool | None = None, progress: ProgressFn | None = None,
-           cancel: CancelFn | None = None, keep_model: bool = False) -> tuple[np.ndarray, bytes | None]:
+           cancel: CancelFn | None = None, keep_model: bool = False,
+           distributions: list[Any] | None = None) -> tuple[np.ndarray, bytes | None]:
     """Replay a candidate policy over the log in a fresh VW workspace (progressive validation).
 
     Returns ``pi`` (per row: the candidate's probability of the logged action, given the
     logged earlier slots, before learning that event) and, with ``keep_model``, the
     trained model. Raises PersonalizerError(InvalidPolicyConfiguration) for bad arguments,
     EvaluationCancelled when ``cancel()`` returns True (checked about every 1 % of events).
+    ``distributions``, when given, receives each event's per-slot distributions (for DR).
     """
     replayer = Replayer(data, arguments, exact=exact)
     total = data.events
@@ -572,6 +811,8 @@ def replay(data: LoggedData, arguments: str, *, exact: bool | None = None, progr
     except BaseException:
         replayer.close()
         raise
+    if distributions is not None:
+        distributions.extend(replayer.distributions)
     return replayer.pi, replayer.close(keep_model)
 
 
@@ -649,7 +890,8 @@ class PolicyEvaluation:
 def _merge(s: np.ndarray) -> np.ndarray:
     """Merge statistics over the last axis (sums, and max for the max weight)."""
     out = s.sum(axis=-1)
-    out[_WMAX] = s[_WMAX].max(axis=-1, initial=0.0)
+    for f in _MAX_FIELDS:
+        out[f] = s[f].max(axis=-1, initial=0.0)
     return out
 
 
@@ -765,11 +1007,11 @@ class EvaluationResult:
                         continue
                     data.append({"timeStamp": _iso(self.bucket_start + (lo + b) * self.bucket_seconds),
                                  "expectedReward": _finite(e.snips),
-                                 "confidenceInterval": [_finite(v) for v in e.snips_interval]})
+                                 "confidenceInterval": [_finite(v) for v in e.interval]})
                 rows.append({
                     "name": p.name, "slotId": sid or "", "arguments": p.arguments or "", "policySource": p.source,
                     "summary": {"expectedReward": _finite(total.snips),
-                                "confidenceInterval": [_finite(v) for v in total.snips_interval],
+                                "confidenceInterval": [_finite(v) for v in total.interval],
                                 "events": total.events},
                     "timeseries": {"data": data},
                 })
@@ -802,10 +1044,21 @@ class EvaluationResult:
                   reward_range=tuple(data["rewardRange"]), events=data["events"], skipped=data["skipped"],
                   deterministic_share=data["deterministicShare"], start=data.get("start"), end=data.get("end"))
         for p in data["policies"]:
-            stats = {k: np.asarray(v, dtype=float).reshape(_FIELDS, len(res.slot_ids) + 1, res.buckets)
+            stats = {k: _upgrade_stats(np.asarray(v, dtype=float).reshape(-1, len(res.slot_ids) + 1, res.buckets))
                      for k, v in p["stats"].items()}
             res.policies.append(PolicyEvaluation(p["name"], p["source"], p["arguments"], stats, res))
         return res
+
+
+def _upgrade_stats(s: np.ndarray) -> np.ndarray:
+    """Statistics saved before the weight bound and DR fields: unknown bound (0), DR = IPS."""
+    if s.shape[0] == _FIELDS:
+        return s
+    out = np.zeros((_FIELDS, *s.shape[1:]))
+    out[: s.shape[0]] = s
+    out[_WB] = 0.0
+    out[_SD], out[_SD2] = s[_SWR], s[_SW2R2]
+    return out
 
 
 def _iso(ts: float | None) -> str | None:
@@ -834,8 +1087,13 @@ def _bucket_seconds(first: float, last: float) -> float:
     return math.ceil(span / _MAX_BUCKETS / 86400) * 86400.0
 
 
-def _policy_stats(data: LoggedData, w: np.ndarray, groups: int, bucket: np.ndarray, buckets: int) -> np.ndarray:
-    """Sufficient statistics (fields, groups, buckets) of weights ``w`` over the data's rows."""
+def _policy_stats(data: LoggedData, w: np.ndarray, groups: int, bucket: np.ndarray, buckets: int,
+                  bound: np.ndarray, dr: np.ndarray | None = None) -> np.ndarray:
+    """Sufficient statistics (fields, groups, buckets) of weights ``w`` over the data's rows.
+
+    ``bound``: per row, the largest weight the policy could have given it; ``dr``: per row,
+    the doubly robust term (default: the IPS term).
+    """
     r = data.reward
     # Every row counts in its slot's group; first-position rows also in the headline group 0.
     first = np.flatnonzero(data.position == 0)
@@ -844,12 +1102,14 @@ def _policy_stats(data: LoggedData, w: np.ndarray, groups: int, bucket: np.ndarr
     idx = gidx * buckets + bucket[rows]
     ww, rr = w[rows], r[rows]
     wr = ww * rr
+    dd = wr if dr is None else dr[rows]
     size = groups * buckets
     out = np.zeros((_FIELDS, size))
     for f, vals in ((_N, None), (_SW, ww), (_SWR, wr), (_SW2, ww * ww), (_SW2R, ww * wr), (_SW2R2, wr * wr),
-                    (_NZ, (ww > 0).astype(float))):
+                    (_NZ, (ww > 0).astype(float)), (_SD, dd), (_SD2, dd * dd)):
         out[f] = np.bincount(idx, weights=vals, minlength=size)
     np.maximum.at(out[_WMAX], idx, ww)
+    np.maximum.at(out[_WB], idx, bound[rows])
     return out.reshape(_FIELDS, groups, buckets)
 
 
@@ -893,18 +1153,25 @@ def evaluate(
         skipped=data.skipped, deterministic_share=data.deterministic_share, start=start, end=end,
     )
 
-    def add(name: str, source: str, arguments: str | None, pi: np.ndarray, model: bytes | None = None) -> None:
+    bound = 1.0 / data.probability
+    cascade_bound = _cascade_bound(data)
+    model = _RewardModel(data) if data.encoded and len(data.baseline) == len(data.chosen) else None
+
+    def add(name: str, source: str, arguments: str | None, pi: np.ndarray, trained: bytes | None = None,
+            pairs: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None) -> None:
         w = pi / data.probability
-        stats = {"conditional": _policy_stats(data, w, groups, bucket, buckets),
-                 "cascade": _policy_stats(data, _cascade(data, w), groups, bucket, buckets)}
-        result.policies.append(PolicyEvaluation(name, source, arguments, stats, result, model))
+        dr = model.dr_terms(w, *pairs()) if model is not None and pairs is not None else None
+        stats = {"conditional": _policy_stats(data, w, groups, bucket, buckets, bound, dr),
+                 # DR is per slot (conditional); whole-page cascade terms stay IPS.
+                 "cascade": _policy_stats(data, _cascade(data, w), groups, bucket, buckets, cascade_bound)}
+        result.policies.append(PolicyEvaluation(name, source, arguments, stats, result, trained))
 
     if "Online" in include:
         add("Online", "Online", online_arguments, data.probability.copy())  # w = 1: what was earned
     if "Baseline" in include:
-        add("Baseline", "Baseline", None, data.is_baseline.astype(float))
+        add("Baseline", "Baseline", None, data.is_baseline.astype(float), pairs=lambda: _baseline_pairs(data))
     if "Random" in include:
-        add("Random", "Random", None, 1.0 / np.maximum(data.open_actions, 1))
+        add("Random", "Random", None, 1.0 / np.maximum(data.open_actions, 1), pairs=lambda: _open_actions(data))
     total = data.events * len(policies)
     for j, pol in enumerate(policies):
         offset = j * data.events
@@ -913,8 +1180,11 @@ def evaluate(
             if progress is not None:
                 progress(offset + done, total)
 
-        pi, model = replay(data, pol["arguments"], exact=exact, progress=step, cancel=cancel, keep_model=keep_models)
-        add(pol["name"], pol.get("source", "Custom"), pol["arguments"], pi, model)
+        distributions: list[Any] = []
+        pi, trained = replay(data, pol["arguments"], exact=exact, progress=step, cancel=cancel,
+                             keep_model=keep_models, distributions=distributions)
+        add(pol["name"], pol.get("source", "Custom"), pol["arguments"], pi, trained,
+            pairs=lambda d=distributions: _distribution_pairs(data, d))
     return result
 
 
