@@ -12,11 +12,22 @@ re-weights each logged reward by ``w = pi(logged action) / p``:
 
 Intervals (``confidence``, default 95 %):
 
-- **Gaussian** (CLT) for IPS, and by the delta method for SNIPS. Tight, close to
-  nominal coverage with a few hundred events, but optimistic when only a handful
-  of events carry weight (see ``Estimate.nonzero``).
+- **Cressie-Read empirical likelihood** (the headline, ``Estimate.interval``): Karampatziakis,
+  Langford & Mineiro, "Empirical Likelihood for Contextual Bandits" (NeurIPS 2020), computed
+  exactly as Microsoft's ``vw-estimators`` does (``bandits/cressieread``; agreement to 1e-15 is
+  a test) but from the bucket statistics below, so any time window costs O(1). One rule for
+  every policy, slot and sample size: the interval holds its coverage with a few hundred events
+  (where the Gaussian over-claims) and is about as tight as the Gaussian with thousands. It is
+  given the largest weight the policy *could* take (1 / the smallest logged probability of the
+  rows, or its product along the page for cascade weights) instead of vw-estimators' default
+  "unbounded", which makes it 3-44 % narrower at the same coverage (``bench/evaluation.py``).
+- **Gaussian** (CLT) for IPS, and by the delta method for SNIPS; ``interval_of("gaussian")``.
 - **Empirical Bernstein** (Maurer & Pontil 2009) for IPS: valid for any sample size
-  because ``w * r`` is bounded by ``max weight x reward range``; wider, honest.
+  because ``w * r`` is bounded by ``max weight x reward range``; far wider.
+- **Doubly robust** (``Estimate.dr``, Gaussian ``dr_interval``): ``sum_a pi(a) rhat(a) +
+  w (r - rhat(logged))`` with a reward model read from the log leaving the event out
+  (``_RewardModel``); reported beside SNIPS for every policy whose full distribution is known
+  (Baseline, Random, replayed candidates). About half SNIPS's mean squared error on simulator logs.
   The reward range is [0, 1] when every logged reward lies there, else [-1, 1].
 
 Policies evaluated:
@@ -71,6 +82,7 @@ policies that differ from them are then biased (unseen rewards count as 0 in IPS
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -684,19 +696,26 @@ class _RewardModel:
 
 def _open_actions(data: LoggedData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, action, 1 / open) for each allowed action not shown in an earlier slot: the Random policy."""
-    rows: list[int] = []
-    actions: list[int] = []
-    probs: list[float] = []
-    chosen = data.chosen.tolist()
-    for i, (_, _, allowed) in enumerate(data.encoded):
-        r0 = int(data.row_start[i])
+    # Events of one request template share its allowed lists (the same objects): group by them.
+    groups: dict[int, list[int]] = {}
+    for i, encoded in enumerate(data.encoded):
+        groups.setdefault(id(encoded[2]), []).append(i)
+    parts = []
+    for members in groups.values():
+        allowed = data.encoded[members[0]][2]
+        starts = data.row_start[np.asarray(members, dtype=np.int64)]
         for k, allowed_k in enumerate(allowed):
-            taken = set(chosen[r0: r0 + k])
-            open_k = [a for a in allowed_k if a not in taken]
-            rows.extend([r0 + k] * len(open_k))
-            actions.extend(open_k)
-            probs.extend([1.0 / max(len(open_k), 1)] * len(open_k))
-    return np.asarray(rows, dtype=np.int64), np.asarray(actions, dtype=np.int64), np.asarray(probs, dtype=float)
+            rows = starts + k
+            actions = np.asarray(allowed_k, dtype=np.int64)
+            is_open = np.ones((len(rows), len(actions)), dtype=bool)
+            for j in range(1, k + 1):
+                is_open &= actions[None, :] != data.chosen[rows - j][:, None]
+            hit_row, hit_action = np.nonzero(is_open)
+            share = 1.0 / np.maximum(is_open.sum(axis=1), 1)
+            parts.append((rows[hit_row], actions[hit_action], share[hit_row]))
+    if not parts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
+    return tuple(np.concatenate([p[f] for p in parts]) for f in range(3))  # type: ignore[return-value]
 
 
 def _baseline_pairs(data: LoggedData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -713,18 +732,13 @@ def _baseline_pairs(data: LoggedData) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 def _distribution_pairs(data: LoggedData, distributions: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, action, probability) triples of a replayed policy's per-slot distributions."""
-    rows: list[int] = []
-    actions: list[int] = []
-    probs: list[float] = []
-    starts = data.row_start.tolist()
-    for i, scores in enumerate(distributions):
-        r0 = starts[i]
-        for k, dist in enumerate(scores):
-            for a, p in dist:
-                rows.append(r0 + k)
-                actions.append(a)
-                probs.append(p)
-    return np.asarray(rows, dtype=np.int64), np.asarray(actions, dtype=np.int64), np.asarray(probs, dtype=float)
+    per_slot = list(itertools.chain.from_iterable(distributions))  # rows in order: events, then slots
+    if len(per_slot) != len(data.chosen):
+        raise ValueError("the replay's distributions do not match the log's rows")
+    counts = np.fromiter((len(d) for d in per_slot), dtype=np.int64, count=len(per_slot))
+    pairs = np.array(list(itertools.chain.from_iterable(per_slot)), dtype=float).reshape(-1, 2)
+    rows = np.repeat(np.arange(len(per_slot), dtype=np.int64), counts)
+    return rows, pairs[:, 0].astype(np.int64), pairs[:, 1]
 
 
 # ================================================================ replay of candidate policies
