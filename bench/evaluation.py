@@ -484,31 +484,24 @@ def doubly_robust(logs: int, n: int = 1500) -> bool:
         truth_of = first_slot_truth(scenario, events)
 
         model = evaluation._RewardModel(data)
-        rows_all = np.arange(len(data.chosen))
-        true_logged = np.array([truth_of(int(data.event_of_row[j]), int(data.chosen[j])) if data.position[j] == 0
-                                else 0.0 for j in rows_all])
-        candidates: dict[str, tuple[np.ndarray, list[Any]]] = {}
+        is_first = data.position == 0
+        true_logged = np.array([truth_of(int(data.event_of_row[j]), int(data.chosen[j])) if is_first[j] else 0.0
+                                for j in range(len(data.chosen))])
+        candidates: dict[str, tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         for name, arguments in DR_POLICIES.items():
-            distributions: list[Any] = []
-            pi, _ = evaluation.replay(data, arguments, distributions=distributions)
-            candidates[name] = (pi, [d[0] for d in distributions])
-        # Built-ins: the first slot's distribution per event.
-        b = data.baseline[first]
-        candidates["Baseline (built-in)"] = (data.is_baseline.astype(float),
-                                             [[(int(b[i]), 1.0)] for i in range(data.events)])
-        opens = [[a for a in enc[2][0]] for enc in data.encoded]
-        candidates["Random (built-in)"] = (1.0 / np.maximum(data.open_actions, 1),
-                                           [[(a, 1.0 / len(o)) for a in o] for o in opens])
-        for name, (pi, dists) in candidates.items():
+            chunks: list[Any] = []
+            pi, _ = evaluation.replay(data, arguments, distributions=chunks)
+            candidates[name] = (pi, evaluation._concatenate_pairs(chunks))
+        candidates["Baseline (built-in)"] = (data.is_baseline.astype(float), evaluation._baseline_pairs(data))
+        candidates["Random (built-in)"] = (1.0 / np.maximum(data.open_actions, 1), evaluation._open_actions(data))
+        for name, (pi, (pr, pa, pp)) in candidates.items():
             w = pi / data.probability
-            truth = float(np.mean([sum(p * truth_of(i, a) for a, p in dist) for i, dist in enumerate(dists)]))
-            pr = np.repeat(first, [len(d) for d in dists])
-            pa = np.array([a for d in dists for a, _ in d], dtype=np.int64)
-            pp = np.array([p for d in dists for _, p in d])
+            on_first = is_first[pr]
+            true_direct = np.array([truth_of(int(data.event_of_row[j]), int(a)) if f else 0.0
+                                    for j, a, f in zip(pr.tolist(), pa.tolist(), on_first.tolist(), strict=True)])
+            direct_true = np.bincount(pr, weights=pp * true_direct, minlength=len(w))[first]
+            truth = float(direct_true.mean())  # the policy's exact expected first-slot reward on these visitors
             dr = model.dr_terms(w, pr, pa, pp)[first]
-            direct_true = np.bincount(pr, weights=pp * np.array([truth_of(int(data.event_of_row[j]), int(a))
-                                                                  for j, a in zip(pr, pa, strict=True)]),
-                                      minlength=len(w))[first]
             dr_true = direct_true + w[first] * (data.reward[first] - true_logged[first])
             wf, rf = w[first], data.reward[first]
             for label, value in (("SNIPS", float((wf * rf).sum() / wf.sum())), ("IPS", float((wf * rf).mean())),

@@ -730,15 +730,27 @@ def _baseline_pairs(data: LoggedData) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return rows, data.baseline[rows], np.ones(len(rows))
 
 
-def _distribution_pairs(data: LoggedData, distributions: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row, action, probability) triples of a replayed policy's per-slot distributions."""
+def _distribution_pairs(data: LoggedData, distributions: Sequence[Any], first_event: int = 0,
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, action, probability) triples of a replayed policy's per-slot distributions.
+
+    ``distributions``: per event from ``first_event`` on, each slot's [(action, probability), ...].
+    """
     per_slot = list(itertools.chain.from_iterable(distributions))  # rows in order: events, then slots
-    if len(per_slot) != len(data.chosen):
+    first_row = int(data.row_start[first_event]) if first_event < data.events else len(data.chosen)
+    if first_row + len(per_slot) > len(data.chosen):
         raise ValueError("the replay's distributions do not match the log's rows")
     counts = np.fromiter((len(d) for d in per_slot), dtype=np.int64, count=len(per_slot))
     pairs = np.array(list(itertools.chain.from_iterable(per_slot)), dtype=float).reshape(-1, 2)
-    rows = np.repeat(np.arange(len(per_slot), dtype=np.int64), counts)
+    rows = np.repeat(np.arange(first_row, first_row + len(per_slot), dtype=np.int64), counts)
     return rows, pairs[:, 0].astype(np.int64), pairs[:, 1]
+
+
+def _concatenate_pairs(chunks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not chunks:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
+    return tuple(np.concatenate([c[f] for c in chunks]) for f in range(3))  # type: ignore[return-value]
 
 
 # ================================================================ replay of candidate policies
@@ -759,13 +771,16 @@ class Replayer:
     ``replay`` is the one-call form; benchmarks interleave ranges with other work.
     """
 
-    def __init__(self, data: LoggedData, arguments: str, *, exact: bool | None = None) -> None:
+    def __init__(self, data: LoggedData, arguments: str, *, exact: bool | None = None,
+                 keep_distributions: bool = False) -> None:
         tokens = validate_policy_arguments(arguments)
         self.exact = _needs_exact(tokens) if exact is None else exact
         self.data = data
         self.vw = _workspace(tokens)
         self.pi = np.zeros(len(data.chosen))
-        # Per event: each slot's full distribution [(action, probability), ...], for the DR direct term.
+        # With keep_distributions, per event: each slot's full distribution [(action, probability), ...]
+        # (the DR direct term needs it); ``replay`` compacts them chunk by chunk.
+        self.keep_distributions = keep_distributions
         self.distributions: list[Any] = [()] * data.events
         self._chosen = data.chosen.tolist()
         self._starts = data.row_start.tolist()
@@ -788,7 +803,8 @@ class Replayer:
                     lines.append(slot_line(bodies[k], allowed[k]))
                     dists.append(vw_predict(vw, lines)[k])
                     pi[r0 + k] = _prob_of(dists[k], picks[k])
-                self.distributions[i] = dists
+                if self.keep_distributions:
+                    self.distributions[i] = dists
                 exs = parse(data.examples[i])
                 try:
                     learn(vw, exs)
@@ -803,7 +819,8 @@ class Replayer:
                 scores = exs[0].get_decision_scores()
             finally:
                 finish(vw, exs)
-            self.distributions[i] = scores
+            if self.keep_distributions:
+                self.distributions[i] = scores
             r0 = starts[i]
             for k, dist in enumerate(scores):
                 c = chosen[r0 + k]
@@ -829,20 +846,24 @@ def replay(data: LoggedData, arguments: str, *, exact: bool | None = None, progr
     logged earlier slots, before learning that event) and, with ``keep_model``, the
     trained model. Raises PersonalizerError(InvalidPolicyConfiguration) for bad arguments,
     EvaluationCancelled when ``cancel()`` returns True (checked about every 1 % of events).
-    ``distributions``, when given, receives each event's per-slot distributions (for DR).
+    ``distributions``, when given, receives the candidate's full distributions (for DR) as
+    (row, action, probability) arrays, one tuple per chunk of events.
     """
-    replayer = Replayer(data, arguments, exact=exact)
+    replayer = Replayer(data, arguments, exact=exact, keep_distributions=distributions is not None)
     total = data.events
     step = max(1, min(5000, total // 100))
     try:
         for lo in range(0, total, step):
-            replayer.run(lo, min(lo + step, total))
-            _tick(min(lo + step, total), total, progress, cancel)
+            hi = min(lo + step, total)
+            replayer.run(lo, hi)
+            if distributions is not None:
+                # Compact arrays per chunk: VW's Python lists would cost ~800 bytes an event.
+                distributions.append(_distribution_pairs(data, replayer.distributions[lo:hi], lo))
+                replayer.distributions[lo:hi] = [()] * (hi - lo)
+            _tick(hi, total, progress, cancel)
     except BaseException:
         replayer.close()
         raise
-    if distributions is not None:
-        distributions.extend(replayer.distributions)
     return replayer.pi, replayer.close(keep_model)
 
 
@@ -1220,11 +1241,11 @@ def evaluate(
             if progress is not None:
                 progress(offset + done, total)
 
-        distributions: list[Any] = []
+        chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         pi, trained = replay(data, pol["arguments"], exact=exact, progress=step, cancel=cancel,
-                             keep_model=keep_models, distributions=distributions)
+                             keep_model=keep_models, distributions=chunks)
         add(pol["name"], pol.get("source", "Custom"), pol["arguments"], pi, trained,
-            pairs=lambda d=distributions: _distribution_pairs(data, d))
+            pairs=lambda c=chunks: _concatenate_pairs(c))
     return result
 
 
