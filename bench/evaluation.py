@@ -1,6 +1,6 @@
 """Offline evaluation: throughput beside bare Vowpal Wabbit, interval coverage and width, DR against SNIPS.
 
-    python bench/evaluation.py [--part all|throughput|intervals|dr] [--events 100000] [--logs 200] [--dr-logs 30]
+    python bench/evaluation.py [--part all|throughput|intervals|dr] [--events 100000] [--logs 200] [--dr-logs 100]
 
 **throughput** logs ``--events`` seed-catalog events (an oracle exploring 20 %, like a
 learner's log; generating them is not timed), then, for three candidate policies, times in
@@ -531,7 +531,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--exact", action="store_true", help="replay with separate pinned predicts (slower path)")
     parser.add_argument("--logs", type=int, default=200, help="logs per size and world for the coverage tables")
-    parser.add_argument("--dr-logs", type=int, default=30)
+    parser.add_argument("--dr-logs", type=int, default=100)
     args = parser.parse_args()
     ok = True
     print("# Offline evaluation benchmark\n")
