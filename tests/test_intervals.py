@@ -251,3 +251,13 @@ def test_results_saved_before_these_fields_still_load() -> None:
     first = data.position == 0
     w = data.is_baseline[first] / data.probability[first]
     assert head.interval == pytest.approx(ev.estimate(w, data.reward[first]).interval)
+
+
+def test_exact_replay_gives_the_same_dr() -> None:
+    """The pinned-predict path hands DR the same first-slot distributions as the learn-time read."""
+    data = ev.prepare(_events(300, 5))
+    policy = [{"name": "default", "arguments": ev.PRESET_POLICIES["Project default"]}]
+    fast = ev.evaluate(data, policy, include=()).policy("default").headline
+    exact = ev.evaluate(data, policy, include=(), exact=True).policy("default").headline
+    assert exact.dr == pytest.approx(fast.dr, abs=1e-6)
+    assert exact.snips == pytest.approx(fast.snips, abs=1e-6)
