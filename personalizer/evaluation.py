@@ -740,8 +740,9 @@ def _distribution_pairs(data: LoggedData, distributions: Sequence[Any], first_ev
     first_row = int(data.row_start[first_event]) if first_event < data.events else len(data.chosen)
     if first_row + len(per_slot) > len(data.chosen):
         raise ValueError("the replay's distributions do not match the log's rows")
-    counts = np.fromiter((len(d) for d in per_slot), dtype=np.int64, count=len(per_slot))
-    pairs = np.array(list(itertools.chain.from_iterable(per_slot)), dtype=float).reshape(-1, 2)
+    counts = np.array(list(map(len, per_slot)), dtype=np.int64)
+    chain = itertools.chain.from_iterable
+    pairs = np.fromiter(chain(chain(per_slot)), dtype=float).reshape(-1, 2)  # flat (action, probability) stream
     rows = np.repeat(np.arange(first_row, first_row + len(per_slot), dtype=np.int64), counts)
     return rows, pairs[:, 0].astype(np.int64), pairs[:, 1]
 
