@@ -12,11 +12,22 @@ re-weights each logged reward by ``w = pi(logged action) / p``:
 
 Intervals (``confidence``, default 95 %):
 
-- **Gaussian** (CLT) for IPS, and by the delta method for SNIPS. Tight, close to
-  nominal coverage with a few hundred events, but optimistic when only a handful
-  of events carry weight (see ``Estimate.nonzero``).
+- **Cressie-Read empirical likelihood** (the headline, ``Estimate.interval``): Karampatziakis,
+  Langford & Mineiro, "Empirical Likelihood for Contextual Bandits" (NeurIPS 2020), computed
+  exactly as Microsoft's ``vw-estimators`` does (``bandits/cressieread``; agreement to 1e-15 is
+  a test) but from the bucket statistics below, so any time window costs O(1). One rule for
+  every policy, slot and sample size: the interval holds its coverage with a few hundred events
+  (where the Gaussian over-claims) and is about as tight as the Gaussian with thousands. It is
+  given the largest weight the policy *could* take (1 / the smallest logged probability of the
+  rows, or its product along the page for cascade weights) instead of vw-estimators' default
+  "unbounded", which makes it 3-44 % narrower at the same coverage (``bench/evaluation.py``).
+- **Gaussian** (CLT) for IPS, and by the delta method for SNIPS; ``interval_of("gaussian")``.
 - **Empirical Bernstein** (Maurer & Pontil 2009) for IPS: valid for any sample size
-  because ``w * r`` is bounded by ``max weight x reward range``; wider, honest.
+  because ``w * r`` is bounded by ``max weight x reward range``; far wider.
+- **Doubly robust** (``Estimate.dr``, Gaussian ``dr_interval``): ``sum_a pi(a) rhat(a) +
+  w (r - rhat(logged))`` with a reward model read from the log leaving the event out
+  (``_RewardModel``); reported beside SNIPS for every policy whose full distribution is known
+  (Baseline, Random, replayed candidates): 0.48-0.74x SNIPS's mean squared error on simulator logs.
   The reward range is [0, 1] when every logged reward lies there, else [-1, 1].
 
 Policies evaluated:
@@ -70,6 +81,7 @@ policies that differ from them are then biased (unseen rewards count as 0 in IPS
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -87,6 +99,7 @@ from statistics import NormalDist
 from typing import Any, Protocol
 
 import numpy as np
+from scipy.special import fdtri
 
 from .contract import PersonalizerError
 from .engine import (
@@ -141,14 +154,28 @@ _MIN_PROBABILITY = 1e-6  # the engine's floor for logged probabilities (engine.l
 # ================================================================ statistics
 
 # Sufficient statistics of IPS terms, per (group, time bucket). They add, so buckets
-# merge into any window without keeping per-event terms.
-_N, _SW, _SWR, _SW2, _SW2R, _SW2R2, _NZ, _WMAX = range(8)
-_FIELDS = 8
+# merge into any window without keeping per-event terms. _WB is the largest weight the
+# policy *could* give a row (1 / logged probability, or its cascade product): the
+# Cressie-Read interval's wmax. _SD, _SD2: sum and sum of squares of doubly robust terms.
+_N, _SW, _SWR, _SW2, _SW2R, _SW2R2, _NZ, _WMAX, _WB, _SD, _SD2 = range(11)
+_FIELDS = 11
+_MAX_FIELDS = (_WMAX, _WB)  # merged by max, the others by sum
+
+#: Interval kinds ``Estimate.interval_of`` and ``Lift.interval_of`` know.
+INTERVAL_KINDS = ("cressie-read", "gaussian", "ips-gaussian", "bernstein", "dr-gaussian")
+#: The headline interval kind (see ``Estimate.interval``).
+HEADLINE_INTERVAL = "cressie-read"
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """One policy's estimated average reward per event (one slot, or the headline) with intervals."""
+    """One policy's estimated average reward per event (one slot, or the headline) with intervals.
+
+    The headline value is SNIPS; the headline interval (``interval``) is the Cressie-Read
+    empirical-likelihood interval, which holds its coverage at every sample size. The
+    Gaussian (delta-method SNIPS, and IPS), empirical-Bernstein and doubly robust
+    intervals stay available through ``interval_of(kind)``.
+    """
 
     events: int
     ips: float
@@ -162,6 +189,11 @@ class Estimate:
     nonzero: int
     max_weight: float
     confidence: float
+    cressie_read_interval: tuple[float, float] = (math.nan, math.nan)
+    dr: float = math.nan           # doubly robust estimate (equals IPS where no reward model applies)
+    dr_interval: tuple[float, float] = (math.nan, math.nan)  # Gaussian around DR
+    sum_of_weight_squares: float = 0.0
+    interval_kind: str = HEADLINE_INTERVAL  # which interval ``interval`` is (see PolicyEvaluation.estimate)
 
     @property
     def value(self) -> float:
@@ -170,17 +202,34 @@ class Estimate:
 
     @property
     def interval(self) -> tuple[float, float]:
-        """The headline interval: Gaussian (delta method) around SNIPS."""
-        return self.snips_interval
+        """The headline interval: Cressie-Read empirical likelihood (``interval_kind``, see ``HEADLINE_INTERVAL``)."""
+        return self.interval_of(self.interval_kind)
+
+    def interval_of(self, kind: str = HEADLINE_INTERVAL) -> tuple[float, float]:
+        """The interval of ``kind``: cressie-read | gaussian (SNIPS) | ips-gaussian | bernstein | dr-gaussian."""
+        intervals = {"cressie-read": self.cressie_read_interval, "gaussian": self.snips_interval,
+                     "ips-gaussian": self.ips_interval, "bernstein": self.bernstein_interval,
+                     "dr-gaussian": self.dr_interval}
+        try:
+            return intervals[kind]
+        except KeyError:
+            raise ValueError(f"interval kind must be one of {list(INTERVAL_KINDS)}") from None
+
+    @property
+    def effective_events(self) -> float:
+        """Kish effective sample size ``(sum w)^2 / sum w^2``: how many events the estimate really rests on."""
+        w2 = self.sum_of_weight_squares
+        return self.snips_denominator ** 2 / w2 if w2 > 0 else 0.0
 
     def summary(self, time_stamp: str | None = None, window: str | None = None) -> dict[str, Any]:
-        """A Personalizer ``PolicyResultSummary``; extra fields carry both estimators' intervals.
+        """A Personalizer ``PolicyResultSummary``; extra fields carry every estimator's interval.
 
         ``averageReward`` is SNIPS (numerator / snipsEstimatorDenominator), ``confidenceInterval``
-        its Gaussian half-width, ``nonZeroProbability`` the share of events where the policy
-        gave the logged action a positive probability, ``sumOfSquares`` the sum of squared IPS terms.
+        the headline (Cressie-Read) interval's half-width, ``interval`` its bounds (it need not be
+        symmetric), ``nonZeroProbability`` the share of events where the policy gave the logged
+        action a positive probability, ``sumOfSquares`` the sum of squared IPS terms.
         """
-        lo, hi = self.snips_interval
+        lo, hi = self.interval
         out: dict[str, Any] = {
             "ipsEstimatorNumerator": self.ips_numerator,
             "ipsEstimatorDenominator": float(self.events),
@@ -190,10 +239,15 @@ class Estimate:
             "confidenceInterval": _finite((hi - lo) / 2),
             "averageReward": _finite(self.snips),
             "events": self.events,
+            "interval": [_finite(lo), _finite(hi)],
+            "intervalKind": self.interval_kind,
             "ipsAverageReward": _finite(self.ips),
-            "snipsInterval": [_finite(lo), _finite(hi)],
+            "cressieReadInterval": [_finite(v) for v in self.cressie_read_interval],
+            "snipsInterval": [_finite(v) for v in self.snips_interval],
             "ipsInterval": [_finite(v) for v in self.ips_interval],
             "bernsteinInterval": [_finite(v) for v in self.bernstein_interval],
+            "drAverageReward": _finite(self.dr),
+            "drInterval": [_finite(v) for v in self.dr_interval],
         }
         if time_stamp is not None:
             out["timeStamp"] = time_stamp
@@ -210,17 +264,85 @@ def _z(confidence: float) -> float:
     return NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
-def _from_stats(s: np.ndarray, confidence: float, reward_range: tuple[float, float]) -> Estimate:
+def _cressie_read_bound(n: float, sw: float, sww: float, sh: float, swh: float, shh: float,
+                        wmin: float, wmax: float, fakes: Sequence[tuple[float, float]], confidence: float) -> float:
+    """Lower confidence bound on ``E[h]`` under ``E[w] = 1``: the Cressie-Read (power -2) empirical likelihood.
+
+    Karampatziakis, Langford & Mineiro, "Empirical Likelihood for Contextual Bandits" (NeurIPS 2020),
+    as computed by Microsoft's ``vw-estimators`` (``bandits/cressieread.IntervalImpl``), generalised
+    from ``h = w r`` to any ``h`` that is linear in ``w`` for the one unseen point the method adds:
+    ``fakes`` lists its ``h = c0 + c1 * w`` candidates (the reward extremes); the bound is the worst of
+    them at ``w = wmin`` and ``w = wmax``. Sums are over the n events: w, w^2, h, w*h, h^2. The F(1, n)
+    quantile calibrates the likelihood-ratio threshold. Returns -inf when no candidate is feasible.
+    """
+    delta = float(fdtri(1.0, n, confidence))
+    unc = wmax if sw < n else wmin
+    if math.isinf(unc):
+        uncgstar = 1.0 + 1.0 / n
+    else:
+        a = (unc + sw) / (1.0 + n)
+        b = (unc * unc + sww) / (1.0 + n)
+        uncgstar = (1.0 + n) * (a - 1.0) ** 2 / (b - a * a) if b > a * a else math.inf
+    phi = (-uncgstar - delta) / (2.0 * (1.0 + n))
+    tol = 1e-9
+    best = math.inf
+    for c0, c1 in fakes:
+        for wf in (wmin, wmax):
+            if math.isinf(wf):
+                # The unseen point carries the missing weight mass at vanishing probability:
+                # E[h] = c1 + E[h - c1 w] over the n events.
+                sg = sh - c1 * sw
+                sgg = shh - 2.0 * c1 * swh + c1 * c1 * sww
+                x = c1 + sg / n
+                y = sg * sg / (n * (1.0 + n)) - sgg / (1.0 + n)
+                z = phi + 1.0 / (2.0 * n)
+            else:
+                hf = c0 + c1 * wf
+                m = 1.0 + n
+                bw, bww = (wf + sw) / m, (wf * wf + sww) / m
+                bh, bwh, bhh = (hf + sh) / m, (wf * hf + swh) / m, (hf * hf + shh) / m
+                var_w = bww - bw * bw
+                if var_w <= 0:
+                    continue
+                cov = bwh - bw * bh
+                x = bh + (1.0 - bw) * cov / var_w
+                y = cov * cov / var_w - (bhh - bh * bh)
+                z = phi + 0.5 * (1.0 - bw) ** 2 / var_w
+            if abs(y * z) <= tol * tol:
+                best = min(best, x - math.sqrt(2.0) * tol)
+            elif z <= 0 and y * z >= 0:
+                best = min(best, x - math.sqrt(2.0 * y * z))
+    return best if math.isfinite(best) else -math.inf
+
+
+def _cressie_read_value(n: float, sw: float, sww: float, swr: float, swwr: float, swwrr: float,
+                        wmax: float, reward_range: tuple[float, float], confidence: float) -> tuple[float, float]:
+    """Cressie-Read interval for a policy's value ``E[w r]`` (agrees with vw-estimators' ``cressieread.Interval``)."""
+    lo_r, hi_r = reward_range
+    wmax = wmax if wmax > 1.0 else math.inf
+    lower = _cressie_read_bound(n, sw, sww, swr, swwr, swwrr, 0.0, wmax, [(0.0, lo_r)], confidence)
+    upper = -_cressie_read_bound(n, sw, sww, -swr, -swwr, swwrr, 0.0, wmax, [(0.0, -hi_r)], confidence)
+    lower = lo_r if not math.isfinite(lower) else lower
+    upper = hi_r if not math.isfinite(upper) else upper
+    return (min(max(lower, lo_r), hi_r), max(min(upper, hi_r), lo_r))
+
+
+def _from_stats(s: np.ndarray, confidence: float, reward_range: tuple[float, float],
+                interval_kind: str = HEADLINE_INTERVAL) -> Estimate:
     """An Estimate from one vector of sufficient statistics."""
     n = int(round(s[_N]))
     lo_r, hi_r = reward_range
     nan = math.nan
+    full = (lo_r, hi_r)
     if n == 0:
-        return Estimate(0, nan, nan, (lo_r, hi_r), (lo_r, hi_r), (lo_r, hi_r), 0.0, 0.0, 0.0, 0, 0.0, confidence)
+        return Estimate(0, nan, nan, full, full, full, 0.0, 0.0, 0.0, 0, 0.0, confidence, full, nan, full,
+                        interval_kind=interval_kind)
     sw, swr, sw2, sw2r, sw2r2 = (float(s[i]) for i in (_SW, _SWR, _SW2, _SW2R, _SW2R2))
+    sd, sd2 = float(s[_SD]), float(s[_SD2])
     z = _z(confidence)
     ips = swr / n
     snips = swr / sw if sw > 0 else nan
+    dr = sd / n
 
     def clip(a: float, b: float) -> tuple[float, float]:
         return (min(max(a, lo_r), hi_r), max(min(b, hi_r), lo_r))
@@ -235,26 +357,38 @@ def _from_stats(s: np.ndarray, confidence: float, reward_range: tuple[float, flo
         log_term = math.log(4.0 / (1.0 - confidence))
         eb = math.sqrt(2.0 * var * log_term / n) + 7.0 * span * log_term / (3.0 * (n - 1))
         bern_iv = clip(ips - eb, ips + eb)
+        dr_half = z * math.sqrt(max(sd2 - n * dr * dr, 0.0) / (n - 1) / n)
+        dr_iv = clip(dr - dr_half, dr + dr_half)
     else:
-        ips_iv = bern_iv = (lo_r, hi_r)
+        ips_iv = bern_iv = dr_iv = full
     if sw > 0 and n > 1:
         # Delta method: Var(SNIPS) ~ sum (w_i (r_i - V))^2 / (sum w)^2
         v = max(sw2r2 - 2 * snips * sw2r + snips * snips * sw2, 0.0) / (sw * sw)
         half = z * math.sqrt(v * n / (n - 1))
         snips_iv = clip(snips - half, snips + half)
     else:
-        snips_iv = (lo_r, hi_r)
+        snips_iv = full
+    bound = float(s[_WB])  # 0: unknown, unbounded
+    cr_iv = _cressie_read_value(n, sw, sw2, swr, sw2r, sw2r2, max(bound, float(s[_WMAX])) if bound > 0 else math.inf,
+                                reward_range, confidence)
+    if math.isfinite(snips):
+        # With a handful of weighted events SNIPS can fall outside the likelihood interval (about 3 % of
+        # simulated logs, most under 100 events): widen to contain the value shown beside it.
+        cr_iv = (min(cr_iv[0], snips), max(cr_iv[1], snips))
     return Estimate(
         events=n, ips=ips, snips=snips, ips_interval=ips_iv, snips_interval=snips_iv, bernstein_interval=bern_iv,
         ips_numerator=swr, snips_denominator=sw, sum_of_squares=sw2r2, nonzero=int(round(s[_NZ])),
-        max_weight=float(s[_WMAX]), confidence=confidence,
+        max_weight=float(s[_WMAX]), confidence=confidence, cressie_read_interval=cr_iv, dr=dr, dr_interval=dr_iv,
+        sum_of_weight_squares=sw2, interval_kind=interval_kind,
     )
 
 
-def _stats(w: np.ndarray, r: np.ndarray) -> np.ndarray:
+def _stats(w: np.ndarray, r: np.ndarray, bound: np.ndarray | None = None, dr: np.ndarray | None = None) -> np.ndarray:
     wr = w * r
+    d = wr if dr is None else dr
     return np.array([len(w), w.sum(), wr.sum(), (w * w).sum(), (w * wr).sum(), (wr * wr).sum(),
-                     np.count_nonzero(w), w.max(initial=0.0)])
+                     np.count_nonzero(w), w.max(initial=0.0), 0.0 if bound is None else bound.max(initial=0.0),
+                     d.sum(), (d * d).sum()])
 
 
 def _reward_range(r: np.ndarray) -> tuple[float, float]:
@@ -265,11 +399,15 @@ def _reward_range(r: np.ndarray) -> tuple[float, float]:
 
 
 def estimate(weights: Sequence[float] | np.ndarray, rewards: Sequence[float] | np.ndarray, *,
-             confidence: float = 0.95, reward_range: tuple[float, float] | None = None) -> Estimate:
-    """IPS and SNIPS with Gaussian and empirical-Bernstein intervals from per-event weights and rewards.
+             confidence: float = 0.95, reward_range: tuple[float, float] | None = None,
+             max_weight: float | None = None, dr_terms: Sequence[float] | np.ndarray | None = None) -> Estimate:
+    """IPS and SNIPS with Cressie-Read, Gaussian and empirical-Bernstein intervals from per-event weights and rewards.
 
     ``weights[i] = pi(logged action) / logged probability``; ``rewards`` in ``reward_range``
-    (inferred when not given: [0, 1] if every reward lies there, else [-1, 1]).
+    (inferred when not given: [0, 1] if every reward lies there, else [-1, 1]). ``max_weight``:
+    the largest weight the policy could give any event (e.g. 1 / the smallest logging
+    probability); None: unbounded, vw-estimators' default, a little wider. ``dr_terms``:
+    per-event doubly robust terms (default: the IPS terms ``w * r``).
     """
     w = np.asarray(weights, dtype=float)
     r = np.asarray(rewards, dtype=float)
@@ -277,7 +415,11 @@ def estimate(weights: Sequence[float] | np.ndarray, rewards: Sequence[float] | n
         raise ValueError("weights and rewards must be 1-D arrays of the same length")
     if np.any(w < 0):
         raise ValueError("weights must be >= 0")
-    return _from_stats(_stats(w, r), confidence, reward_range or _reward_range(r))
+    d = None if dr_terms is None else np.asarray(dr_terms, dtype=float)
+    if d is not None and d.shape != w.shape:
+        raise ValueError("dr_terms must have one entry per event")
+    bound = None if max_weight is None else np.array([float(max_weight)])
+    return _from_stats(_stats(w, r, bound, d), confidence, reward_range or _reward_range(r))
 
 
 # ================================================================ logged data
@@ -319,6 +461,8 @@ class LoggedData:
     open_actions: np.ndarray       # allowed actions not shown in an earlier slot of the event
     slot_ids: list[str]
     skipped: int = 0               # events without rewards or probabilities
+    # Per row: the action index of the slot's baselineAction (empty when the source has none).
+    baseline: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def events(self) -> int:
@@ -411,6 +555,7 @@ def prepare(events: Iterable[LoggedEvent]) -> LoggedData:
     p_col: list[float] = []
     r_col: list[float] = []
     base_col: list[bool] = []
+    baseline_col: list[int] = []
     open_col: list[int] = []
     slot_codes: dict[str, int] = {}
     templates: dict[str, _Template] = {}
@@ -450,6 +595,7 @@ def prepare(events: Iterable[LoggedEvent]) -> LoggedData:
             slot_col.append(tpl.slot_codes[k])
             chosen_col.append(c)
             base_col.append(c == tpl.baselines[k])
+            baseline_col.append(tpl.baselines[k])
             allowed_k = tpl.allowed_sets[k]
             open_col.append(len(allowed_k) - sum(1 for e in chosen[:k] if e in allowed_k))
         p_col.extend(probs)
@@ -461,7 +607,7 @@ def prepare(events: Iterable[LoggedEvent]) -> LoggedData:
         slot=np.asarray(slot_col, dtype=np.int64), chosen=np.asarray(chosen_col, dtype=np.int64),
         probability=np.asarray(p_col, dtype=float), reward=np.asarray(r_col, dtype=float),
         is_baseline=np.asarray(base_col, dtype=bool), open_actions=np.asarray(open_col, dtype=np.int64),
-        slot_ids=list(slot_codes), skipped=skipped,
+        slot_ids=list(slot_codes), skipped=skipped, baseline=np.asarray(baseline_col, dtype=np.int64),
     )
 
 
@@ -473,6 +619,134 @@ def _cascade(data: LoggedData, w: np.ndarray) -> np.ndarray:
             rows = np.flatnonzero(data.position == k)
             out[rows] *= out[rows - 1]  # an event's rows are contiguous, in slot order
     return out
+
+
+def _cascade_bound(data: LoggedData) -> np.ndarray:
+    """Per row: the largest weight any policy could give it (1 / p, multiplied along the page for cascade)."""
+    return _cascade(data, 1.0 / data.probability)
+
+
+class _RewardModel:
+    """A reward model for doubly robust estimates, read from the log itself (leave one event out).
+
+    ``predict(rows, actions)`` is the mean reward of ``action`` in the row's slot and request
+    (context) over every *other* event, shrunk towards the same action's mean in that slot over
+    every request, itself shrunk towards the slot's mean. The row's own event never counts, so a
+    prediction does not depend on the reward it is paired with, and the DR term stays
+    (conditionally) unbiased whatever the model's quality: a poor model only costs variance.
+    Leaving one out instead of reading only earlier events (progressive) gives the early events
+    as good a model as the late ones; measured on simulator logs it is what lets DR beat SNIPS.
+
+    Why not the replayed VW learner's own scores: CCB predictions expose the post-exploration
+    probabilities only; per-action costs are not part of VW's Python interface for CCB.
+    """
+
+    SHRINK = 0.5  # pseudo-events of the coarser level in each finer mean (chosen on simulator logs)
+
+    def __init__(self, data: LoggedData) -> None:
+        self.data = data
+        _, ctx_of_event = np.unique(np.asarray(data.request_hashes, dtype=object).astype(str), return_inverse=True)
+        self.ctx = ctx_of_event.astype(np.int64)[data.event_of_row] if len(data.event_of_row) else data.event_of_row
+        self.slots = max(len(data.slot_ids), 1)
+        self.actions = int(data.chosen.max(initial=0)) + 64  # headroom: queried actions may never have been shown
+        lo_r, hi_r = data.reward_range
+        self.prior = (lo_r + hi_r) / 2
+        self.tables = [self._table(k) for k in self._keys(np.arange(len(data.chosen)), data.chosen)]
+
+    def _keys(self, rows: np.ndarray, actions: np.ndarray) -> list[np.ndarray]:
+        s = self.data.slot[rows]
+        return [s, s * self.actions + actions, (self.ctx[rows] * self.slots + s) * self.actions + actions]
+
+    def _table(self, key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cells, inverse = np.unique(key, return_inverse=True)
+        return (cells, np.bincount(inverse, weights=self.data.reward, minlength=len(cells)),
+                np.bincount(inverse, minlength=len(cells)).astype(float))
+
+    def predict(self, rows: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Predicted reward of ``actions[i]`` at row ``rows[i]`` from every other event."""
+        estimate = np.full(len(rows), self.prior)
+        if not len(rows):
+            return estimate
+        # The row's own event is in a cell only through the row itself (one action per slot).
+        own = self.data.chosen[rows] == actions
+        own_reward = np.where(own, self.data.reward[rows], 0.0)
+        for level, (key, (cells, sums, counts)) in enumerate(zip(self._keys(rows, actions), self.tables, strict=True)):
+            at = np.minimum(np.searchsorted(cells, key), len(cells) - 1)
+            found = cells[at] == key
+            # The slot level (0) holds the own row whatever the action.
+            mine = np.ones(len(rows), dtype=bool) if level == 0 else own
+            r_own = self.data.reward[rows] if level == 0 else own_reward
+            total = np.where(found, sums[at], 0.0) - np.where(mine, r_own, 0.0)
+            count = np.where(found, counts[at], 0.0) - mine
+            estimate = (total + self.SHRINK * estimate) / (count + self.SHRINK)
+        return estimate
+
+    def dr_terms(self, w: np.ndarray, rows: np.ndarray, actions: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """Per row: ``sum_a pi(a) rhat(a) + w (r - rhat(logged))`` given the policy's (row, action, pi) triples."""
+        n = len(self.data.chosen)
+        direct = np.bincount(rows, weights=probs * self.predict(rows, actions), minlength=n)
+        logged = self.predict(np.arange(n), self.data.chosen)
+        return direct + w * (self.data.reward - logged)
+
+
+def _open_actions(data: LoggedData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, action, 1 / open) for each allowed action not shown in an earlier slot: the Random policy."""
+    # Events of one request template share its allowed lists (the same objects): group by them.
+    groups: dict[int, list[int]] = {}
+    for i, encoded in enumerate(data.encoded):
+        groups.setdefault(id(encoded[2]), []).append(i)
+    parts = []
+    for members in groups.values():
+        allowed = data.encoded[members[0]][2]
+        starts = data.row_start[np.asarray(members, dtype=np.int64)]
+        for k, allowed_k in enumerate(allowed):
+            rows = starts + k
+            actions = np.asarray(allowed_k, dtype=np.int64)
+            is_open = np.ones((len(rows), len(actions)), dtype=bool)
+            for j in range(1, k + 1):
+                is_open &= actions[None, :] != data.chosen[rows - j][:, None]
+            hit_row, hit_action = np.nonzero(is_open)
+            share = 1.0 / np.maximum(is_open.sum(axis=1), 1)
+            parts.append((rows[hit_row], actions[hit_action], share[hit_row]))
+    if not parts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
+    return tuple(np.concatenate([p[f] for p in parts]) for f in range(3))  # type: ignore[return-value]
+
+
+def _baseline_pairs(data: LoggedData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, baseline action, 1) where the baseline is still open (not shown in an earlier slot)."""
+    n = len(data.chosen)
+    open_ = np.ones(n, dtype=bool)
+    for k in range(1, int(data.position.max(initial=0)) + 1):
+        rows = np.flatnonzero(data.position == k)
+        for j in range(1, k + 1):
+            open_[rows] &= data.chosen[rows - j] != data.baseline[rows]
+    rows = np.flatnonzero(open_)
+    return rows, data.baseline[rows], np.ones(len(rows))
+
+
+def _distribution_pairs(data: LoggedData, distributions: Sequence[Any], first_event: int = 0,
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, action, probability) triples of a replayed policy's per-slot distributions.
+
+    ``distributions``: per event from ``first_event`` on, each slot's [(action, probability), ...].
+    """
+    per_slot = list(itertools.chain.from_iterable(distributions))  # rows in order: events, then slots
+    first_row = int(data.row_start[first_event]) if first_event < data.events else len(data.chosen)
+    if first_row + len(per_slot) > len(data.chosen):
+        raise ValueError("the replay's distributions do not match the log's rows")
+    counts = np.array(list(map(len, per_slot)), dtype=np.int64)
+    chain = itertools.chain.from_iterable
+    pairs = np.fromiter(chain(chain(per_slot)), dtype=float).reshape(-1, 2)  # flat (action, probability) stream
+    rows = np.repeat(np.arange(first_row, first_row + len(per_slot), dtype=np.int64), counts)
+    return rows, pairs[:, 0].astype(np.int64), pairs[:, 1]
+
+
+def _concatenate_pairs(chunks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not chunks:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
+    return tuple(np.concatenate([c[f] for c in chunks]) for f in range(3))  # type: ignore[return-value]
 
 
 # ================================================================ replay of candidate policies
@@ -493,12 +767,17 @@ class Replayer:
     ``replay`` is the one-call form; benchmarks interleave ranges with other work.
     """
 
-    def __init__(self, data: LoggedData, arguments: str, *, exact: bool | None = None) -> None:
+    def __init__(self, data: LoggedData, arguments: str, *, exact: bool | None = None,
+                 keep_distributions: bool = False) -> None:
         tokens = parse_arguments(arguments)
         self.exact = _needs_exact(tokens) if exact is None else exact
         self.data = data
         self.vw = vw_workspace.build(tokens)
         self.pi = np.zeros(len(data.chosen))
+        # With keep_distributions, per event: each slot's full distribution [(action, probability), ...]
+        # (the DR direct term needs it); ``replay`` compacts them chunk by chunk.
+        self.keep_distributions = keep_distributions
+        self.distributions: list[Any] = [()] * data.events
         self._chosen = data.chosen.tolist()
         self._starts = data.row_start.tolist()
 
@@ -512,16 +791,22 @@ class Replayer:
                 head, bodies, allowed = data.encoded[i]
                 r0 = starts[i]
                 picks = chosen[r0: r0 + len(bodies)]
+                dists = []
                 for k in range(len(bodies)):
                     lines = list(head)
                     lines.extend(slot_line(bodies[j], [picks[j]]) for j in range(k))
                     lines.append(slot_line(bodies[k], allowed[k]))
-                    pi[r0 + k] = _prob_of(predict(vw, lines)[k], picks[k])
+                    dists.append(predict(vw, lines)[k])
+                    pi[r0 + k] = _prob_of(dists[k], picks[k])
+                if self.keep_distributions:
+                    self.distributions[i] = dists
                 learn(vw, data.examples[i])
             return
         examples = data.examples
         for i in range(lo, hi):
             scores = learn(vw, examples[i])  # CCB predicts each slot before it learns it: progressive validation
+            if self.keep_distributions:
+                self.distributions[i] = scores
             r0 = starts[i]
             for k, dist in enumerate(scores):
                 c = chosen[r0 + k]
@@ -539,21 +824,29 @@ class Replayer:
 
 
 def replay(data: LoggedData, arguments: str, *, exact: bool | None = None, progress: ProgressFn | None = None,
-           cancel: CancelFn | None = None, keep_model: bool = False) -> tuple[np.ndarray, bytes | None]:
+           cancel: CancelFn | None = None, keep_model: bool = False,
+           distributions: list[Any] | None = None) -> tuple[np.ndarray, bytes | None]:
     """Replay a candidate policy over the log in a fresh VW workspace (progressive validation).
 
     Returns ``pi`` (per row: the candidate's probability of the logged action, given the
     logged earlier slots, before learning that event) and, with ``keep_model``, the
     trained model. Raises PersonalizerError(InvalidPolicyConfiguration) for bad arguments,
     EvaluationCancelled when ``cancel()`` returns True (checked about every 1 % of events).
+    ``distributions``, when given, receives the candidate's full distributions (for DR) as
+    (row, action, probability) arrays, one tuple per chunk of events.
     """
-    replayer = Replayer(data, arguments, exact=exact)
+    replayer = Replayer(data, arguments, exact=exact, keep_distributions=distributions is not None)
     total = data.events
     step = max(1, min(5000, total // 100))
     try:
         for lo in range(0, total, step):
-            replayer.run(lo, min(lo + step, total))
-            _tick(min(lo + step, total), total, progress, cancel)
+            hi = min(lo + step, total)
+            replayer.run(lo, hi)
+            if distributions is not None:
+                # Compact arrays per chunk: VW's Python lists would cost ~800 bytes an event.
+                distributions.append(_distribution_pairs(data, replayer.distributions[lo:hi], lo))
+                replayer.distributions[lo:hi] = [()] * (hi - lo)
+            _tick(hi, total, progress, cancel)
     except BaseException:
         replayer.close()
         raise
@@ -597,11 +890,19 @@ class PolicyEvaluation:
 
     def estimate(self, slot: str | None = None, *, weighting: str = "conditional",
                  start: float | None = None, end: float | None = None) -> Estimate:
-        """Estimate for ``slot`` (None: the headline first slot) over buckets in [start, end)."""
+        """Estimate for ``slot`` (None: the headline first slot) over buckets in [start, end).
+
+        The headline interval is Cressie-Read, except for a later slot's ``conditional`` weights:
+        they are no importance weights of any policy's page (their mean is not 1), which the
+        likelihood interval assumes, so it reads as the Gaussian (SNIPS) interval there.
+        Cascade weights (the unbiased later-slot numbers) keep Cressie-Read.
+        """
         g = self.result.group(slot)
         lo, hi = self.result.bucket_range(start, end)
+        later = bool(slot) and self.result.slot_positions.get(slot or "", 0) > 0
+        kind = "gaussian" if weighting == "conditional" and later else HEADLINE_INTERVAL
         return _from_stats(_merge(self.stats[weighting][:, g, lo:hi]), self.result.confidence,
-                           self.result.reward_range)
+                           self.result.reward_range, kind)
 
     @property
     def headline(self) -> Estimate:
@@ -616,7 +917,8 @@ class PolicyEvaluation:
 def _merge(s: np.ndarray) -> np.ndarray:
     """Merge statistics over the last axis (sums, and max for the max weight)."""
     out = s.sum(axis=-1)
-    out[_WMAX] = s[_WMAX].max(axis=-1, initial=0.0)
+    for f in _MAX_FIELDS:
+        out[f] = s[f].max(axis=-1, initial=0.0)
     return out
 
 
@@ -712,14 +1014,16 @@ class EvaluationResult:
 
         ``timeseries`` holds one point per ``interval_minutes`` (5, 60, 360, 720 or 1440;
         default: the finest available) within [start, end): cumulative from ``start``
-        (``Expanding``) or per interval (``Rolling``).
+        (``Expanding``) or per interval (``Rolling``). A later slot's row uses cascade weights
+        (unbiased for the policy's own page) with the Cressie-Read interval; the first slot's
+        weights are the same either way.
         """
         step = self._step(interval_minutes)
         lo, hi = self.bucket_range(start, end)
         rows = []
         for p in self.policies:
             for sid in [None, *self.slot_ids]:
-                weighting = "conditional"
+                weighting = "cascade" if sid and self.slot_positions.get(sid, 0) > 0 else "conditional"
                 g = self.group(sid)
                 s = p.stats[weighting][:, g, lo:hi]
                 total = _from_stats(_merge(s), self.confidence, self.reward_range)
@@ -732,11 +1036,11 @@ class EvaluationResult:
                         continue
                     data.append({"timeStamp": _iso(self.bucket_start + (lo + b) * self.bucket_seconds),
                                  "expectedReward": _finite(e.snips),
-                                 "confidenceInterval": [_finite(v) for v in e.snips_interval]})
+                                 "confidenceInterval": [_finite(v) for v in e.interval]})
                 rows.append({
                     "name": p.name, "slotId": sid or "", "arguments": p.arguments or "", "policySource": p.source,
                     "summary": {"expectedReward": _finite(total.snips),
-                                "confidenceInterval": [_finite(v) for v in total.snips_interval],
+                                "confidenceInterval": [_finite(v) for v in total.interval],
                                 "events": total.events},
                     "timeseries": {"data": data},
                 })
@@ -769,10 +1073,21 @@ class EvaluationResult:
                   reward_range=tuple(data["rewardRange"]), events=data["events"], skipped=data["skipped"],
                   deterministic_share=data["deterministicShare"], start=data.get("start"), end=data.get("end"))
         for p in data["policies"]:
-            stats = {k: np.asarray(v, dtype=float).reshape(_FIELDS, len(res.slot_ids) + 1, res.buckets)
+            stats = {k: _upgrade_stats(np.asarray(v, dtype=float).reshape(-1, len(res.slot_ids) + 1, res.buckets))
                      for k, v in p["stats"].items()}
             res.policies.append(PolicyEvaluation(p["name"], p["source"], p["arguments"], stats, res))
         return res
+
+
+def _upgrade_stats(s: np.ndarray) -> np.ndarray:
+    """Statistics saved before the weight bound and DR fields: unknown bound (0), DR = IPS."""
+    if s.shape[0] == _FIELDS:
+        return s
+    out = np.zeros((_FIELDS, *s.shape[1:]))
+    out[: s.shape[0]] = s
+    out[_WB] = 0.0
+    out[_SD], out[_SD2] = s[_SWR], s[_SW2R2]
+    return out
 
 
 def _iso(ts: float | None) -> str | None:
@@ -801,8 +1116,13 @@ def _bucket_seconds(first: float, last: float) -> float:
     return math.ceil(span / _MAX_BUCKETS / 86400) * 86400.0
 
 
-def _policy_stats(data: LoggedData, w: np.ndarray, groups: int, bucket: np.ndarray, buckets: int) -> np.ndarray:
-    """Sufficient statistics (fields, groups, buckets) of weights ``w`` over the data's rows."""
+def _policy_stats(data: LoggedData, w: np.ndarray, groups: int, bucket: np.ndarray, buckets: int,
+                  bound: np.ndarray, dr: np.ndarray | None = None) -> np.ndarray:
+    """Sufficient statistics (fields, groups, buckets) of weights ``w`` over the data's rows.
+
+    ``bound``: per row, the largest weight the policy could have given it; ``dr``: per row,
+    the doubly robust term (default: the IPS term).
+    """
     r = data.reward
     # Every row counts in its slot's group; first-position rows also in the headline group 0.
     first = np.flatnonzero(data.position == 0)
@@ -811,12 +1131,14 @@ def _policy_stats(data: LoggedData, w: np.ndarray, groups: int, bucket: np.ndarr
     idx = gidx * buckets + bucket[rows]
     ww, rr = w[rows], r[rows]
     wr = ww * rr
+    dd = wr if dr is None else dr[rows]
     size = groups * buckets
     out = np.zeros((_FIELDS, size))
     for f, vals in ((_N, None), (_SW, ww), (_SWR, wr), (_SW2, ww * ww), (_SW2R, ww * wr), (_SW2R2, wr * wr),
-                    (_NZ, (ww > 0).astype(float))):
+                    (_NZ, (ww > 0).astype(float)), (_SD, dd), (_SD2, dd * dd)):
         out[f] = np.bincount(idx, weights=vals, minlength=size)
     np.maximum.at(out[_WMAX], idx, ww)
+    np.maximum.at(out[_WB], idx, bound[rows])
     return out.reshape(_FIELDS, groups, buckets)
 
 
@@ -860,18 +1182,25 @@ def evaluate(
         skipped=data.skipped, deterministic_share=data.deterministic_share, start=start, end=end,
     )
 
-    def add(name: str, source: str, arguments: str | None, pi: np.ndarray, model: bytes | None = None) -> None:
+    bound = 1.0 / data.probability
+    cascade_bound = _cascade_bound(data)
+    model = _RewardModel(data) if data.encoded and len(data.baseline) == len(data.chosen) else None
+
+    def add(name: str, source: str, arguments: str | None, pi: np.ndarray, trained: bytes | None = None,
+            pairs: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None) -> None:
         w = pi / data.probability
-        stats = {"conditional": _policy_stats(data, w, groups, bucket, buckets),
-                 "cascade": _policy_stats(data, _cascade(data, w), groups, bucket, buckets)}
-        result.policies.append(PolicyEvaluation(name, source, arguments, stats, result, model))
+        dr = model.dr_terms(w, *pairs()) if model is not None and pairs is not None else None
+        stats = {"conditional": _policy_stats(data, w, groups, bucket, buckets, bound, dr),
+                 # DR is per slot (conditional); whole-page cascade terms stay IPS.
+                 "cascade": _policy_stats(data, _cascade(data, w), groups, bucket, buckets, cascade_bound)}
+        result.policies.append(PolicyEvaluation(name, source, arguments, stats, result, trained))
 
     if "Online" in include:
         add("Online", "Online", online_arguments, data.probability.copy())  # w = 1: what was earned
     if "Baseline" in include:
-        add("Baseline", "Baseline", None, data.is_baseline.astype(float))
+        add("Baseline", "Baseline", None, data.is_baseline.astype(float), pairs=lambda: _baseline_pairs(data))
     if "Random" in include:
-        add("Random", "Random", None, 1.0 / np.maximum(data.open_actions, 1))
+        add("Random", "Random", None, 1.0 / np.maximum(data.open_actions, 1), pairs=lambda: _open_actions(data))
     total = data.events * len(policies)
     for j, pol in enumerate(policies):
         offset = j * data.events
@@ -880,8 +1209,11 @@ def evaluate(
             if progress is not None:
                 progress(offset + done, total)
 
-        pi, model = replay(data, pol["arguments"], exact=exact, progress=step, cancel=cancel, keep_model=keep_models)
-        add(pol["name"], pol.get("source", "Custom"), pol["arguments"], pi, model)
+        chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        pi, trained = replay(data, pol["arguments"], exact=exact, progress=step, cancel=cancel,
+                             keep_model=keep_models, distributions=chunks)
+        add(pol["name"], pol.get("source", "Custom"), pol["arguments"], pi, trained,
+            pairs=lambda c=chunks: _concatenate_pairs(c))
     return result
 
 
@@ -889,7 +1221,13 @@ def evaluate(
 
 @dataclass(frozen=True)
 class Lift:
-    """Online minus baseline for one slot, paired over the same events."""
+    """Online minus baseline for one slot, paired over the same events.
+
+    ``interval`` is the headline: a paired Cressie-Read empirical-likelihood interval for
+    ``E[r] - E[w r]`` (see ``_paired_cressie_read``); the paired Gaussian (influence function of
+    the SNIPS difference), the IPS Gaussian and the empirical-Bernstein intervals stay available
+    through ``interval_of(kind)``. ``verdict`` and ``events_needed`` read the headline interval.
+    """
 
     slot_id: str
     position: int
@@ -898,7 +1236,7 @@ class Lift:
     online: float                 # realized average reward
     baseline: float               # SNIPS estimate of the baseline
     lift: float                   # online - baseline
-    interval: tuple[float, float]  # Gaussian, paired (influence function of the SNIPS difference)
+    interval: tuple[float, float]  # headline: paired Cressie-Read empirical likelihood
     ips_lift: float
     ips_interval: tuple[float, float]
     bernstein_interval: tuple[float, float]
@@ -906,23 +1244,95 @@ class Lift:
     enough_data: bool
     reason: str
     confidence: float
+    gaussian_interval: tuple[float, float] = (math.nan, math.nan)  # paired, delta method around ``lift``
+    minimum_events: int = 0       # events for ``enough_data`` at the current share of baseline support
 
     @property
     def unbiased(self) -> bool:
         """True for the first slot, or for later slots with cascade weights."""
         return self.position == 0 or self.weighting == "cascade"
 
+    def interval_of(self, kind: str = HEADLINE_INTERVAL) -> tuple[float, float]:
+        """The interval of ``kind``: cressie-read (the headline) | gaussian | ips-gaussian | bernstein."""
+        intervals = {"cressie-read": self.interval, "gaussian": self.gaussian_interval,
+                     "ips-gaussian": self.ips_interval, "bernstein": self.bernstein_interval}
+        try:
+            return intervals[kind]
+        except KeyError:
+            raise ValueError(f"interval kind must be one of {list(intervals)}") from None
+
+    @property
+    def verdict(self) -> str:
+        """``winning`` (the headline interval lies above 0), ``losing`` (below 0) or ``too early``.
+
+        Also ``too early`` while ``enough_data`` is False, whatever the interval says.
+        """
+        lo, hi = self.interval
+        if self.enough_data and lo > 0:
+            return "winning"
+        if self.enough_data and hi < 0:
+            return "losing"
+        return "too early"
+
+    @property
+    def events_needed(self) -> int | None:
+        """For ``too early``: about how many *more* events before the interval can exclude zero.
+
+        Method: an interval's width shrinks like ``1 / sqrt(n)``, so with the current lift
+        ``L`` and the distance ``g`` from ``L`` to the interval's end on zero's side, the end
+        crosses zero once ``n' = n (g / |L|)^2`` (and at least ``minimum_events``). 0 for a verdict;
+        None when the lift is 0 or unknown (no finite answer). Divide by the traffic rate for
+        a time: it assumes the lift and the spread of the rewards stay as they are.
+        """
+        if self.verdict != "too early":
+            return 0
+        lo, hi = self.interval
+        lift = self.lift
+        if not (math.isfinite(lift) and math.isfinite(lo) and math.isfinite(hi)) or lift == 0 or self.events == 0:
+            return None
+        gap = lift - lo if lift > 0 else hi - lift
+        target = max(self.events * (gap / abs(lift)) ** 2, self.minimum_events)
+        return max(0, math.ceil(target - self.events))
+
     def to_dict(self) -> dict[str, Any]:
         """camelCase dict for the UI and the API."""
         return {
             "slotId": self.slot_id, "position": self.position, "events": self.events, "support": self.support,
             "online": _finite(self.online), "baseline": _finite(self.baseline), "lift": _finite(self.lift),
-            "interval": [_finite(v) for v in self.interval], "ipsLift": _finite(self.ips_lift),
+            "interval": [_finite(v) for v in self.interval], "intervalKind": HEADLINE_INTERVAL,
+            "gaussianInterval": [_finite(v) for v in self.gaussian_interval],
+            "ipsLift": _finite(self.ips_lift),
             "ipsInterval": [_finite(v) for v in self.ips_interval],
             "bernsteinInterval": [_finite(v) for v in self.bernstein_interval],
             "weighting": self.weighting, "unbiased": self.unbiased, "enoughData": self.enough_data,
-            "reason": self.reason, "confidence": self.confidence,
+            "reason": self.reason, "confidence": self.confidence, "verdict": self.verdict,
+            "eventsNeeded": self.events_needed,
         }
+
+
+def _paired_cressie_read(w: np.ndarray, r: np.ndarray, wmax: float, reward_range: tuple[float, float],
+                         confidence: float) -> tuple[float, float]:
+    """Cressie-Read interval for the paired lift ``E[r] - E[w r] = E[r (1 - w)]`` under ``E[w] = 1``.
+
+    The same empirical-likelihood construction as a policy's value (``_cressie_read_bound``), with
+    ``h = r (1 - w)``: the online side (weight 1) and the baseline side (weight w) are two moments of
+    one reweighting of the same events, so the pairing is exact. The unseen point the method adds
+    takes either reward extreme; the bound is the worst case.
+    """
+    lo_r, hi_r = reward_range
+    full = (lo_r - hi_r, hi_r - lo_r)
+    n = float(len(w))
+    if n < 2:
+        return full
+    h = r * (1.0 - w)
+    sums = (n, float(w.sum()), float((w * w).sum()))
+    sh, swh, shh = float(h.sum()), float((w * h).sum()), float((h * h).sum())
+    wmax = wmax if wmax > 1.0 else math.inf
+    lower = _cressie_read_bound(*sums, sh, swh, shh, 0.0, wmax, [(lo_r, -lo_r), (hi_r, -hi_r)], confidence)
+    upper = -_cressie_read_bound(*sums, -sh, -swh, shh, 0.0, wmax, [(-lo_r, lo_r), (-hi_r, hi_r)], confidence)
+    lower = full[0] if not math.isfinite(lower) else lower
+    upper = full[1] if not math.isfinite(upper) else upper
+    return (min(max(lower, full[0]), full[1]), max(min(upper, full[1]), full[0]))
 
 
 def lift_over_baseline(
@@ -945,14 +1355,8 @@ def lift_over_baseline(
     data = events if isinstance(events, LoggedData) else prepare(events)
     w_cond = data.is_baseline / data.probability
     w_casc = _cascade(data, w_cond)
-    lo_r, hi_r = data.reward_range
-    z = _z(confidence)
-    log_term = math.log(4.0 / (1.0 - confidence))
-    full = (lo_r - hi_r, hi_r - lo_r)  # a difference of two values in the reward range
-
-    def clip(iv: tuple[float, float]) -> tuple[float, float]:
-        return (max(iv[0], full[0]), min(iv[1], full[1]))
-
+    bound_cond = 1.0 / data.probability
+    bound_casc = _cascade_bound(data)
     out: list[Lift] = []
     order = []
     for code, sid in enumerate(data.slot_ids):
@@ -962,44 +1366,63 @@ def lift_over_baseline(
         rows = np.flatnonzero(data.slot == code)
         kind = weighting if weighting != "auto" else ("conditional" if position == 0 else "cascade")
         w = (w_cond if kind == "conditional" else w_casc)[rows]
-        r = data.reward[rows]
-        n = len(rows)
-        support = int(np.count_nonzero(w))
-        nan = math.nan
-        online = float(r.mean()) if n else nan
-        sw = float(w.sum())
-        base = float((w * r).sum() / sw) if sw > 0 else nan
-        lift = online - base
-        if n > 1 and sw > 0:
-            wbar = sw / n
-            infl = (r - online) - w * (r - base) / wbar
-            half = z * math.sqrt(float((infl * infl).sum()) / (n * (n - 1)))
-            interval = (lift - half, lift + half)
-        else:
-            interval = full
-        d = r * (1.0 - w)
-        ips_lift = float(d.mean()) if n else nan
-        if n > 1:
-            var = float(d.var(ddof=1))
-            half = z * math.sqrt(var / n)
-            ips_iv = (ips_lift - half, ips_lift + half)
-            wmax = float(w.max(initial=0.0))
-            corners = [a * (1.0 - b) for a in (lo_r, hi_r) for b in (0.0, wmax)]
-            span = max(corners) - min(corners)
-            eb = math.sqrt(2.0 * var * log_term / n) + 7.0 * span * log_term / (3.0 * (n - 1))
-            bern = (ips_lift - eb, ips_lift + eb)
-        else:
-            ips_iv = bern = full
-        if n < min_events:
-            enough, reason = False, f"needs at least {min_events} events with rewards (has {n})"
-        elif support < min_support:
-            enough, reason = False, (f"needs at least {min_support} events that showed the baseline "
-                                     f"{'page' if kind == 'cascade' and position else 'action'} (has {support})")
-        else:
-            enough, reason = True, ""
-        out.append(Lift(sid, position, n, support, online, base, lift, clip(interval), ips_lift, clip(ips_iv),
-                        clip(bern), kind, enough, reason, confidence))
+        wmax = float((bound_cond if kind == "conditional" else bound_casc)[rows].max(initial=0.0))
+        out.append(_lift(sid, position, kind, w, data.reward[rows], wmax, data.reward_range, confidence,
+                         min_events, min_support))
     return out
+
+
+def _lift(sid: str, position: int, kind: str, w: np.ndarray, r: np.ndarray, wmax: float,
+          reward_range: tuple[float, float], confidence: float, min_events: int, min_support: int) -> Lift:
+    """One slot's Lift from its rows' baseline weights and rewards."""
+    lo_r, hi_r = reward_range
+    z = _z(confidence)
+    log_term = math.log(4.0 / (1.0 - confidence))
+    full = (lo_r - hi_r, hi_r - lo_r)  # a difference of two values in the reward range
+
+    def clip(iv: tuple[float, float]) -> tuple[float, float]:
+        return (max(iv[0], full[0]), min(iv[1], full[1]))
+
+    n = len(w)
+    support = int(np.count_nonzero(w))
+    nan = math.nan
+    online = float(r.mean()) if n else nan
+    sw = float(w.sum())
+    base = float((w * r).sum() / sw) if sw > 0 else nan
+    lift = online - base
+    if n > 1 and sw > 0:
+        wbar = sw / n
+        infl = (r - online) - w * (r - base) / wbar
+        half = z * math.sqrt(float((infl * infl).sum()) / (n * (n - 1)))
+        gaussian = (lift - half, lift + half)
+    else:
+        gaussian = full
+    d = r * (1.0 - w)
+    ips_lift = float(d.mean()) if n else nan
+    if n > 1:
+        var = float(d.var(ddof=1))
+        half = z * math.sqrt(var / n)
+        ips_iv = (ips_lift - half, ips_lift + half)
+        wmax_seen = float(w.max(initial=0.0))
+        corners = [a * (1.0 - b) for a in (lo_r, hi_r) for b in (0.0, wmax_seen)]
+        span = max(corners) - min(corners)
+        eb = math.sqrt(2.0 * var * log_term / n) + 7.0 * span * log_term / (3.0 * (n - 1))
+        bern = (ips_lift - eb, ips_lift + eb)
+    else:
+        ips_iv = bern = full
+    cressie_read = _paired_cressie_read(w, r, max(wmax, float(w.max(initial=0.0))), reward_range, confidence)
+    if math.isfinite(lift):  # contain the lift shown beside it (see _from_stats)
+        cressie_read = (min(cressie_read[0], lift), max(cressie_read[1], lift))
+    minimum = max(min_events, math.ceil(n * min_support / support) if support else min_events)
+    if n < min_events:
+        enough, reason = False, f"needs at least {min_events} events with rewards (has {n})"
+    elif support < min_support:
+        enough, reason = False, (f"needs at least {min_support} events that showed the baseline "
+                                 f"{'page' if kind == 'cascade' and position else 'action'} (has {support})")
+    else:
+        enough, reason = True, ""
+    return Lift(sid, position, n, support, online, base, lift, cressie_read, ips_lift, clip(ips_iv), clip(bern),
+                kind, enough, reason, confidence, clip(gaussian), minimum if not enough else 0)
 
 
 # ================================================================ apprentice metrics

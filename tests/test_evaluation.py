@@ -70,7 +70,7 @@ def test_estimate_by_hand() -> None:
     s = e.summary()
     assert s["ipsEstimatorDenominator"] == 4 and s["nonZeroProbability"] == 0.5
     assert s["averageReward"] == pytest.approx(e.snips)
-    lo, hi = e.snips_interval
+    lo, hi = e.interval  # the headline: Cressie-Read
     assert s["confidenceInterval"] == pytest.approx((hi - lo) / 2)
     for iv in (e.ips_interval, e.snips_interval, e.bernstein_interval):  # clipped to the reward range [0, 1]
         assert 0.0 <= iv[0] <= iv[1] <= 1.0
