@@ -6,10 +6,11 @@ use lives in ``personalizer.dashboard``.
 
 import streamlit as st
 
-from personalizer.dashboard import routing, sidebar
+from personalizer.dashboard import routing, session, sidebar
 
+# "auto": the sidebar is open on wide screens and folded away on phones (and after navigating there).
 st.set_page_config(page_title="Personalizer Studio", page_icon="🎯", layout="wide",
-                   initial_sidebar_state="expanded")
+                   initial_sidebar_state="auto")
 
 page = st.navigation([
     st.Page("pages/rank_and_reward.py", title="Rank & reward", icon=":material/ads_click:", default=True),
@@ -19,6 +20,7 @@ page = st.navigation([
 ])
 routing.begin_app_run()
 refresh_counts = sidebar.draw()
+session.settle_experiment()
 page.run()
 refresh_counts()
 routing.end_app_run()
