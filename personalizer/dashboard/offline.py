@@ -274,7 +274,8 @@ def log_grew(covered: tuple[float, float] | None, result_end: float | None, crea
     if covered is None or made is None:
         return None
     last = covered[1]
-    if last > made + 1.0 and (result_end is None or last > min(result_end, made) + 1.0):
+    # The evaluation read the log when it was made (its time is kept to the second): anything later is missing.
+    if last >= made + 1.0:
         when = datetime.fromtimestamp(made, UTC)
         newest = datetime.fromtimestamp(last, UTC)
         return f"It was computed at {when:%H:%M:%S} UTC; the log has events up to {newest:%H:%M:%S} UTC."
