@@ -249,7 +249,8 @@ def apply_section(manager: Evaluations, evaluation_id: str, result: EvaluationRe
         sure = row["low"] > online  # its interval clears what was served
         st.markdown(f"**Best: {md(best)}**, estimated {percent(row['estimate'], 1)} "
                     f"({percent(row['low'], 1)} to {percent(row['high'], 1)}) on slot "
-                    f"{md(offline.headline_slot(result))}, {row['vsOnline']:+.1f} points against the online policy"
+                    f"{md(state.labels().slot(offline.headline_slot(result)))}, "
+                    f"{row['vsOnline']:+.1f} points against the online policy"
                     + ("." if sure else ", within this log's noise: more events would tell for sure."))
         st.button(f"Apply {md(best)}", key="eval-apply", type="primary", icon=":material/published_with_changes:",
                   on_click=apply, args=(manager, evaluation_id, best),

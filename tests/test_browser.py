@@ -172,12 +172,12 @@ def test_the_demo_end_to_end_in_chromium(tmp_path: Path) -> None:
         _button(page, "accept-BigHeroPosition").wait_for()
         _settle(page)
         first = _event_id(page)
-        assert page.get_by_text("time=morning, device=mobile").count() == 1
+        assert page.get_by_text("Time of day: Morning · Device: Phone").count() == 1
         _shoot(page, "02-rank-first")
 
         # Change a selector: a new visitor for that context.
-        _choose(page, "time", "evening")
-        page.get_by_text("time=evening, device=mobile").wait_for()
+        _choose(page, "Time of day", "Evening")
+        page.get_by_text("Time of day: Evening · Device: Phone").wait_for()
         _settle(page)
         second = _event_id(page)
         assert second != first
@@ -224,14 +224,14 @@ def test_the_demo_end_to_end_in_chromium(tmp_path: Path) -> None:
             drawn.wait_for()
             box = drawn.bounding_box()
             assert box is not None and box["width"] > 100 and box["height"] > 100
-        assert (_metric(page, "Events"), _metric(page, "Rewarded slots")) == ("203", "402")
+        assert (_metric(page, "Visitors answered"), _metric(page, "Answers")) == ("201", "402")
         _settle(page)
         _shoot(page, "05-trends", height=2300)
         with page.expect_download() as download:
             _button(page, "download-history").click()
         csv = Path(download.value.path()).read_text().splitlines()
-        assert csv[0].startswith("visitor,time,eventId,context,slot,action,baseline,probability")
-        assert len(csv) == 1 + 406  # 203 visitors x 2 slots
+        assert csv[0].startswith("visitor,time,slot,action,reward,baseline,probability")
+        assert len(csv) == 1 + 404  # 201 answered visitors and the one on screen x 2 slots
 
         # The Evaluate page: an offline evaluation of the log, drawn as estimates with intervals.
         page.set_viewport_size({"width": 1400, "height": 1000})
@@ -243,7 +243,7 @@ def test_the_demo_end_to_end_in_chromium(tmp_path: Path) -> None:
         drawn.wait_for()
         box = drawn.bounding_box()
         assert box is not None and box["width"] > 300 and box["height"] > 200
-        assert page.get_by_text(re.compile(r"accept-rate points")).count() >= 1
+        assert page.get_by_text(re.compile(r"vs without personalization")).count() >= 1
         assert _button(page, "eval-apply").count() + page.get_by_text("nothing to apply").count() == 1
         _shoot(page, "07-evaluate", height=1700)
 
@@ -294,8 +294,8 @@ def readme_screenshots(out: Path, visitors: int = 3000) -> None:
         _settle(page)
         _nav(page, "Rank & reward").click()
         _button(page, "accept-BigHeroPosition").wait_for()
-        _choose(page, "time", "afternoon")
-        page.get_by_text("time=afternoon, device=mobile").wait_for()
+        _choose(page, "Time of day", "Afternoon")
+        page.get_by_text("Time of day: Afternoon · Device: Phone").wait_for()
         _settle(page)
         _button(page, "accept-BigHeroPosition").click()
         page.get_by_text("Accepted · reward 1 sent").wait_for()

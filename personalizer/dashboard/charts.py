@@ -124,7 +124,7 @@ def action_mix_chart(mix: pd.DataFrame, slot_order: list[str] | None = None, oth
             alt.Tooltip("accepted:Q", title="Accepted", format=","),
             alt.Tooltip("rate:Q", title="Accept rate", format=".1%"),
         ],
-    ).properties(height=260)
+    ).properties(height=340)  # the legend under the bars shares this height
 
 
 def policy_estimates(frame: pd.DataFrame, colors: dict[str, str], online_kind: str | None = None) -> alt.LayerChart:

@@ -157,8 +157,13 @@ def sentence(lift: Lift) -> str:
         return f"Not enough data yet: {md(lift.reason)}."
     lo, hi = lift.interval
     return (f"Personalized **{percent(lift.online)}** vs without personalization **{percent(lift.baseline)}**: "
-            f"**{points(lift.lift, 0)} pts** (95 % CI {points(lo, 0, sign=False)}–{points(hi, 0, sign=False)}), "
+            f"**{points(lift.lift, 0)} pts** (95 % CI {_bound(lo)}{' to ' if lo < 0 else '–'}{_bound(hi)}), "
             f"n = {lift.events:,}")
+
+
+def _bound(value: float) -> str:
+    """An interval bound in points without a plus sign; a true minus sign for negatives (``−8``)."""
+    return points(value, 0, sign=False).replace("-", "−")
 
 
 def percent(value: float) -> str:
