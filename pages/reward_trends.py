@@ -66,8 +66,12 @@ def choose_experiment() -> tuple[Experiment | None, list[int]]:
     numbers = [e.number for e in reversed(book.items)]
     if not numbers:
         return None, []
-    if state.get("trend-experiment") not in numbers:
+    # A new experiment (another backend, scenario or model) is shown at once; a past one stays picked
+    # only while the current one has not changed.
+    if state.get("trend-experiment") not in numbers or (
+            current is not None and state.get("trend-current") != current.number):
         st.session_state["trend-experiment"] = current.number if current is not None else numbers[0]
+    st.session_state["trend-current"] = current.number if current is not None else None
     left, right = st.columns([3, 2], vertical_alignment="bottom")
     with left:
         number = st.selectbox("Experiment", numbers, key="trend-experiment",

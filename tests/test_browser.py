@@ -29,6 +29,8 @@ CHROMIUM = os.environ.get("STUDIO_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 EVIL = "<img src=x onerror=alert(1)>"
+PHONE_USER_AGENT = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+                    "Version/17.0 Mobile/15E148 Safari/604.1")
 
 pytestmark = pytest.mark.browser
 
@@ -323,3 +325,160 @@ def readme_screenshots(out: Path, visitors: int = 3000) -> None:
 
 if __name__ == "__main__":
     readme_screenshots(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/screenshots"))
+
+
+def _news_scenario() -> bytes:
+    """A second catalog (three articles, two slots) with display names."""
+    return json.dumps({
+        "name": "news",
+        "context": {"section": ["home", "sport"]},
+        "actions": [{"id": f"article-{i}", "features": [{"topic": t}]} for i, t in enumerate("abc")],
+        "slots": [{"id": "Lead", "features": [{"size": "large"}], "baselineAction": "article-0"},
+                  {"id": "Second", "features": [{"size": "small"}], "baselineAction": "article-1"}],
+        "preferences": {"type": "additive", "base": {"article-0": 0.2, "article-1": 0.3, "article-2": 0.6}},
+        "display": {"slots": {"Lead": "Lead story", "Second": "Second story"},
+                    "actions": {"article-0": "Budget vote", "article-1": "Weather", "article-2": "Match report"},
+                    "context": {"section": "Site section"}},
+    }).encode()
+
+
+def _simulate(page, visitors: int) -> None:
+    """On the simulator page: run ``visitors`` visitors and wait for the result."""
+    field = page.get_by_label("Visitors", exact=True)
+    field.fill(str(visitors))
+    field.press("Enter")
+    _settle(page)
+    _button(page, "sim-run").click()
+    page.get_by_text(re.compile(rf"Simulated {visitors:,} visitors")).wait_for(timeout=120_000)
+    _settle(page)
+
+
+def _sidebar_open(page) -> bool:
+    """True when the sidebar is shown (on a phone it slides over the page)."""
+    box = page.get_by_test_id("stSidebar").bounding_box()
+    return box is not None and box["x"] + box["width"] > 10
+
+
+def test_one_experiment_at_a_time_in_chromium(tmp_path: Path) -> None:
+    """Embedded run, then a real remote server: trends show one experiment; a second catalog never mixes in;
+    an applied policy is marked live; wide and phone screenshots of every page."""
+    from server_fixtures import KEY, ProcessServer
+
+    home = tmp_path / "home"
+    shots = Path(os.environ.get("STUDIO_SHOTS") or ARTIFACTS)
+    shots.mkdir(parents=True, exist_ok=True)
+    with ProcessServer(tmp_path / "server-data", key=KEY) as server, \
+            streamlit_app(home, tmp_path / "streamlit.log") as url, browser_page(1440, 900) as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        # Embedded: 200 simulated visitors.
+        page.goto(f"{url}/simulator")
+        _simulate(page, 200)
+
+        # Switch to the remote server (a real `python -m personalizer serve`), 120 visitors there.
+        page.locator(".st-key-backend-kind").get_by_text("Remote", exact=True).click()
+        _settle(page)
+        endpoint = page.get_by_label("Endpoint URL", exact=True)
+        endpoint.fill(server.base)
+        endpoint.press("Enter")
+        _settle(page)
+        key = page.get_by_label("Subscription key", exact=True)
+        key.fill(KEY)
+        key.press("Enter")
+        page.get_by_text("Key saved for this tab").wait_for()
+        _settle(page)
+        _simulate(page, 120)
+        page.get_by_text("Oracle exploring 20%").wait_for()
+        page.screenshot(path=str(shots / "wide-simulator.png"), full_page=True)
+        _nav(page, "Reward trends").click()
+        page.get_by_text("Visitors answered").wait_for()
+        _settle(page)
+        assert _metric(page, "Visitors answered") == "120"  # the remote experiment only, not 320
+        assert page.get_by_text(re.compile(r"Experiment #\d+: Remote http://127\.0\.0\.1")).count() == 1
+
+        # A second catalog on the same server: its trends never mix with the shop's.
+        _choose(page, "Catalog and visitors", "Upload a scenario JSON…")
+        page.locator("[data-testid='stFileUploaderDropzoneInput']").wait_for(state="attached")
+        _settle(page)
+        page.get_by_test_id("stSidebar").screenshot(path=str(ARTIFACTS / "sidebar-uploader.png"))
+        limit = page.get_by_test_id("stFileUploaderDropzoneInstructions").inner_text()
+        assert "1MB" in limit and "200MB" not in limit  # the limit that is enforced, not Streamlit's default
+        page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(
+            {"name": "news.json", "mimeType": "application/json", "buffer": _news_scenario()})
+        page.get_by_text("Loaded news").wait_for()
+        _settle(page)
+        _nav(page, "Rank & reward").click()
+        page.get_by_text("the model has not seen this catalog yet", exact=False).first.wait_for()
+        _settle(page)
+        page.screenshot(path=str(shots / "wide-rank-new-catalog.png"), full_page=True)
+        _nav(page, "Simulator").click()
+        _simulate(page, 80)
+        _nav(page, "Reward trends").click()
+        page.get_by_text("Visitors answered").wait_for()
+        _settle(page)
+        assert _metric(page, "Visitors answered") == "80"
+        assert page.get_by_test_id("stMetricLabel").get_by_text("Lead story", exact=True).count() == 1
+        assert page.get_by_test_id("stMetricLabel").get_by_text("Hero banner", exact=True).count() == 0
+
+        # Back to the embedded engine and the shop: evaluate, apply, and the applied policy is live.
+        page.locator(".st-key-backend-kind").get_by_text("Embedded", exact=True).click()
+        _settle(page)
+        box = page.get_by_role("combobox", name="Catalog and visitors", exact=True)
+        box.click()
+        page.keyboard.type("seed (quick")
+        page.keyboard.press("Enter")
+        _settle(page)
+        page.get_by_text(re.compile(r"Experiment #\d+: Embedded engine, scenario seed,")).wait_for()
+        _nav(page, "Reward trends").click()
+        page.get_by_text("Visitors answered").wait_for()
+        _settle(page)
+        page.screenshot(path=str(shots / "wide-trends.png"), full_page=True)
+        _nav(page, "Evaluate").click()
+        _choose(page, "Time range", "All logged events")
+        _button(page, "eval-run").click()
+        page.get_by_role("heading", name="Results").wait_for(timeout=120_000)
+        _settle(page)
+        if _button(page, "eval-apply").count():
+            name = _button(page, "eval-apply").inner_text().strip().splitlines()[-1].removeprefix("Apply ").strip()
+            _button(page, "eval-apply").click()
+        else:
+            page.get_by_text("Apply another candidate").click()
+            name = page.get_by_role("combobox", name="Candidate").inner_text().strip()
+            _button(page, "eval-apply-other-button").click()
+        page.get_by_text(re.compile(rf"{re.escape(name)} is live")).wait_for()
+        _settle(page)
+        assert page.get_by_text(f"{name} (live)").count() + page.locator(
+            "[data-testid='stDataFrame']").count() >= 1
+        assert page.get_by_text(re.compile(rf"Applied {re.escape(name)}: the engine now explores")).count() == 1
+        assert _button(page, "eval-apply").count() == 0 or name not in _button(page, "eval-apply").inner_text()
+        page.screenshot(path=str(shots / "wide-evaluate.png"), full_page=True)
+
+        # A phone (a 390 px touch screen): the sidebar starts folded away and folds again after navigating.
+        page = page.context.browser.new_context(
+            viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, device_scale_factor=1,
+            user_agent=PHONE_USER_AGENT).new_page()
+        page.set_default_timeout(30_000)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{url}/reward_trends")
+        page.get_by_role("heading", name="Reward trends").wait_for()
+        _settle(page)
+        assert not _sidebar_open(page)
+        page.screenshot(path=str(shots / "phone-trends.png"), full_page=True)
+        page.get_by_test_id("stExpandSidebarButton").tap()
+        page.wait_for_timeout(600)
+        assert _sidebar_open(page)
+        _nav(page, "Rank & reward").tap()
+        page.get_by_role("heading", name="Rank & reward").wait_for()
+        _settle(page)
+        page.wait_for_timeout(600)
+        assert not _sidebar_open(page)
+        page.screenshot(path=str(shots / "phone-rank.png"), full_page=True)
+        page.goto(f"{url}/evaluate")
+        page.get_by_role("heading", name="Evaluate").wait_for()
+        _settle(page)
+        page.screenshot(path=str(shots / "phone-evaluate.png"), full_page=True)
+        page.goto(f"{url}/simulator")
+        page.get_by_role("heading", name="Simulator").wait_for()
+        _settle(page)
+        page.screenshot(path=str(shots / "phone-simulator.png"), full_page=True)
+        assert not errors, errors

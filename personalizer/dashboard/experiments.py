@@ -75,6 +75,11 @@ class Experiments:
     def __init__(self) -> None:
         self.items: list[Experiment] = []
         self._current: Experiment | None = None
+        self.used: set[int] = set()  # experiments that got rows (their backend's model learned from them)
+
+    def mark_used(self, experiment: Experiment) -> None:
+        """Note that rows were added to ``experiment``."""
+        self.used.add(experiment.number)
 
     def observe(self, backend: str, catalog: str, scenario: str, policy: str, model: str,
                 learned: int | None = None) -> Experiment:
@@ -83,13 +88,38 @@ class Experiments:
         if cur is not None and (cur.backend, cur.catalog, cur.scenario, cur.policy, cur.model) == (
                 backend, catalog, scenario, policy, model):
             return cur
-        # Anything changed: a new experiment, even when going back to earlier settings (the model has
-        # learned in between, so the old numbers no longer describe it).
+        key = (backend, catalog, scenario, policy, model)
+        for i in range(len(self.items) - 1, -1, -1):
+            past = self.items[i]
+            if (past.backend, past.catalog, past.scenario, past.policy, past.model) == key:
+                # Back on a backend after working elsewhere (or only looking): the same experiment goes
+                # on, since this tab taught that model nothing in between.
+                if all(e.backend != backend or e.number not in self.used for e in self.items[i + 1:]):
+                    self._current = past
+                    return past
+                break
+        # Otherwise a new experiment, even when going back to earlier settings on the same backend
+        # (its model learned from other visitors in between).
         new = Experiment(len(self.items) + 1, backend, catalog, scenario, policy, model,
-                         _why(cur, backend, catalog, scenario, policy, model), learned_base=learned)
+                         _why(cur, backend, catalog, scenario, policy, model),
+                         learned_base=self._learned_base(backend, model, learned))
         self.items.append(new)
         self._current = new
         return new
+
+    def _learned_base(self, backend: str, model: str, learned: int | None) -> int | None:
+        """The backend's "learned" count when this model started, if this tab saw it start.
+
+        Known when an earlier experiment on the same backend had another model (a reset
+        or a policy change seen from here): then the count at that moment. The same model
+        seen before keeps its base; a model first met already trained has none.
+        """
+        same_model = [e for e in self.items if e.backend == backend and e.model == model]
+        if same_model:
+            return same_model[0].learned_base
+        if model and any(e.backend == backend and e.model != model for e in self.items):
+            return learned
+        return None
 
     @property
     def current(self) -> Experiment | None:

@@ -68,7 +68,8 @@ def _seen(experiment: Experiment) -> bool:
 
 
 def tags(experiment: Experiment | None) -> dict[str, Any]:
-    """The history tags for rows of ``experiment``."""
+    """The history tags for rows about to join ``experiment`` (which is marked as used)."""
     if experiment is None:
         return {"backend": backend_label()}
+    state.experiments().mark_used(experiment)
     return {"backend": experiment.backend, "policy": experiment.policy, "experiment": experiment.number}
