@@ -16,15 +16,16 @@ def show_result(result: SimulationResult) -> None:
     widgets.headline_card(result.lift, state.labels(), where=f"this run of {plural(result.visitors, 'visitor')}")
     explore = f"{result.epsilon:.0%}"
     with st.container(horizontal=True, gap="medium"):
-        st.metric("Personalized, this run", percent(result.accept_rate, 1), border=True)
-        st.metric("Without personalization", percent(result.baseline_rate, 1), border=True,
+        st.metric("All slots: personalized", percent(result.accept_rate, 1), border=True,
+                  help="Share of all slots accepted in this run (the card above is the first slot's).")
+        st.metric("All slots: without personalization", percent(result.baseline_rate, 1), border=True,
                   help="Expected accept rate had each slot shown its baseline action to the same visitors.")
-        st.metric(f"Oracle exploring {explore}", percent(result.exploring_oracle_rate, 1), border=True,
+        st.metric(f"All slots: oracle exploring {explore}", percent(result.exploring_oracle_rate, 1), border=True,
                   help=f"Knows the hidden preferences and explores as often as the model ({explore}): the "
                        "ceiling this model can reach.")
-        st.metric("Oracle, never exploring", percent(result.oracle_rate, 1), border=True,
+        st.metric("All slots: oracle never exploring", percent(result.oracle_rate, 1), border=True,
                   help="The best feasible page for every visitor, always shown.")
-        st.metric("First → last 10 % of visitors", percent(result.last_rate, 1), border=True,
+        st.metric("Last 10 % of visitors", percent(result.last_rate, 1), border=True,
                   delta=f"{(result.last_rate - result.first_rate) * 100:+.1f} pts from {percent(result.first_rate, 1)}")
     st.page_link("pages/reward_trends.py", label="See the learning curve in Reward trends",
                  icon=":material/monitoring:")

@@ -2,9 +2,8 @@
 
 The app runs as a subprocess on a free loopback port with its own data
 directory; the test stops it. Screenshots land in ``test-artifacts/browser/``.
-Run ``python tests/test_browser.py docs/screenshots`` to refresh the README's
-screenshots (a longer simulation, so the curves have something to show, and an
-offline evaluation of it).
+``STUDIO_SHOTS=docs/screenshots python -m pytest tests/test_browser.py -k one_experiment``
+refreshes the README's wide (1440 px) and phone (390 px) screenshots.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -101,7 +99,12 @@ def browser_page(width: int = 1400, height: int = 1000) -> Iterator[object]:
 def _choose(page, label: str, option: str) -> None:
     """Pick an option of a Streamlit selectbox by its label."""
     page.get_by_role("combobox", name=label, exact=True).click()
-    page.get_by_role("option", name=option, exact=True).click()
+    choice = page.get_by_role("option", name=option, exact=True)
+    try:
+        choice.click(timeout=5_000)
+    except Exception:  # a list opened off screen: type to filter, then take the match
+        page.keyboard.type(option)
+        page.keyboard.press("Enter")
 
 
 def _button(page, key: str):
@@ -280,53 +283,6 @@ def test_the_demo_end_to_end_in_chromium(tmp_path: Path) -> None:
     assert stats["rewards"] == 2 + 400 and stats["learned"] == 1 + 200
 
 
-def readme_screenshots(out: Path, visitors: int = 3000) -> None:
-    """Screenshots for the README: the rank page and the trends page after a simulator run."""
-    out.mkdir(parents=True, exist_ok=True)
-    home = Path(os.environ.get("TMPDIR", "/tmp")) / f"studio-shots-{os.getpid()}"
-    shutil.rmtree(home, ignore_errors=True)
-    with streamlit_app(home, out / ".streamlit.log") as url, browser_page(1400, 1000) as page:
-        page.goto(f"{url}/simulator")
-        visitors_input = page.get_by_label("Visitors", exact=True)
-        visitors_input.fill(str(visitors))
-        visitors_input.press("Enter")
-        _settle(page)
-        _button(page, "sim-run").click()
-        page.get_by_text(re.compile(r"Simulated [\d,]+ visitors")).wait_for(timeout=120_000)
-        _settle(page)
-        _nav(page, "Rank & reward").click()
-        _button(page, "accept-BigHeroPosition").wait_for()
-        _choose(page, "Time of day", "Afternoon")
-        page.get_by_text("Time of day: Afternoon · Device: Phone").wait_for()
-        _settle(page)
-        _button(page, "accept-BigHeroPosition").click()
-        page.get_by_text("Accepted · reward 1 sent").wait_for()
-        _settle(page)
-        page.wait_for_timeout(500)
-        page.screenshot(path=str(out / "rank.png"))
-        _nav(page, "Reward trends").click()
-        page.locator("[data-testid='stVegaLiteChart']").nth(3).wait_for()
-        page.set_viewport_size({"width": 1400, "height": 1900})
-        _settle(page)
-        page.wait_for_timeout(1500)
-        page.screenshot(path=str(out / "trends.png"))
-        page.set_viewport_size({"width": 1400, "height": 1000})
-        _nav(page, "Evaluate").click()
-        _button(page, "eval-run").click()
-        page.get_by_role("heading", name="Results").wait_for(timeout=120_000)
-        page.locator("[data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg").first.wait_for()
-        page.set_viewport_size({"width": 1400, "height": 1700})
-        _settle(page)
-        page.wait_for_timeout(1500)
-        page.screenshot(path=str(out / "evaluate.png"))
-    (out / ".streamlit.log").unlink(missing_ok=True)
-    shutil.rmtree(home, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    readme_screenshots(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/screenshots"))
-
-
 def _news_scenario() -> bytes:
     """A second catalog (three articles, two slots) with display names."""
     return json.dumps({
@@ -351,6 +307,16 @@ def _simulate(page, visitors: int) -> None:
     _button(page, "sim-run").click()
     page.get_by_text(re.compile(rf"Simulated {visitors:,} visitors")).wait_for(timeout=120_000)
     _settle(page)
+
+
+def _tall(page, path: Path, height: int) -> None:
+    """A screenshot of the whole page: Streamlit scrolls inside its own container, so grow the viewport."""
+    size = page.viewport_size
+    page.set_viewport_size({"width": size["width"], "height": height})
+    page.wait_for_timeout(800)
+    _settle(page)
+    page.screenshot(path=str(path))
+    page.set_viewport_size(size)
 
 
 def _sidebar_open(page) -> bool:
@@ -388,8 +354,8 @@ def test_one_experiment_at_a_time_in_chromium(tmp_path: Path) -> None:
         page.get_by_text("Key saved for this tab").wait_for()
         _settle(page)
         _simulate(page, 120)
-        page.get_by_text("Oracle exploring 20%").wait_for()
-        page.screenshot(path=str(shots / "wide-simulator.png"), full_page=True)
+        page.get_by_text("All slots: oracle exploring 20%").wait_for()
+        _tall(page, shots / "wide-simulator.png", 1000)
         _nav(page, "Reward trends").click()
         page.get_by_text("Visitors answered").wait_for()
         _settle(page)
@@ -410,7 +376,7 @@ def test_one_experiment_at_a_time_in_chromium(tmp_path: Path) -> None:
         _nav(page, "Rank & reward").click()
         page.get_by_text("the model has not seen this catalog yet", exact=False).first.wait_for()
         _settle(page)
-        page.screenshot(path=str(shots / "wide-rank-new-catalog.png"), full_page=True)
+        _tall(page, shots / "wide-rank-new-catalog.png", 900)
         _nav(page, "Simulator").click()
         _simulate(page, 80)
         _nav(page, "Reward trends").click()
@@ -423,16 +389,13 @@ def test_one_experiment_at_a_time_in_chromium(tmp_path: Path) -> None:
         # Back to the embedded engine and the shop: evaluate, apply, and the applied policy is live.
         page.locator(".st-key-backend-kind").get_by_text("Embedded", exact=True).click()
         _settle(page)
-        box = page.get_by_role("combobox", name="Catalog and visitors", exact=True)
-        box.click()
-        page.keyboard.type("seed (quick")
-        page.keyboard.press("Enter")
+        _choose(page, "Catalog and visitors", "seed (quickstart catalog)")
         _settle(page)
         page.get_by_text(re.compile(r"Experiment #\d+: Embedded engine, scenario seed,")).wait_for()
         _nav(page, "Reward trends").click()
         page.get_by_text("Visitors answered").wait_for()
         _settle(page)
-        page.screenshot(path=str(shots / "wide-trends.png"), full_page=True)
+        _tall(page, shots / "wide-trends.png", 2300)
         _nav(page, "Evaluate").click()
         _choose(page, "Time range", "All logged events")
         _button(page, "eval-run").click()
@@ -451,7 +414,7 @@ def test_one_experiment_at_a_time_in_chromium(tmp_path: Path) -> None:
             "[data-testid='stDataFrame']").count() >= 1
         assert page.get_by_text(re.compile(rf"Applied {re.escape(name)}: the engine now explores")).count() == 1
         assert _button(page, "eval-apply").count() == 0 or name not in _button(page, "eval-apply").inner_text()
-        page.screenshot(path=str(shots / "wide-evaluate.png"), full_page=True)
+        _tall(page, shots / "wide-evaluate.png", 1900)
 
         # A phone (a 390 px touch screen): the sidebar starts folded away and folds again after navigating.
         page = page.context.browser.new_context(
@@ -459,26 +422,32 @@ def test_one_experiment_at_a_time_in_chromium(tmp_path: Path) -> None:
             user_agent=PHONE_USER_AGENT).new_page()
         page.set_default_timeout(30_000)
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(f"{url}/reward_trends")
-        page.get_by_role("heading", name="Reward trends").wait_for()
+        page.goto(f"{url}/simulator")
+        page.get_by_role("heading", name="Simulator").wait_for()
         _settle(page)
         assert not _sidebar_open(page)
-        page.screenshot(path=str(shots / "phone-trends.png"), full_page=True)
+        _simulate(page, 400)
+        _tall(page, shots / "phone-simulator.png", 1500)
         page.get_by_test_id("stExpandSidebarButton").tap()
         page.wait_for_timeout(600)
         assert _sidebar_open(page)
+        _tall(page, shots / "phone-sidebar.png", 844)
+        _nav(page, "Reward trends").tap()
+        page.get_by_text("Visitors answered").wait_for()
+        _settle(page)
+        page.wait_for_timeout(600)
+        assert not _sidebar_open(page)  # folded again after navigating
+        _tall(page, shots / "phone-trends.png", 3000)
+        page.get_by_test_id("stExpandSidebarButton").tap()
+        page.wait_for_timeout(600)
         _nav(page, "Rank & reward").tap()
         page.get_by_role("heading", name="Rank & reward").wait_for()
         _settle(page)
         page.wait_for_timeout(600)
         assert not _sidebar_open(page)
-        page.screenshot(path=str(shots / "phone-rank.png"), full_page=True)
+        _tall(page, shots / "phone-rank.png", 1500)
         page.goto(f"{url}/evaluate")
         page.get_by_role("heading", name="Evaluate").wait_for()
         _settle(page)
-        page.screenshot(path=str(shots / "phone-evaluate.png"), full_page=True)
-        page.goto(f"{url}/simulator")
-        page.get_by_role("heading", name="Simulator").wait_for()
-        _settle(page)
-        page.screenshot(path=str(shots / "phone-simulator.png"), full_page=True)
+        _tall(page, shots / "phone-evaluate.png", 1200)
         assert not errors, errors

@@ -190,7 +190,7 @@ def test_3_a_reset_re_ranks_the_visitor_and_the_counts_start_again(app: AppTest)
     assert not app.exception
     assert app.session_state["studio.event"].event_id != before
     counts = unescape(" ".join(m.value for m in app.sidebar.markdown))
-    assert "**0 events** learned by this model" in counts
+    assert "**0 events** learned since the model changed" in counts
 
 
 # 4. Evaluate -------------------------------------------------------------------------------------
@@ -321,9 +321,9 @@ def test_7_changing_selectors_leaves_no_trail_of_unanswered_visitors(app: AppTes
 def test_8_the_simulator_result_has_a_headline_and_an_exploring_oracle(app: AppTest) -> None:
     run_simulator(app, 300)
     metrics = _metrics(app)
-    assert "Oracle exploring 20%" in metrics and "Oracle, never exploring" in metrics
-    exploring = float(metrics["Oracle exploring 20%"].rstrip("%"))
-    greedy = float(metrics["Oracle, never exploring"].rstrip("%"))
+    assert "All slots: oracle exploring 20%" in metrics and "All slots: oracle never exploring" in metrics
+    exploring = float(metrics["All slots: oracle exploring 20%"].rstrip("%"))
+    greedy = float(metrics["All slots: oracle never exploring"].rstrip("%"))
     assert exploring < greedy
     shown = texts(app)
     assert "vs without personalization" in shown and "n = 300" in shown

@@ -117,7 +117,7 @@ class Experiments:
         same_model = [e for e in self.items if e.backend == backend and e.model == model]
         if same_model:
             return same_model[0].learned_base
-        if model and any(e.backend == backend and e.model != model for e in self.items):
+        if model and any(e.backend == backend and e.model and e.model != model for e in self.items):
             return learned
         return None
 

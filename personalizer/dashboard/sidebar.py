@@ -237,9 +237,9 @@ def _backend_section() -> Callable[[], None]:
         base = experiment.learned_base if experiment is not None else None
         with counts.container():
             if base is not None and base <= learned:
-                st.markdown(f"**{plural(learned - base, 'event')}** learned by this model",
-                            help="Events the current model trained on since it started (a reset or a new "
-                                 "policy starts it fresh), as seen from this tab.")
+                st.markdown(f"**{plural(learned - base, 'event')}** learned since the model changed",
+                            help="Events the model trained on since its last reset or policy change seen from "
+                                 "this tab (an applied policy starts from the model its replay trained).")
                 st.caption(f"{plural(learned, 'event')} learned in the log in all · "
                            f"{plural(int(stats.get('pending', 0)), 'visitor')} open")
             else:
