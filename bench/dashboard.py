@@ -33,6 +33,7 @@ from streamlit.testing.v1 import AppTest
 from personalizer.dashboard import charts, trends
 from personalizer.dashboard.backend import embedded_engine, resolve_home
 from personalizer.dashboard.history import History
+from personalizer.dashboard.lift import from_history
 from personalizer.dashboard.scenarios import builtin
 from personalizer.dashboard.simulator import run_simulation
 from personalizer.engine import LocalPersonalizer
@@ -82,22 +83,27 @@ def bench_accept(clicks: int) -> tuple[float, float]:
 def bench_trends(visitors: int) -> tuple[float, float, float, int]:
     """Seconds: first trends run with a fresh history frame, a rerun, the same work without Streamlit."""
     history = History()
-    with LocalPersonalizer(Path(tempfile.mkdtemp()) / "fill") as engine:
-        run_simulation(engine, builtin("seed"), visitors, history, seed=7)
     at = AppTest.from_file(APP, default_timeout=120).run()
+    experiment = at.session_state["studio.experiments"].current  # the rows belong to the tab's experiment
+    tags = {"experiment": experiment.number, "backend": experiment.backend, "policy": experiment.policy}
+    with LocalPersonalizer(Path(tempfile.mkdtemp()) / "fill") as engine:
+        run_simulation(engine, builtin("seed"), visitors, history, seed=7, epsilon=0.2, tags=tags)
     at.session_state["studio.history"] = history
     first = _timed(lambda: at.switch_page("pages/reward_trends.py").run())
-    assert not at.exception and at.metric
+    assert not at.exception and at.metric and at.metric[0].value == f"{visitors:,}"
     rerun = statistics.median(_timed(lambda: at.run()) for _ in range(5))
 
     def logic() -> None:
         history.version += 1  # force the frame to be rebuilt, as on the first run
-        df = history.frame()
+        df = trends.in_experiments(history.frame(), [experiment.number])
+        from_history(df)  # the headline card's lift
         summary = trends.summarize(df)
         order = [s.slot for s in summary.slots]
-        specs = [charts.accept_rate_bars(trends.slot_rates(df), order), charts.action_mix_chart(trends.action_mix(df))]
+        specs = [charts.accept_rate_bars(trends.slot_rates(df), order),
+                 charts.action_mix_chart(trends.top_actions(trends.action_mix(df)))]
         curves = trends.learning_curves(df, 50)
-        specs += [charts.learning_curve(curves[curves["slot"] == s], 50) for s in order]
+        marks = trends.markers(df, {})
+        specs += [charts.learning_curve(curves[curves["slot"] == s], 50, marks[marks["slot"] == s]) for s in order]
         for chart in specs:
             chart.to_dict()
 

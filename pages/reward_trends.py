@@ -1,5 +1,8 @@
 """Reward trends: accept rates per slot, learning curves against the oracle, action mix, the history."""
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import streamlit as st
 
 from personalizer.dashboard import charts, routing, state, trends, widgets
@@ -10,6 +13,7 @@ from personalizer.dashboard.labels import Labels
 from personalizer.dashboard.lift import LATER_SLOTS_CAVEAT, LiftReport, from_history
 from personalizer.dashboard.text import md, percent, plural
 
+T = TypeVar("T")
 WINDOWS = [10, 25, 50, 100, 250, 500]
 SPAN_SINCE = "Since last change"
 SPAN_WHOLE = "Whole log"
@@ -138,20 +142,29 @@ def lift_section(report: LiftReport, labels: Labels) -> None:
                      icon=":material/science:")
 
 
+def cached(name: str, key: tuple, compute: Callable[[], T]) -> T:
+    """``compute()`` once per ``key`` (the history's version and the experiments shown): reruns stay cheap."""
+    slot = st.session_state.get(f"trend-cache-{name}")
+    if slot is None or slot[0] != key:
+        slot = (key, compute())
+        st.session_state[f"trend-cache-{name}"] = slot
+    return slot[1]
+
+
 def main() -> None:
     st.title("Reward trends", anchor=False)
     history = state.history()
     labels = state.labels()
     experiment, numbers = choose_experiment()
-    df = history.frame()
-    df = trends.in_experiments(df, numbers) if experiment is not None else df.iloc[0:0]
+    key = (history.version, tuple(numbers))
+    df = cached("rows", key, lambda: trends.in_experiments(history.frame(), numbers))
     if experiment is not None:
         describe(experiment, numbers)
     done = trends.rewarded_rows(df)
     if done.empty:
         empty_state(not df.empty)
     else:
-        report = from_history(df)
+        report = cached("lift", key, lambda: from_history(df))
         widgets.headline_card(report.headline, labels)
         summary = trends.summarize(df)
         metrics(summary, labels)
@@ -177,7 +190,7 @@ def main() -> None:
                                            "of that slot.") or default
         curves = trends.learning_curves(df, window)
         book = state.experiments()
-        marks = trends.markers(df, {e.number: e.reason for e in book.items})
+        marks = cached("marks", key, lambda: trends.markers(df, {e.number: e.reason for e in book.items}))
         columns = st.columns(min(2, len(slot_order)) or 1)
         for i, slot in enumerate(slot_order):
             with columns[i % len(columns)]:
