@@ -164,7 +164,7 @@ def test_sidebar_settings_change_the_engine(app: AppTest) -> None:
     event = app.session_state["studio.event"]
     assert [s.action_id for s in event.slots] == [s.baseline_id for s in event.slots]
     assert "Baseline served" in texts(app)
-    assert "learned since the model changed" in " ".join(m.value for m in app.sidebar.markdown)
+    assert "events** learned" in " ".join(m.value for m in app.sidebar.markdown)
 
 
 def test_reset_model_needs_a_confirmation(app: AppTest) -> None:

@@ -147,7 +147,7 @@ def slot_card(event: RankedEvent, slot: SlotChoice) -> None:
         icon = ":material/explore:" if slot.exploration else ":material/target:"
         line = exploration_label(slot, event, labels.action)
         if state.new_catalog() and event.learning_mode in (None, "Online"):
-            line = f"A guess: the model has not seen this catalog yet ({line[:1].lower() + line[1:]})"
+            line = f"A guess: the model has not seen this catalog yet · {line}"
         st.caption(f"{icon} {md(line)}")
         decided = slot.decision is not None
         with st.container(horizontal=True, gap="small"):
