@@ -19,8 +19,10 @@ page = st.navigation([
     st.Page("pages/simulator.py", title="Simulator", icon=":material/group:"),
 ])
 routing.begin_app_run()
-refresh_counts = sidebar.draw()
-session.settle_experiment()
-page.run()
-refresh_counts()
-routing.end_app_run()
+try:
+    refresh_counts = sidebar.draw()
+    session.settle_experiment()
+    page.run()
+    refresh_counts()
+finally:  # also when the page stops or reruns (Streamlit's own exceptions): the next run starts clean
+    routing.end_app_run()

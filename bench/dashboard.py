@@ -27,7 +27,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
 from personalizer.dashboard import charts, trends
@@ -42,17 +41,6 @@ from personalizer.simulation import simulate
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 TARGETS = {"accept": 0.150, "trends": 1.0, "simulator": 1000.0}
-
-
-def _navigation_only() -> None:
-    """Route AppTest's pages through app.py, as a server does (see tests/dashboard_fixtures.py)."""
-    original = PagesManager.__init__
-
-    def init(self: PagesManager, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    PagesManager.__init__ = init  # type: ignore[method-assign]
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -131,7 +119,6 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=30, help="Accept clicks to time")
     args = parser.parse_args()
     os.environ["PERSONALIZER_HOME"] = str(Path(tempfile.mkdtemp()) / "home")
-    _navigation_only()
 
     accept, accept_engine = bench_accept(args.clicks)
     first, rerun, logic, rows = bench_trends(args.visitors)

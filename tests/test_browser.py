@@ -166,11 +166,23 @@ def test_the_demo_end_to_end_in_chromium(tmp_path: Path) -> None:
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
 
-        # A deep link as the server's very first request still gets the app's sidebar and menu.
+        # A deep link as the server's very first request still gets the app's sidebar and menu,
+        # and so does a reload of it (no Streamlit internals patched: the page runs app.py).
         page.goto(f"{url}/reward_trends")
         page.get_by_text("No rewards yet").wait_for()
         page.get_by_role("heading", name="Backend").wait_for()
+        _settle(page)
+        assert _nav(page, "Simulator").count() == 1 and _nav(page, "app").count() == 0  # the app's menu
+        assert page.get_by_role("heading", name="Reward trends").count() == 1  # drawn once
         _shoot(page, "01-trends-empty")
+        page.reload()
+        page.get_by_text("No rewards yet").wait_for()
+        page.get_by_role("heading", name="Backend").wait_for()
+        _settle(page)
+        assert page.get_by_role("heading", name="Reward trends").count() == 1
+        page.goto(f"{url}/evaluate")  # another deep link, typed into the address bar
+        page.get_by_text("Not enough logged events yet").wait_for()
+        assert _nav(page, "Evaluate").count() == 1
 
         # Load: a visitor is ranked, one card per slot.
         page.goto(url)

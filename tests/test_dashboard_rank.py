@@ -235,8 +235,8 @@ def test_ids_and_features_from_an_uploaded_scenario_render_as_text(app: AppTest)
 
 
 def test_a_page_streamlit_runs_on_its_own_reruns_inside_the_app(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Without the fixture's patch AppTest, like a fresh server's first run of a deep link,
-    # runs pages/<page>.py alone (pages-directory mode); the page must rerun through app.py.
+    # AppTest, like a fresh server's first run of a deep link, runs pages/<page>.py alone
+    # (pages-directory mode); the page must run through app.py, with no Streamlit internals patched.
     monkeypatch.setenv("PERSONALIZER_HOME", str(tmp_path / "home"))
     try:
         at = AppTest.from_file(APP, default_timeout=60).run()
@@ -244,6 +244,9 @@ def test_a_page_streamlit_runs_on_its_own_reruns_inside_the_app(tmp_path, monkey
         assert not at.exception
         assert [h.value for h in at.sidebar.subheader] == ["Backend", "Scenario"]
         assert at.title[0].value == "Reward trends"
+        assert len(at.title) == 1  # drawn once, by the run app.py started
+        at.run()  # a rerun (a reload) lands on the same page, again inside the app
+        assert at.title[0].value == "Reward trends" and len(at.sidebar.subheader) == 2
     finally:
         embedded_engine.clear()
 
