@@ -176,7 +176,8 @@ def main() -> None:
             rates = trends.slot_rates(df).assign(slot=lambda f: f["slot"].map(names))
             st.altair_chart(charts.accept_rate_bars(rates, list(names.values())), key="chart-rates")
             if trends.has_simulated(df):
-                st.caption("Green tick: the oracle's expected accept rate for the same simulated visitors.")
+                st.caption("Green tick: the expected accept rate of an oracle that never explores, for the "
+                           "same simulated visitors.")
         with right:
             st.subheader("Action mix per slot", anchor=False)
             mix = trends.action_mix(df).assign(slot=lambda f: f["slot"].map(names),

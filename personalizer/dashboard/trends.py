@@ -18,7 +18,7 @@ import pandas as pd
 MAX_POINTS = 400
 
 SERIES_LEARNER = "Accept rate"
-SERIES_ORACLE = "Oracle (expected)"
+SERIES_ORACLE = "Oracle, never exploring (expected)"
 SERIES_BASELINE = "Baseline (expected)"
 
 
