@@ -6,10 +6,11 @@ use lives in ``personalizer.dashboard``.
 
 import streamlit as st
 
-from personalizer.dashboard import routing, sidebar
+from personalizer.dashboard import routing, session, sidebar
 
+# "auto": the sidebar is open on wide screens and folded away on phones (and after navigating there).
 st.set_page_config(page_title="Personalizer Studio", page_icon="🎯", layout="wide",
-                   initial_sidebar_state="expanded")
+                   initial_sidebar_state="auto")
 
 page = st.navigation([
     st.Page("pages/rank_and_reward.py", title="Rank & reward", icon=":material/ads_click:", default=True),
@@ -18,7 +19,10 @@ page = st.navigation([
     st.Page("pages/simulator.py", title="Simulator", icon=":material/group:"),
 ])
 routing.begin_app_run()
-refresh_counts = sidebar.draw()
-page.run()
-refresh_counts()
-routing.end_app_run()
+try:
+    refresh_counts = sidebar.draw()
+    session.settle_experiment()
+    page.run()
+    refresh_counts()
+finally:  # also when the page stops or reruns (Streamlit's own exceptions): the next run starts clean
+    routing.end_app_run()

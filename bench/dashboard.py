@@ -27,12 +27,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
 from personalizer.dashboard import charts, trends
 from personalizer.dashboard.backend import embedded_engine, resolve_home
 from personalizer.dashboard.history import History
+from personalizer.dashboard.lift import from_history
 from personalizer.dashboard.scenarios import builtin
 from personalizer.dashboard.simulator import run_simulation
 from personalizer.engine import LocalPersonalizer
@@ -41,17 +41,6 @@ from personalizer.simulation import simulate
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 TARGETS = {"accept": 0.150, "trends": 1.0, "simulator": 1000.0}
-
-
-def _navigation_only() -> None:
-    """Route AppTest's pages through app.py, as a server does (see tests/dashboard_fixtures.py)."""
-    original = PagesManager.__init__
-
-    def init(self: PagesManager, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    PagesManager.__init__ = init  # type: ignore[method-assign]
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -82,22 +71,27 @@ def bench_accept(clicks: int) -> tuple[float, float]:
 def bench_trends(visitors: int) -> tuple[float, float, float, int]:
     """Seconds: first trends run with a fresh history frame, a rerun, the same work without Streamlit."""
     history = History()
-    with LocalPersonalizer(Path(tempfile.mkdtemp()) / "fill") as engine:
-        run_simulation(engine, builtin("seed"), visitors, history, seed=7)
     at = AppTest.from_file(APP, default_timeout=120).run()
+    experiment = at.session_state["studio.experiments"].current  # the rows belong to the tab's experiment
+    tags = {"experiment": experiment.number, "backend": experiment.backend, "policy": experiment.policy}
+    with LocalPersonalizer(Path(tempfile.mkdtemp()) / "fill") as engine:
+        run_simulation(engine, builtin("seed"), visitors, history, seed=7, epsilon=0.2, tags=tags)
     at.session_state["studio.history"] = history
     first = _timed(lambda: at.switch_page("pages/reward_trends.py").run())
-    assert not at.exception and at.metric
+    assert not at.exception and at.metric and at.metric[0].value == f"{visitors:,}"
     rerun = statistics.median(_timed(lambda: at.run()) for _ in range(5))
 
     def logic() -> None:
         history.version += 1  # force the frame to be rebuilt, as on the first run
-        df = history.frame()
+        df = trends.in_experiments(history.frame(), [experiment.number])
+        from_history(df)  # the headline card's lift
         summary = trends.summarize(df)
         order = [s.slot for s in summary.slots]
-        specs = [charts.accept_rate_bars(trends.slot_rates(df), order), charts.action_mix_chart(trends.action_mix(df))]
+        specs = [charts.accept_rate_bars(trends.slot_rates(df), order),
+                 charts.action_mix_chart(trends.top_actions(trends.action_mix(df)))]
         curves = trends.learning_curves(df, 50)
-        specs += [charts.learning_curve(curves[curves["slot"] == s], 50) for s in order]
+        marks = trends.markers(df, {})
+        specs += [charts.learning_curve(curves[curves["slot"] == s], 50, marks[marks["slot"] == s]) for s in order]
         for chart in specs:
             chart.to_dict()
 
@@ -125,7 +119,6 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=30, help="Accept clicks to time")
     args = parser.parse_args()
     os.environ["PERSONALIZER_HOME"] = str(Path(tempfile.mkdtemp()) / "home")
-    _navigation_only()
 
     accept, accept_engine = bench_accept(args.clicks)
     first, rerun, logic, rows = bench_trends(args.visitors)

@@ -12,9 +12,10 @@ from personalizer.dashboard import charts, offline, routing, state, widgets
 from personalizer.dashboard.backend import evaluations_for, has_event_log, log_lift
 from personalizer.dashboard.lift import LATER_SLOTS_CAVEAT, from_history
 from personalizer.dashboard.ranking import error_text
-from personalizer.dashboard.text import md, percent
+from personalizer.dashboard.text import md, percent, plural
 from personalizer.evaluation import PRESET_POLICIES, EvaluationResult, Evaluations
 
+RANGE_SINCE = "Since last change"
 RESULT_COLUMNS = {
     "policy": st.column_config.TextColumn("Policy", width="medium", pinned=True),
     "estimate": st.column_config.ProgressColumn("Estimated accept rate", format="%.1f%%", min_value=0.0,
@@ -48,18 +49,38 @@ def remote_state() -> None:
     st.info("Offline evaluation reads the engine's event log, so it runs on the **embedded engine**. This tab "
             "uses a remote endpoint: switch to Embedded in the sidebar, or call that server's evaluations API.",
             icon=":material/cloud_off:")
-    report = from_history(state.history().frame())
-    if report.headline is not None:
-        st.caption(f"Meanwhile, from this tab's history ({report.events:,} fully answered visitors):")
-        widgets.lift_headline(report.headline)
+    experiment = state.experiment()
+    df = state.history().frame()
+    rows = df[df["experiment"] == experiment.number] if experiment is not None else df.iloc[0:0]
+    report = from_history(rows)
+    if report.headline is not None and report.events:
+        widgets.headline_card(report.headline, state.labels(),
+                              where=f"this tab's visitors of experiment #{experiment.number} on this endpoint")
 
 
-def settings(manager: Evaluations, covered: tuple[float, float]) -> None:
+def catalog_of_sidebar() -> tuple[frozenset[str], tuple[str, ...]] | None:
+    """The sidebar scenario's catalog as the log filter wants it (action ids, slot ids in order)."""
+    scenario = state.scenario()
+    return None if scenario is None else (frozenset(scenario.action_ids), tuple(scenario.slot_ids))
+
+
+def model_start(engine: Any) -> float | None:
+    """When the current model started (its last reset, import or policy change), epoch seconds."""
+    try:
+        return offline.parse_timestamp(engine.model_properties().get("creationTime"))
+    except PersonalizerError:
+        return None
+
+
+def settings(manager: Evaluations, covered: tuple[float, float], since: float | None) -> None:
     """Time range and candidates; "Run evaluation" queues one on the manager's background worker."""
     with st.container(border=True):
         left, right = st.columns([1, 2], gap="large")
         with left:
-            choice = st.selectbox("Time range", offline.RANGES, key="eval-range")
+            ranges = ([RANGE_SINCE] if since is not None else []) + offline.RANGES
+            choice = st.selectbox("Time range", ranges, key="eval-range",
+                                  help="Since last change: the events the current model served (since its "
+                                       "last reset or policy change).")
             dates = None
             if choice == offline.RANGE_CUSTOM:
                 lo, hi = (datetime.fromtimestamp(t, UTC).date() for t in covered)
@@ -80,7 +101,10 @@ def settings(manager: Evaluations, covered: tuple[float, float]) -> None:
         return
     try:
         policies = offline.candidate_policies(presets, custom)
-        start, end = offline.time_window(choice, covered, time.time(), dates)
+        if choice == RANGE_SINCE and since is not None:
+            start, end = since, max(time.time(), covered[1]) + 1.0
+        else:
+            start, end = offline.time_window(choice, covered, time.time(), dates)
         name = f"{choice} · {len(policies)} candidate{'s' if len(policies) != 1 else ''}"
         created = manager.create(None, name, start, end, policies)
     except ValueError as exc:
@@ -118,10 +142,13 @@ def apply(manager: Evaluations, evaluation_id: str, policy: str) -> None:
     """Callback of "Apply": the engine takes the policy's learning settings (and its replay-trained model)."""
     try:
         applied = manager.apply(evaluation_id, policy)
-    except Exception as exc:
+    except PersonalizerError as exc:
         state.flash("error", f"Could not apply {policy}. {error_text(exc)}")
         return
-    state.flash("success", f"Applied {policy}: the engine now learns with {applied.get('arguments', '')}")
+    arguments = str(applied.get("arguments", ""))
+    state.set_applied_policy({"name": policy, "arguments": arguments})
+    state.flash("success", f"Applied {policy}: the engine now {offline.describe_arguments(arguments)}. It starts "
+                           "from the model the replay trained; a new experiment begins.")
 
 
 def pick_evaluation(manager: Evaluations) -> str | None:
@@ -154,32 +181,65 @@ def results(manager: Evaluations, engine: Any, evaluation_id: str) -> None:
     if result is None:
         return
     first = offline.headline_slot(result)
+    covered = offline.log_range(engine.log_properties())
     st.subheader("Results", anchor=False)
-    st.caption(f"{md(info['name'])} · {result.events:,} events, {offline.range_label(result.start, result.end)}")
-    widgets.lift_headline(log_lift(engine, result.start, result.end).headline)
-    if result.deterministic_share > 0:
-        st.warning(f"{result.deterministic_share:.0%} of the logged slots were served without exploration "
-                   "(Apprentice, LoggingOnly or 0 % exploration): estimates of policies that differ there are "
-                   "biased.", icon=":material/warning:")
+    shown_end = min(result.end, covered[1]) if result.end is not None and covered else result.end
+    st.caption(f"{md(info['name'])} · {plural(result.events, 'event')}, "
+               f"{offline.range_label(result.start, shown_end)}")
+    newer = offline.log_grew(covered, result.end, info.get("creationTime"))
+    if newer:
+        st.warning(f"**These results are older than the log.** {md(newer)} Run the evaluation again for numbers "
+                   "that include them.", icon=":material/update:")
+    widgets.headline_card(log_lift(engine, result.start, result.end, catalog_of_sidebar()).headline, state.labels(),
+                          where="the evaluated events of the sidebar's catalog, from the engine's log")
+    if result.deterministic_share >= 0.005:  # below that, a rounded "0 %" would only alarm
+        st.warning(f"{result.deterministic_share:.1%} of the logged slots were served without exploration "
+                   "(Apprentice, LoggingOnly or 0 % exploration). There, only policies that pick the same action "
+                   "can be estimated, so the other policies' estimates rest on the remaining slots.",
+                   icon=":material/warning:")
     slots = offline.slot_order(result)
     slot = first
     if len(slots) > 1:
         slot = st.segmented_control("Slot", slots, default=first, key="eval-slot", required=True,
                                     format_func=lambda s: f"{s} (headline)" if s == first else s) or first
     frame = offline.result_frame(result, slot)
+    live = offline.live_candidate(result, engine.get_policy())
+    if live is not None:
+        frame["policy"] = [f"{p} (live)" if p == live else p for p in frame["policy"]]
     st.altair_chart(charts.policy_estimates(frame, offline.KIND_COLORS, offline.KIND_ONLINE), key="chart-policies")
     if slot != first:
         st.caption(f"Slot {md(slot)} is filled after {md(first)}. " + LATER_SLOTS_CAVEAT
                    + " The best policy is chosen on the first slot.")
     st.dataframe(offline.table_frame(frame), hide_index=True, column_config=RESULT_COLUMNS, key="eval-table",
                  column_order=list(RESULT_COLUMNS))
-    apply_section(manager, evaluation_id, result, info)
+    apply_section(manager, evaluation_id, result, info, live)
 
 
-def apply_section(manager: Evaluations, evaluation_id: str, result: EvaluationResult, info: dict[str, Any]) -> None:
-    """The best candidate with its one-click "Apply" (or why there is nothing to apply), and the others."""
+def apply_section(manager: Evaluations, evaluation_id: str, result: EvaluationResult, info: dict[str, Any],
+                  live: str | None) -> None:
+    """The best candidate with its one-click "Apply" (or why there is nothing to apply), and the others.
+
+    The policy the engine already runs is never offered again.
+    """
     widgets.show_flashes()  # "Applied ...": next to the button that did it
+    applied = state.applied_policy()
+    if applied is not None:
+        with st.expander("Details: the Vowpal Wabbit arguments now running"):
+            st.code(applied["arguments"], language=None)
+    if live is not None:
+        st.caption(f":material/radio_button_checked: **{md(live)}** is live: the engine runs these settings now.")
     best = offline.best_candidate(result)
+    if best is not None and best == live:
+        st.info(f"The live policy, {md(live)}, is estimated best among these candidates: nothing to apply.",
+                icon=":material/verified:")
+        best = None
+        others = [c for c in offline.candidates(result) if c != live]
+        if others:
+            with st.expander("Apply another candidate"):
+                other = st.selectbox("Candidate", others, key="eval-apply-other")
+                st.button("Apply", key="eval-apply-other-button", on_click=apply,
+                          args=(manager, evaluation_id, other))
+        return
     head = offline.result_frame(result).set_index("policy")
     if info["status"] == "optimalPolicyApplied":
         st.caption(":material/check_circle: A policy from this evaluation was applied.")
@@ -189,7 +249,8 @@ def apply_section(manager: Evaluations, evaluation_id: str, result: EvaluationRe
         sure = row["low"] > online  # its interval clears what was served
         st.markdown(f"**Best: {md(best)}**, estimated {percent(row['estimate'], 1)} "
                     f"({percent(row['low'], 1)} to {percent(row['high'], 1)}) on slot "
-                    f"{md(offline.headline_slot(result))}, {row['vsOnline']:+.1f} points against the online policy"
+                    f"{md(state.labels().slot(offline.headline_slot(result)))}, "
+                    f"{row['vsOnline']:+.1f} points against the online policy"
                     + ("." if sure else ", within this log's noise: more events would tell for sure."))
         st.button(f"Apply {md(best)}", key="eval-apply", type="primary", icon=":material/published_with_changes:",
                   on_click=apply, args=(manager, evaluation_id, best),
@@ -198,7 +259,7 @@ def apply_section(manager: Evaluations, evaluation_id: str, result: EvaluationRe
     else:
         st.info("The online policy is estimated best among these candidates: nothing to apply.",
                 icon=":material/verified:")
-    others = [c for c in offline.candidates(result) if c != best]
+    others = [c for c in offline.candidates(result) if c not in (best, live)]
     if others:
         with st.expander("Apply another candidate"):
             other = st.selectbox("Candidate", others, key="eval-apply-other")
@@ -223,7 +284,7 @@ def main() -> None:
         empty_state(events)
         return
     manager = evaluations_for(backend)
-    settings(manager, covered)
+    settings(manager, covered, model_start(backend))
     evaluation_id = pick_evaluation(manager)
     if evaluation_id is not None:
         results(manager, backend, evaluation_id)

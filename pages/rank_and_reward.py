@@ -2,8 +2,24 @@
 
 import streamlit as st
 
-from personalizer.dashboard import routing, state, widgets
-from personalizer.dashboard.ranking import contexts_equal, rank_visitor
+from personalizer.dashboard import routing, session, state, widgets
+from personalizer.dashboard.ranking import RankedEvent, contexts_equal, rank_visitor
+
+
+def stale(event: RankedEvent | None) -> bool:
+    """True when the visitor on screen no longer shows what the backend would serve.
+
+    A reset, a new policy or another backend or scenario (a new experiment), or another
+    learning mode (Apprentice serves baselines): the visitor is ranked again at once.
+    """
+    if event is None:
+        return True
+    experiment = state.experiment()
+    if experiment is not None and event.experiment != experiment.number:
+        return True
+    config = state.service_config()
+    return config is not None and event.learning_mode is not None \
+        and config.get("learningMode") != event.learning_mode
 
 
 def main() -> None:
@@ -19,8 +35,12 @@ def main() -> None:
     if backend is None:
         return
     event = state.current_event()
-    context = widgets.context_selectors(scenario, event)
-    if state.take_new_visitor_request() or not contexts_equal(event, scenario, context):
+    context = widgets.context_selectors(scenario, event, state.labels())
+    if state.take_new_visitor_request() or not contexts_equal(event, scenario, context) or stale(event):
+        if event is not None and event.answered == 0:
+            # Only looked at: never activated, so the backend drops it; the history forgets it too
+            # (no trail of unanswered visitors in the counts).
+            state.history().discard(event.event_id)
         try:
             event = rank_visitor(backend, scenario, context)
         except Exception as exc:
@@ -28,9 +48,11 @@ def main() -> None:
             widgets.show_flashes()
             widgets.show_error(exc, "Could not rank this visitor")
             return
+        experiment = state.experiment()
+        event.experiment = experiment.number if experiment is not None else None
         state.set_event(event)
         state.history().add_ranked(event.event_id, ", ".join(f"{k}={v}" for k, v in context.items()),
-                                   scenario.name, event.history_slots())
+                                   scenario.name, event.history_slots(), tags=session.tags(experiment))
     widgets.show_flashes()
     widgets.event_header(event)
     widgets.slot_cards(event)

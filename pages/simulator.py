@@ -2,33 +2,45 @@
 
 import streamlit as st
 
-from personalizer.dashboard import routing, state, widgets
-from personalizer.dashboard.scenarios import preference_profiles
+from personalizer.dashboard import routing, session, state, widgets
 from personalizer.dashboard.simulator import MAX_VISITORS, MIN_VISITORS, SimulationResult, run_simulation
-from personalizer.dashboard.text import md, percent
+from personalizer.dashboard.text import md, percent, plural
+
+DEFAULT_VISITORS = 1000
 
 
 def show_result(result: SimulationResult) -> None:
+    """The run's headline card, then its numbers beside the references."""
     st.success(f"Simulated **{result.visitors:,}** visitors with the {md(result.profile)} preferences in "
                f"{result.seconds:.1f} s ({result.per_second:,.0f} visitors/s).", icon=":material/check_circle:")
+    widgets.headline_card(result.lift, state.labels(), where=f"this run of {plural(result.visitors, 'visitor')}")
+    explore = f"{result.epsilon:.0%}"
     with st.container(horizontal=True, gap="medium"):
-        st.metric("Accept rate, this run", percent(result.accept_rate, 1), border=True)
-        st.metric("First 10 % of visitors", percent(result.first_rate, 1), border=True)
+        st.metric("All slots: personalized", percent(result.accept_rate, 1), border=True,
+                  help="Share of all slots accepted in this run (the card above is the first slot's).")
+        st.metric("All slots: without personalization", percent(result.baseline_rate, 1), border=True,
+                  help="Expected accept rate had each slot shown its baseline action to the same visitors.")
+        st.metric(f"All slots: oracle exploring {explore}", percent(result.exploring_oracle_rate, 1), border=True,
+                  help=f"Knows the hidden preferences and explores as often as the model ({explore}): the "
+                       "ceiling this model can reach.")
+        st.metric("All slots: oracle never exploring", percent(result.oracle_rate, 1), border=True,
+                  help="The best feasible page for every visitor, always shown.")
         st.metric("Last 10 % of visitors", percent(result.last_rate, 1), border=True,
-                  delta=f"{(result.last_rate - result.first_rate) * 100:+.1f} pts")
-        st.metric("Oracle (expected)", percent(result.oracle_rate, 1), border=True,
-                  help="The best feasible page for every visitor, always shown (no exploration).")
-        st.metric("Without personalization", percent(result.baseline_rate, 1), border=True,
-                  help="Each slot's baseline action for every visitor.")
+                  delta=f"{(result.last_rate - result.first_rate) * 100:+.1f} pts from {percent(result.first_rate, 1)}")
     st.page_link("pages/reward_trends.py", label="See the learning curve in Reward trends",
                  icon=":material/monitoring:")
 
 
+def remember_visitors() -> None:
+    """Callback of the Visitors field: keep the number for this tab, across pages."""
+    state.set_sim_visitors(st.session_state["sim-visitors"])
+
+
 def main() -> None:
     st.title("Simulator", anchor=False)
-    st.caption("Simulated visitors arrive from random contexts and accept each slot's action with a hidden "
-               "probability. They go through the same backend as the rank page, so the model really learns, "
-               "and their rows join this tab's history as simulated.")
+    st.caption("Simulated visitors arrive from random contexts and accept each slot's action with the hidden "
+               "probabilities of the sidebar's scenario. They go through the same backend as the rank page, so "
+               "the model really learns, and their rows join this tab's history as simulated.")
     scenario = state.scenario()
     if scenario is None:
         widgets.scenario_missing()
@@ -36,18 +48,16 @@ def main() -> None:
     backend = widgets.current_backend()
     if backend is None:
         return
-    profiles = preference_profiles(scenario)
-    left, right = st.columns([2, 1], vertical_alignment="top")
-    with left:
-        name = st.selectbox("Visitors' hidden preferences", list(profiles), key="sim-profile",
-                            help="Built-in profiles that share this scenario's catalog.")
-        if profiles[name].description:
-            st.caption(md(profiles[name].description))
-    with right:
-        visitors = st.number_input("Visitors", min_value=MIN_VISITORS, max_value=MAX_VISITORS, value=1000,
-                                   step=100, key="sim-visitors")
-    run = st.button("Run simulation", key="sim-run", type="primary", icon=":material/play_arrow:")
+    st.markdown(f"**Visitors' hidden preferences:** {md(scenario.name)} (the sidebar's scenario)")
+    if scenario.description:
+        st.caption(md(scenario.description))
+    st.session_state["sim-visitors"] = state.sim_visitors(DEFAULT_VISITORS)  # survives a visit to another page
+    with st.container(horizontal=True, vertical_alignment="bottom"):
+        visitors = st.number_input("Visitors", min_value=MIN_VISITORS, max_value=MAX_VISITORS, step=100,
+                                   key="sim-visitors", on_change=remember_visitors, width=220)
+        run = st.button("Run simulation", key="sim-run", type="primary", icon=":material/play_arrow:")
     if run:
+        state.set_sim_visitors(int(visitors))
         state.set_simulation_result(None)
         bar = st.progress(0.0, text="Starting…")
 
@@ -55,9 +65,13 @@ def main() -> None:
             rate = done / seconds if seconds > 0 else 0.0
             bar.progress(done / total, text=f"{done:,} / {total:,} visitors · {rate:,.0f}/s")
 
+        config = state.service_config() or {}
+        online = config.get("learningMode", "Online") == "Online"
+        epsilon = float(config.get("explorationPercentage", 0.2)) if online else 0.0
+        experiment = state.experiment()
         try:
-            result = run_simulation(backend, profiles[name], int(visitors), state.history(),
-                                    on_progress=progress)
+            result = run_simulation(backend, scenario, int(visitors), state.history(), on_progress=progress,
+                                    epsilon=epsilon, tags=session.tags(experiment))
         except Exception as exc:
             bar.empty()
             widgets.show_error(exc, "The simulation stopped")
@@ -66,6 +80,10 @@ def main() -> None:
         state.set_simulation_result(result)
     result = state.simulation_result()
     if result is not None:
+        current = state.experiment()
+        if current is not None and result.experiment is not None and result.experiment != current.number:
+            st.caption(f"The last run belongs to experiment #{result.experiment}; the sidebar's settings have "
+                       "changed since. Run again to measure this one.")
         show_result(result)
 
 

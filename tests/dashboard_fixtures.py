@@ -5,7 +5,9 @@ the fixtures are named ``app`` and ``studio_home``.
 
 Each test gets its own data directory (``PERSONALIZER_HOME`` in a temp dir), so
 the shared ``st.cache_resource`` engine is a fresh one; it is released (closed)
-after the test.
+after the test. Nothing of Streamlit's internals is patched: AppTest runs a page
+on its own (the old pages-directory mode), and the page runs itself through
+``app.py`` (see ``personalizer/dashboard/routing.py``), as on a fresh server.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import streamlit as st
-from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,23 +40,6 @@ EVALUATE = "pages/evaluate.py"
 SLOTS = ["BigHeroPosition", "SmallSidebar"]
 
 
-def navigation_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make AppTest route pages through ``app.py``'s ``st.navigation``, as a real server does.
-
-    AppTest resets Streamlit's "app has a pages/ directory" flag before every run,
-    so from the second run on it executes ``pages/<page>.py`` on its own (the old
-    pages-directory mode) and skips ``app.py`` and its sidebar. A running server
-    clears that flag for good the first time ``st.navigation`` is called.
-    """
-    original = PagesManager.__init__
-
-    def init(self: PagesManager, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
-
-
 @pytest.fixture(name="studio_home")
 def studio_home_fixture(tmp_path: Path) -> Iterator[Path]:
     """A fresh data directory for the embedded engine; the cached engine is closed afterwards."""
@@ -66,7 +50,6 @@ def studio_home_fixture(tmp_path: Path) -> Iterator[Path]:
             patch.delenv(name, raising=False)
         # Nor a developer's .streamlit/secrets.toml (a test's own ``at.secrets`` still applies).
         patch.setattr(st.secrets, "_secrets", {})
-        navigation_only(patch)
         yield home
         clear_caches()
 

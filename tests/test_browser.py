@@ -2,9 +2,8 @@
 
 The app runs as a subprocess on a free loopback port with its own data
 directory; the test stops it. Screenshots land in ``test-artifacts/browser/``.
-Run ``python tests/test_browser.py docs/screenshots`` to refresh the README's
-screenshots (a longer simulation, so the curves have something to show, and an
-offline evaluation of it).
+``STUDIO_SHOTS=docs/screenshots python -m pytest tests/test_browser.py -k one_experiment``
+refreshes the README's wide (1440 px) and phone (390 px) screenshots.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -29,6 +27,8 @@ CHROMIUM = os.environ.get("STUDIO_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 EVIL = "<img src=x onerror=alert(1)>"
+PHONE_USER_AGENT = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+                    "Version/17.0 Mobile/15E148 Safari/604.1")
 
 pytestmark = pytest.mark.browser
 
@@ -99,7 +99,12 @@ def browser_page(width: int = 1400, height: int = 1000) -> Iterator[object]:
 def _choose(page, label: str, option: str) -> None:
     """Pick an option of a Streamlit selectbox by its label."""
     page.get_by_role("combobox", name=label, exact=True).click()
-    page.get_by_role("option", name=option, exact=True).click()
+    choice = page.get_by_role("option", name=option, exact=True)
+    try:
+        choice.click(timeout=5_000)
+    except Exception:  # a list opened off screen: type to filter, then take the match
+        page.keyboard.type(option)
+        page.keyboard.press("Enter")
 
 
 def _button(page, key: str):
@@ -161,23 +166,35 @@ def test_the_demo_end_to_end_in_chromium(tmp_path: Path) -> None:
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
 
-        # A deep link as the server's very first request still gets the app's sidebar and menu.
+        # A deep link as the server's very first request still gets the app's sidebar and menu,
+        # and so does a reload of it (no Streamlit internals patched: the page runs app.py).
         page.goto(f"{url}/reward_trends")
         page.get_by_text("No rewards yet").wait_for()
         page.get_by_role("heading", name="Backend").wait_for()
+        _settle(page)
+        assert _nav(page, "Simulator").count() == 1 and _nav(page, "app").count() == 0  # the app's menu
+        assert page.get_by_role("heading", name="Reward trends").count() == 1  # drawn once
         _shoot(page, "01-trends-empty")
+        page.reload()
+        page.get_by_text("No rewards yet").wait_for()
+        page.get_by_role("heading", name="Backend").wait_for()
+        _settle(page)
+        assert page.get_by_role("heading", name="Reward trends").count() == 1
+        page.goto(f"{url}/evaluate")  # another deep link, typed into the address bar
+        page.get_by_text("Not enough logged events yet").wait_for()
+        assert _nav(page, "Evaluate").count() == 1
 
         # Load: a visitor is ranked, one card per slot.
         page.goto(url)
         _button(page, "accept-BigHeroPosition").wait_for()
         _settle(page)
         first = _event_id(page)
-        assert page.get_by_text("time=morning, device=mobile").count() == 1
+        assert page.get_by_text("Time of day: Morning · Device: Phone").count() == 1
         _shoot(page, "02-rank-first")
 
         # Change a selector: a new visitor for that context.
-        _choose(page, "time", "evening")
-        page.get_by_text("time=evening, device=mobile").wait_for()
+        _choose(page, "Time of day", "Evening")
+        page.get_by_text("Time of day: Evening · Device: Phone").wait_for()
         _settle(page)
         second = _event_id(page)
         assert second != first
@@ -224,14 +241,14 @@ def test_the_demo_end_to_end_in_chromium(tmp_path: Path) -> None:
             drawn.wait_for()
             box = drawn.bounding_box()
             assert box is not None and box["width"] > 100 and box["height"] > 100
-        assert (_metric(page, "Events"), _metric(page, "Rewarded slots")) == ("203", "402")
+        assert (_metric(page, "Visitors answered"), _metric(page, "Answers")) == ("201", "402")
         _settle(page)
         _shoot(page, "05-trends", height=2300)
         with page.expect_download() as download:
             _button(page, "download-history").click()
         csv = Path(download.value.path()).read_text().splitlines()
-        assert csv[0].startswith("visitor,time,eventId,context,slot,action,baseline,probability")
-        assert len(csv) == 1 + 406  # 203 visitors x 2 slots
+        assert csv[0].startswith("visitor,time,slot,action,reward,baseline,probability")
+        assert len(csv) == 1 + 404  # 201 answered visitors and the one on screen x 2 slots
 
         # The Evaluate page: an offline evaluation of the log, drawn as estimates with intervals.
         page.set_viewport_size({"width": 1400, "height": 1000})
@@ -243,7 +260,7 @@ def test_the_demo_end_to_end_in_chromium(tmp_path: Path) -> None:
         drawn.wait_for()
         box = drawn.bounding_box()
         assert box is not None and box["width"] > 300 and box["height"] > 200
-        assert page.get_by_text(re.compile(r"accept-rate points")).count() >= 1
+        assert page.get_by_text(re.compile(r"vs without personalization")).count() >= 1
         assert _button(page, "eval-apply").count() + page.get_by_text("nothing to apply").count() == 1
         _shoot(page, "07-evaluate", height=1700)
 
@@ -278,48 +295,171 @@ def test_the_demo_end_to_end_in_chromium(tmp_path: Path) -> None:
     assert stats["rewards"] == 2 + 400 and stats["learned"] == 1 + 200
 
 
-def readme_screenshots(out: Path, visitors: int = 3000) -> None:
-    """Screenshots for the README: the rank page and the trends page after a simulator run."""
-    out.mkdir(parents=True, exist_ok=True)
-    home = Path(os.environ.get("TMPDIR", "/tmp")) / f"studio-shots-{os.getpid()}"
-    shutil.rmtree(home, ignore_errors=True)
-    with streamlit_app(home, out / ".streamlit.log") as url, browser_page(1400, 1000) as page:
+def _news_scenario() -> bytes:
+    """A second catalog (three articles, two slots) with display names."""
+    return json.dumps({
+        "name": "news",
+        "context": {"section": ["home", "sport"]},
+        "actions": [{"id": f"article-{i}", "features": [{"topic": t}]} for i, t in enumerate("abc")],
+        "slots": [{"id": "Lead", "features": [{"size": "large"}], "baselineAction": "article-0"},
+                  {"id": "Second", "features": [{"size": "small"}], "baselineAction": "article-1"}],
+        "preferences": {"type": "additive", "base": {"article-0": 0.2, "article-1": 0.3, "article-2": 0.6}},
+        "display": {"slots": {"Lead": "Lead story", "Second": "Second story"},
+                    "actions": {"article-0": "Budget vote", "article-1": "Weather", "article-2": "Match report"},
+                    "context": {"section": "Site section"}},
+    }).encode()
+
+
+def _simulate(page, visitors: int) -> None:
+    """On the simulator page: run ``visitors`` visitors and wait for the result."""
+    field = page.get_by_label("Visitors", exact=True)
+    field.fill(str(visitors))
+    field.press("Enter")
+    _settle(page)
+    _button(page, "sim-run").click()
+    page.get_by_text(re.compile(rf"Simulated {visitors:,} visitors")).wait_for(timeout=120_000)
+    _settle(page)
+
+
+def _tall(page, path: Path, height: int) -> None:
+    """A screenshot of the whole page: Streamlit scrolls inside its own container, so grow the viewport."""
+    size = page.viewport_size
+    page.set_viewport_size({"width": size["width"], "height": height})
+    page.wait_for_timeout(800)
+    _settle(page)
+    page.screenshot(path=str(path))
+    page.set_viewport_size(size)
+
+
+def _sidebar_open(page) -> bool:
+    """True when the sidebar is shown (on a phone it slides over the page)."""
+    box = page.get_by_test_id("stSidebar").bounding_box()
+    return box is not None and box["x"] + box["width"] > 10
+
+
+def test_one_experiment_at_a_time_in_chromium(tmp_path: Path) -> None:
+    """Embedded run, then a real remote server: trends show one experiment; a second catalog never mixes in;
+    an applied policy is marked live; wide and phone screenshots of every page."""
+    from server_fixtures import KEY, ProcessServer
+
+    home = tmp_path / "home"
+    shots = Path(os.environ.get("STUDIO_SHOTS") or ARTIFACTS)
+    shots.mkdir(parents=True, exist_ok=True)
+    with ProcessServer(tmp_path / "server-data", key=KEY) as server, \
+            streamlit_app(home, tmp_path / "streamlit.log") as url, browser_page(1440, 900) as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        # Embedded: 200 simulated visitors.
         page.goto(f"{url}/simulator")
-        visitors_input = page.get_by_label("Visitors", exact=True)
-        visitors_input.fill(str(visitors))
-        visitors_input.press("Enter")
+        _simulate(page, 200)
+
+        # Switch to the remote server (a real `python -m personalizer serve`), 120 visitors there.
+        page.locator(".st-key-backend-kind").get_by_text("Remote", exact=True).click()
         _settle(page)
-        _button(page, "sim-run").click()
-        page.get_by_text(re.compile(r"Simulated [\d,]+ visitors")).wait_for(timeout=120_000)
+        endpoint = page.get_by_label("Endpoint URL", exact=True)
+        endpoint.fill(server.base)
+        endpoint.press("Enter")
+        _settle(page)
+        key = page.get_by_label("Subscription key", exact=True)
+        key.fill(KEY)
+        key.press("Enter")
+        page.get_by_text("Key saved for this tab").wait_for()
+        _settle(page)
+        _simulate(page, 120)
+        page.get_by_text("All slots: oracle exploring 20%").wait_for()
+        _tall(page, shots / "wide-simulator.png", 1000)
+        _nav(page, "Reward trends").click()
+        page.get_by_text("Visitors answered").wait_for()
+        _settle(page)
+        assert _metric(page, "Visitors answered") == "120"  # the remote experiment only, not 320
+        assert page.get_by_text(re.compile(r"Experiment #\d+: Remote http://127\.0\.0\.1")).count() == 1
+
+        # A second catalog on the same server: its trends never mix with the shop's.
+        _choose(page, "Catalog and visitors", "Upload a scenario JSON…")
+        page.locator("[data-testid='stFileUploaderDropzoneInput']").wait_for(state="attached")
+        _settle(page)
+        page.get_by_test_id("stSidebar").screenshot(path=str(ARTIFACTS / "sidebar-uploader.png"))
+        limit = page.get_by_test_id("stFileUploaderDropzoneInstructions").inner_text()
+        assert "1MB" in limit and "200MB" not in limit  # the limit that is enforced, not Streamlit's default
+        page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(
+            {"name": "news.json", "mimeType": "application/json", "buffer": _news_scenario()})
+        page.get_by_text("Loaded news").wait_for()
         _settle(page)
         _nav(page, "Rank & reward").click()
-        _button(page, "accept-BigHeroPosition").wait_for()
-        _choose(page, "time", "afternoon")
-        page.get_by_text("time=afternoon, device=mobile").wait_for()
+        page.get_by_text("the model has not seen this catalog yet", exact=False).first.wait_for()
         _settle(page)
-        _button(page, "accept-BigHeroPosition").click()
-        page.get_by_text("Accepted · reward 1 sent").wait_for()
-        _settle(page)
-        page.wait_for_timeout(500)
-        page.screenshot(path=str(out / "rank.png"))
+        _tall(page, shots / "wide-rank-new-catalog.png", 900)
+        _nav(page, "Simulator").click()
+        _simulate(page, 80)
         _nav(page, "Reward trends").click()
-        page.locator("[data-testid='stVegaLiteChart']").nth(3).wait_for()
-        page.set_viewport_size({"width": 1400, "height": 1900})
+        page.get_by_text("Visitors answered").wait_for()
         _settle(page)
-        page.wait_for_timeout(1500)
-        page.screenshot(path=str(out / "trends.png"))
-        page.set_viewport_size({"width": 1400, "height": 1000})
+        assert _metric(page, "Visitors answered") == "80"
+        assert page.get_by_test_id("stMetricLabel").get_by_text("Lead story", exact=True).count() == 1
+        assert page.get_by_test_id("stMetricLabel").get_by_text("Hero banner", exact=True).count() == 0
+
+        # Back to the embedded engine and the shop: evaluate, apply, and the applied policy is live.
+        page.locator(".st-key-backend-kind").get_by_text("Embedded", exact=True).click()
+        _settle(page)
+        _choose(page, "Catalog and visitors", "seed (quickstart catalog)")
+        _settle(page)
+        page.get_by_text(re.compile(r"Experiment #\d+: Embedded engine, scenario seed,")).wait_for()
+        _nav(page, "Reward trends").click()
+        page.get_by_text("Visitors answered").wait_for()
+        _settle(page)
+        _tall(page, shots / "wide-trends.png", 2300)
         _nav(page, "Evaluate").click()
+        _choose(page, "Time range", "All logged events")
         _button(page, "eval-run").click()
         page.get_by_role("heading", name="Results").wait_for(timeout=120_000)
-        page.locator("[data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg").first.wait_for()
-        page.set_viewport_size({"width": 1400, "height": 1700})
         _settle(page)
-        page.wait_for_timeout(1500)
-        page.screenshot(path=str(out / "evaluate.png"))
-    (out / ".streamlit.log").unlink(missing_ok=True)
-    shutil.rmtree(home, ignore_errors=True)
+        if _button(page, "eval-apply").count():
+            name = _button(page, "eval-apply").inner_text().strip().splitlines()[-1].removeprefix("Apply ").strip()
+            _button(page, "eval-apply").click()
+        else:
+            page.get_by_text("Apply another candidate").click()
+            name = page.get_by_role("combobox", name="Candidate").inner_text().strip()
+            _button(page, "eval-apply-other-button").click()
+        page.get_by_text(re.compile(rf"{re.escape(name)} is live")).wait_for()
+        _settle(page)
+        assert page.get_by_text(f"{name} (live)").count() + page.locator(
+            "[data-testid='stDataFrame']").count() >= 1
+        assert page.get_by_text(re.compile(rf"Applied {re.escape(name)}: the engine now explores")).count() == 1
+        assert _button(page, "eval-apply").count() == 0 or name not in _button(page, "eval-apply").inner_text()
+        _tall(page, shots / "wide-evaluate.png", 1900)
 
-
-if __name__ == "__main__":
-    readme_screenshots(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/screenshots"))
+        # A phone (a 390 px touch screen): the sidebar starts folded away and folds again after navigating.
+        page = page.context.browser.new_context(
+            viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, device_scale_factor=1,
+            user_agent=PHONE_USER_AGENT).new_page()
+        page.set_default_timeout(30_000)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{url}/simulator")
+        page.get_by_role("heading", name="Simulator").wait_for()
+        _settle(page)
+        assert not _sidebar_open(page)
+        _simulate(page, 400)
+        _tall(page, shots / "phone-simulator.png", 1500)
+        page.get_by_test_id("stExpandSidebarButton").tap()
+        page.wait_for_timeout(600)
+        assert _sidebar_open(page)
+        _tall(page, shots / "phone-sidebar.png", 844)
+        _nav(page, "Reward trends").tap()
+        page.get_by_text("Visitors answered").wait_for()
+        _settle(page)
+        page.wait_for_timeout(600)
+        assert not _sidebar_open(page)  # folded again after navigating
+        _tall(page, shots / "phone-trends.png", 3000)
+        page.get_by_test_id("stExpandSidebarButton").tap()
+        page.wait_for_timeout(600)
+        _nav(page, "Rank & reward").tap()
+        page.get_by_role("heading", name="Rank & reward").wait_for()
+        _settle(page)
+        page.wait_for_timeout(600)
+        assert not _sidebar_open(page)
+        _tall(page, shots / "phone-rank.png", 1500)
+        page.goto(f"{url}/evaluate")
+        page.get_by_role("heading", name="Evaluate").wait_for()
+        _settle(page)
+        _tall(page, shots / "phone-evaluate.png", 1200)
+        assert not errors, errors

@@ -50,13 +50,13 @@ def test_evaluate_after_a_simulator_run_table_chart_sentence_and_apply(app: AppT
     run_simulator(app, 200)
     app.switch_page(EVALUATE).run()
     assert not app.exception
-    assert app.selectbox(key="eval-range").value == "All logged events"
+    assert app.selectbox(key="eval-range").value == "Since last change"
     assert app.get("button_group")[0].value == list(PRESET_POLICIES)  # every preset chosen by default
     _evaluate(app)
     shown = texts(app)
     assert "200 events" in shown
-    # The headline sentence (here online explores uniformly, so it may well say "no clear difference").
-    assert "slot **BigHeroPosition**" in shown and "accept-rate points**" in shown
+    # The headline card (here online explores uniformly, so its verdict may well be "too early").
+    assert "vs without personalization" in shown and "n = 200" in shown
     table = app.dataframe[0].value
     assert table["policy"].tolist() == REFERENCES + list(PRESET_POLICIES)
     assert table["estimate"].between(0, 100).all() and table["best"].sum() == 1
@@ -71,6 +71,7 @@ def test_evaluate_after_a_simulator_run_table_chart_sentence_and_apply(app: AppT
     # Later slots: their own numbers, with the caveat.
     app.segmented_control(key="eval-slot").set_value("SmallSidebar").run()
     assert "Slot SmallSidebar is filled after BigHeroPosition" in texts(app)
+    app.segmented_control(key="eval-slot").set_value("BigHeroPosition").run()
     # Apply the best candidate with one click.
     best = table.loc[table["best"], "policy"].item()
     assert best not in REFERENCES
@@ -106,17 +107,16 @@ def test_trends_show_lift_over_baseline_only_with_enough_events(app: AppTest) ->
     assert not app.exception
     shown = texts(app)
     assert "Lift over baseline" in shown
-    assert "Not enough data on slot **BigHeroPosition** yet: needs at least 100 events with rewards (has 1)" \
-        in shown
+    assert "Too early" in shown and "Not enough data yet: needs at least 100 events with rewards (has 1)" in shown
     run_simulator(app, 200)
     app.switch_page(TRENDS).run()
     shown = texts(app)
-    assert "From the engine's event log: 201 rewarded events" in shown
-    assert "slot **BigHeroPosition**" in shown and "accept-rate points**" in shown  # beats / no clear difference
+    assert "From 201 visitors of this view with every slot answered" in shown
+    assert "vs without personalization" in shown and "n = 201" in shown
     metrics = {m.label: m for m in app.metric}
-    head = metrics["BigHeroPosition · first slot, headline"]
+    head = metrics["Hero banner · first slot, headline"]
     assert head.value.endswith(" pts") and "95% interval" in head.proto.delta
-    assert "SmallSidebar · later slot" in metrics
+    assert "Sidebar · later slot" in metrics
     assert "The first slot is the unbiased headline" in shown
 
 

@@ -133,7 +133,12 @@ def test_a_sampled_tie_is_not_called_exploration() -> None:
 def test_without_greedy_exploration_is_a_labelled_guess_and_probability_may_be_missing() -> None:
     event = rank_visitor(Recorder(probability=0.1, greedy=False), SEED, CONTEXT)
     slot = event.slots[0]
-    assert slot.exploration is True and exploration_label(slot, event).startswith("Probably exploring")
+    assert slot.exploration is True and exploration_label(slot, event) == "Exploring (probability 10%)"
+    # Remote and embedded call the same pick the same: above the exploration share it is the model's pick.
+    event = rank_visitor(Recorder(probability=0.33, greedy=False), SEED, CONTEXT)
+    event.slots[0].epsilon = 0.2
+    assert event.slots[0].exploration is False
+    assert exploration_label(event.slots[0], event) == "The model's top pick (probability 33%)"
     event = rank_visitor(Recorder(probability=None, greedy=False), SEED, CONTEXT)
     assert event.slots[0].exploration is None
     assert exploration_label(event.slots[0], event) == "Probability not reported by the backend"
@@ -146,8 +151,9 @@ def test_a_response_without_a_slot_is_a_readable_error() -> None:
 
     with pytest.raises(PersonalizerError) as err:
         rank_visitor(Missing(), SEED, CONTEXT)
-    assert error_text(err.value) == ("InvalidRankResponse (HTTP 502): the backend's answer has no valid action "
-                                     "for slot 'SmallSidebar'")
+    assert error_text(err.value) == ("The service answered something that is not a valid rank answer. "
+                                     "(InvalidRankResponse (HTTP 502): the backend's answer has no valid action "
+                                     "for slot 'SmallSidebar')")
     assert error_text(ConnectionError("refused")) == "ConnectionError: refused"
 
 
@@ -400,7 +406,8 @@ def test_lift_from_a_tabs_history_equals_lift_from_the_engines_log(tmp_path: Pat
     head = logged.headline
     assert head.slot_id == "BigHeroPosition" and head.position == 0 and head.enough_data
     text = sentence(head)
-    assert "accept-rate points" in text and "BigHeroPosition" in text and "±" in text
+    assert text.startswith("Personalized **") and "vs without personalization" in text and "95 % CI" in text
+    assert text.endswith(f"n = {head.events:,}")
 
 
 def test_history_lift_skips_partly_answered_visitors_and_says_why_when_short() -> None:
@@ -418,7 +425,7 @@ def test_history_lift_skips_partly_answered_visitors_and_says_why_when_short() -
     assert (report.events, report.skipped) == (1, 1)
     assert [lift.slot_id for lift in report.lifts] == ["A", "B"]
     assert not report.headline.enough_data
-    assert sentence(report.headline) == ("Not enough data on slot **A** yet: needs at least 100 events with "
+    assert sentence(report.headline) == ("Not enough data yet: needs at least 100 events with "
                                          "rewards \\(has 1\\).")
     assert from_history(History().frame()).lifts == []
 

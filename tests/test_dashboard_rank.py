@@ -34,15 +34,15 @@ def _event(eid: str):
 
 def test_first_load_ranks_one_deferred_visitor_with_a_card_per_slot(app: AppTest) -> None:
     assert [s.key for s in app.selectbox][:2] == ["ctx-time", "ctx-device"]
-    assert app.selectbox(key="ctx-time").options == ["morning", "afternoon", "evening", "night"]
-    assert app.selectbox(key="ctx-device").options == ["mobile", "tablet", "desktop"]
+    assert app.selectbox(key="ctx-time").options == ["Morning", "Afternoon", "Evening", "Night"]  # display names
+    assert app.selectbox(key="ctx-device").options == ["Phone", "Tablet", "Desktop"]
     keys = [b.key for b in app.button]
     assert keys.index("accept-BigHeroPosition") < keys.index("accept-SmallSidebar")  # slot order
     for slot in SLOTS:
         assert not app.button(key=f"accept-{slot}").disabled
         assert not app.button(key=f"reject-{slot}").disabled
     shown = texts(app)
-    assert "BigHeroPosition" in shown and "size: large" in shown
+    assert "Hero banner" in shown and "size: large" in shown  # the slot's display name
     assert "Without personalization" in shown and "probability" in shown
     assert "$" in shown  # a price as currency
     rows = history(app)
@@ -60,8 +60,8 @@ def test_changing_the_context_ranks_a_new_visitor_for_it(app: AppTest) -> None:
     second = event_id(app)
     assert second != first
     assert app.session_state["studio.event"].context == {"time": "evening", "device": "mobile"}
-    assert history(app)["eventId"].nunique() == 2
-    assert "time=evening, device=mobile" in texts(app)
+    assert history(app)["eventId"].tolist() == [second, second]  # the unanswered first visitor left no trail
+    assert "Time of day: Evening · Device: Phone" in texts(app)
     app.run()  # a plain rerun keeps the visitor
     assert event_id(app) == second
 
@@ -71,7 +71,10 @@ def test_next_visitor_ranks_a_new_event_in_the_same_context(app: AppTest) -> Non
     app.button(key="next-visitor").click().run()
     assert event_id(app) != first
     assert app.session_state["studio.event"].context == {"time": "morning", "device": "mobile"}
-    assert history(app)["eventId"].nunique() == 2
+    assert history(app)["eventId"].nunique() == 1  # the unanswered one is dropped
+    app.button(key="accept-BigHeroPosition").click().run()
+    app.button(key="next-visitor").click().run()
+    assert history(app)["eventId"].nunique() == 2  # an answered one stays
 
 
 def test_accept_and_reject_send_one_reward_per_slot_and_lock_the_card(app: AppTest) -> None:
@@ -161,7 +164,7 @@ def test_sidebar_settings_change_the_engine(app: AppTest) -> None:
     event = app.session_state["studio.event"]
     assert [s.action_id for s in event.slots] == [s.baseline_id for s in event.slots]
     assert "Baseline served" in texts(app)
-    assert "events learned" in " ".join(m.value for m in app.sidebar.markdown)
+    assert "events** learned" in " ".join(m.value for m in app.sidebar.markdown)
 
 
 def test_reset_model_needs_a_confirmation(app: AppTest) -> None:
@@ -187,13 +190,13 @@ def _upload(app: AppTest, data: bytes, name: str = "mine.json") -> AppTest:
 
 def test_an_invalid_scenario_upload_names_the_problem(app: AppTest) -> None:
     _upload(app, b'{"name": "broken", "actions": [', "broken.json")
-    message = unescape(app.sidebar.error[0].value)
+    message = unescape(app.main.error[0].value)  # in the main area, not below the sidebar's fold
     assert "broken.json is not valid JSON" in message and "line 1, column 32" in message
-    assert any("Choose a built-in scenario" in i.value for i in app.info)
+    assert "choose a built-in scenario" in message
     bad = load_scenario("seed").to_dict()
     bad["slots"][0]["baselineAction"] = "Nope-1"
     _upload(app, json.dumps(bad).encode(), "bad.json")
-    message = unescape(app.sidebar.error[0].value)
+    message = unescape(app.main.error[0].value)
     assert "baselineAction 'Nope-1' is not an action id" in message
 
 
@@ -232,8 +235,8 @@ def test_ids_and_features_from_an_uploaded_scenario_render_as_text(app: AppTest)
 
 
 def test_a_page_streamlit_runs_on_its_own_reruns_inside_the_app(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Without the fixture's patch AppTest, like a fresh server's first run of a deep link,
-    # runs pages/<page>.py alone (pages-directory mode); the page must rerun through app.py.
+    # AppTest, like a fresh server's first run of a deep link, runs pages/<page>.py alone
+    # (pages-directory mode); the page must run through app.py, with no Streamlit internals patched.
     monkeypatch.setenv("PERSONALIZER_HOME", str(tmp_path / "home"))
     try:
         at = AppTest.from_file(APP, default_timeout=60).run()
@@ -241,6 +244,9 @@ def test_a_page_streamlit_runs_on_its_own_reruns_inside_the_app(tmp_path, monkey
         assert not at.exception
         assert [h.value for h in at.sidebar.subheader] == ["Backend", "Scenario"]
         assert at.title[0].value == "Reward trends"
+        assert len(at.title) == 1  # drawn once, by the run app.py started
+        at.run()  # a rerun (a reload) lands on the same page, again inside the app
+        assert at.title[0].value == "Reward trends" and len(at.sidebar.subheader) == 2
     finally:
         embedded_engine.clear()
 

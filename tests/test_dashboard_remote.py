@@ -137,8 +137,8 @@ def test_a_configured_endpoint_is_the_default_and_everything_works_on_it(
     at.switch_page(TRENDS).run()
     assert not at.exception
     shown = texts(at)
-    assert "Lift over baseline" in shown and "From this tab's history: 200 visitors" in shown
-    assert "BigHeroPosition · first slot, headline" in shown and "SmallSidebar · later slot" in shown
+    assert "Lift over baseline" in shown and "From 200 visitors of this view" in shown
+    assert "Hero banner · first slot, headline" in shown and "Sidebar · later slot" in shown
     # Offline evaluation is the embedded engine's: the page says so.
     at.switch_page(EVALUATE).run()
     assert not at.exception

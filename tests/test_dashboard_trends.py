@@ -47,21 +47,21 @@ def test_manual_answers_show_up_as_metrics_bars_and_history(app: AppTest) -> Non
     app.switch_page(TRENDS).run()
     assert not app.exception
     metrics = _metrics(app)
-    assert metrics["Events"] == "2" and metrics["Rewarded slots"] == "3"
-    assert metrics["Accept rate"] == "66.7%" and metrics["Last 2 events"] == "66.7%"
-    assert metrics["BigHeroPosition"] == "100.0%" and metrics["SmallSidebar"] == "50.0%"
+    assert metrics["Visitors answered"] == "2" and metrics["Answers"] == "3"
+    assert metrics["Accept rate"] == "66.7%" and metrics["Last 2 visitors"] == "66.7%"
+    assert metrics["Hero banner"] == "100.0%" and metrics["Sidebar"] == "50.0%"
     bars, mix, *curves = charts(app)
     bar_spec = spec(bars)
     tooltips = {t["title"] for t in _layers(bar_spec)[0]["encoding"]["tooltip"]}
     assert {"Accepted", "Rejected", "Rewarded", "Accept rate"} <= tooltips
     assert len(_layers(bar_spec)) == 2  # bars + labels; no oracle tick without simulated visitors
     data = chart_data(bars).set_index("slot")
-    assert data.loc["SmallSidebar", "accepted"] == 1 and data.loc["SmallSidebar", "rejected"] == 1
+    assert data.loc["Sidebar", "accepted"] == 1 and data.loc["Sidebar", "rejected"] == 1
     assert spec(mix)["encoding"]["y"]["stack"] == "normalize"
     assert len(curves) == 2
     assert set(chart_data(curves[0])["series"]) == {SERIES_LEARNER}
     table = app.dataframe[0].value
-    assert len(table) == 4 and table["reward"].notna().sum() == 3
+    assert len(table) == 4 and table["reward"].notna().sum() == 3  # the last, unanswered visitor is on screen
     assert app.get("download_button")[0].proto.label == "Download CSV"
 
 
@@ -76,29 +76,33 @@ def test_a_simulator_run_feeds_history_trends_and_the_oracle_line(app: AppTest) 
     app.switch_page(TRENDS).run()
     assert not app.exception
     metrics = _metrics(app)
-    assert metrics["Events"] == "201" and metrics["Rewarded slots"] == "400"
-    assert metrics["Last 50 events"].endswith("%")
+    assert metrics["Visitors answered"] == "200" and metrics["Answers"] == "400"
+    assert metrics["Last 50 visitors"].endswith("%")
     bars, _mix, *curves = charts(app)
     assert len(_layers(spec(bars))) == 3  # the oracle's tick joins the bars
     lines = chart_data(curves[0])
     assert set(lines["series"]) == {SERIES_LEARNER, SERIES_ORACLE, SERIES_BASELINE}
     assert lines["value"].between(0, 1).all()
-    assert spec(curves[0])["encoding"]["x"]["title"] == "Rewarded visitors (rolling window 10)"  # fits 200 rows
-    app.get("button_group")[0].set_value(100).run()  # the rolling-window selector
-    assert spec(charts(app)[2])["encoding"]["x"]["title"] == "Rewarded visitors (rolling window 100)"
+    assert _layers(spec(curves[0]))[0]["encoding"]["x"]["title"] == "Answered visitors (rolling window 10)"
+    app.segmented_control(key="trend-window").set_value(100).run()  # the rolling-window selector
+    assert _layers(spec(charts(app)[2]))[0]["encoding"]["x"]["title"] == "Answered visitors (rolling window 100)"
 
 
-def test_the_simulator_offers_the_catalogs_preference_profiles(app: AppTest) -> None:
+def test_the_simulator_follows_the_sidebar_scenario(app: AppTest) -> None:
+    app.selectbox(key="scenario-choice").set_value("seed-drift").run()
     app.switch_page(SIMULATOR).run()
     assert not app.exception
-    options = app.selectbox(key="sim-profile").options
-    assert options[0] == "seed" and {"seed-joint", "seed-drift"} <= set(options)
-    app.selectbox(key="sim-profile").set_value("seed-drift").run()
+    assert "seed-drift (the sidebar's scenario)" in texts(app)
     app.number_input(key="sim-visitors").set_value(120)
     app.button(key="sim-run").click().run()
     assert not app.exception
     rows = history(app)
-    assert (rows["scenario"] == "seed-drift").sum() == 240
+    simulated = rows[rows["source"] == "simulated"]
+    assert (simulated["scenario"] == "seed-drift").all() and len(simulated) == 240
+    assert simulated["note"].notna().sum() == 2  # the drift's first visitor, both slots, marked
+    app.switch_page(TRENDS).run()
+    app.switch_page(SIMULATOR).run()
+    assert app.number_input(key="sim-visitors").value == 120  # kept across pages
     assert app.number_input(key="sim-visitors").min == 10 and app.number_input(key="sim-visitors").max == 10_000
 
 
@@ -114,7 +118,7 @@ def test_clear_history_empties_this_tab_only(app: AppTest) -> None:
     assert len(history(other)) == 2  # the other tab keeps its own
     assert shared_engine().stats()["learned"] == 50  # the model keeps what it learned
     other.switch_page(TRENDS).run()
-    assert _metrics(other)["Rewarded slots"] == "1"
+    assert _metrics(other)["Answers"] == "1"
 
 
 def test_history_columns_and_csv(app: AppTest) -> None:
@@ -124,5 +128,6 @@ def test_history_columns_and_csv(app: AppTest) -> None:
     frame = history(app)
     assert list(frame.columns) == COLUMNS
     csv = to_csv(frame).splitlines()
-    assert csv[0].split(",")[:5] == ["visitor", "time", "eventId", "context", "slot"]
+    assert csv[0].split(",")[:5] == ["visitor", "time", "slot", "action", "reward"]
+    assert {"backend", "scenario", "policy", "experiment"} <= set(csv[0].split(","))
     assert len(csv) == 3

@@ -7,12 +7,17 @@ event history), :mod:`.ranking` (rank a visitor, answer a slot), :mod:`.trends`
 :mod:`.simulator` (simulated visitors into the history), :mod:`.scenarios`
 (built-in and uploaded scenarios), :mod:`.remote` (remote endpoint settings and
 "Test connection"), :mod:`.lift` (lift over baseline from the log or a tab's
-history) and :mod:`.offline` (the Evaluate page: time ranges, candidates, results).
+history, and the one verdict rule: winning / too early / losing),
+:mod:`.experiments` (one backend + one scenario + one model: which history rows
+belong together), :mod:`.labels` (display names for slots, actions and context
+fields) and :mod:`.offline` (the Evaluate page: time ranges, candidates, results,
+the live policy, settings in words).
 
 Streamlit-facing modules: :mod:`.backend` (which backend: the shared embedded
 engine or a remote client via ``st.cache_resource``, plus per-engine caches for
 evaluations and lift), :mod:`.state` (what lives in ``st.session_state``),
-:mod:`.sidebar` and :mod:`.widgets` (drawing helpers the pages share) and
+:mod:`.sidebar` and :mod:`.widgets` (drawing helpers the pages share),
+:mod:`.session` (the run's experiment, settled between sidebar and page) and
 :mod:`.routing` (every page runs inside ``app.py``, even on a fresh server's
-first deep link).
+first deep link, with public Streamlit calls only).
 """

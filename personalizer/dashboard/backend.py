@@ -186,15 +186,16 @@ def evaluations_for(engine: Any) -> Evaluations:
 
 @st.cache_data(show_spinner="Estimating lift over baseline…", max_entries=32)
 def _log_lift(home: str, engine_id: int, counts: tuple[int, ...], start: float | None, end: float | None,
-              _engine: Any) -> LiftReport:
-    return from_events(_engine.events(start, end))
+              catalog: tuple[frozenset[str], tuple[str, ...]] | None, _engine: Any) -> LiftReport:
+    return from_events(_engine.events(start, end), catalog)
 
 
-def log_lift(engine: Any, start: float | None = None, end: float | None = None) -> LiftReport:
-    """Lift over baseline from the engine's log in [start, end), recomputed only when the log grew."""
+def log_lift(engine: Any, start: float | None = None, end: float | None = None,
+             catalog: tuple[frozenset[str], tuple[str, ...]] | None = None) -> LiftReport:
+    """Lift over baseline from the engine's log in [start, end) (one catalog's events), recomputed when the log grew."""
     stats = engine.stats()
     counts = (int(stats.get("learned", 0)), int(stats.get("logged", 0)), int(stats.get("rewards", 0)))
-    return _log_lift(str(getattr(engine, "home", "")), id(engine), counts, start, end, engine)
+    return _log_lift(str(getattr(engine, "home", "")), id(engine), counts, start, end, catalog, engine)
 
 
 def clear_caches() -> None:

@@ -25,7 +25,8 @@ def accept_rate_bars(rates: pd.DataFrame, slot_order: list[str] | None = None) -
     """Per-slot accept rate bars with counts in the tooltip; the oracle's expected rate as a tick when known."""
     order = slot_order or rates["slot"].tolist()
     base = alt.Chart(rates).encode(
-        x=alt.X("slot:N", sort=order, title=None, axis=alt.Axis(labelAngle=0, labelLimit=240)),
+        x=alt.X("slot:N", sort=order, title=None, axis=alt.Axis(labelAngle=0, labelLimit=110,
+                                                                labelExpr="split(datum.label, ' ')")),
     )
     tooltip = [
         alt.Tooltip("slot:N", title="Slot"),
@@ -34,7 +35,7 @@ def accept_rate_bars(rates: pd.DataFrame, slot_order: list[str] | None = None) -
         alt.Tooltip("rejected:Q", title="Rejected", format=","),
         alt.Tooltip("rewarded:Q", title="Rewarded", format=","),
     ]
-    bars = base.mark_bar(cornerRadiusTopLeft=4, cornerRadiusTopRight=4, size=56, color=LEARNER_COLOR).encode(
+    bars = base.mark_bar(cornerRadiusTopLeft=4, cornerRadiusTopRight=4, color=LEARNER_COLOR).encode(
         y=alt.Y("rate:Q", scale=alt.Scale(domain=[0, 1]), axis=_percent_axis("Accept rate")),
         tooltip=tooltip,
     )
@@ -51,35 +52,70 @@ def accept_rate_bars(rates: pd.DataFrame, slot_order: list[str] | None = None) -
     return alt.layer(*layers).properties(height=260)
 
 
-def learning_curve(curves: pd.DataFrame, window: int) -> alt.Chart:
-    """Rolling accept rate of one slot, with the oracle's and the baseline's expected rates as references."""
+MARKER_COLOR = "#7c3aed"
+OTHER_COLOR = "#d1d5db"
+
+
+def _count_axis(title: str) -> alt.Axis:
+    """An axis of counts: whole numbers only (no "0 0 0 1 1" ticks on a short history)."""
+    return alt.Axis(format=",d", tickMinStep=1, title=title)
+
+
+def learning_curve(curves: pd.DataFrame, window: int, marks: pd.DataFrame | None = None) -> alt.LayerChart:
+    """Rolling accept rate of one slot, with the oracle's and the baseline's expected rates as references.
+
+    ``marks`` (``n``, ``label``) draws a labelled vertical rule where something changed
+    (a reset, a policy, a scenario switch, a simulated drift). A short curve shows its
+    points, so a single answer is a visible dot rather than an empty grid.
+    """
     present = [s for s in (SERIES_LEARNER, SERIES_ORACLE, SERIES_BASELINE) if s in set(curves["series"])]
     colors = {SERIES_LEARNER: LEARNER_COLOR, SERIES_ORACLE: ORACLE_COLOR, SERIES_BASELINE: BASELINE_COLOR}
     dashes = {SERIES_LEARNER: [1, 0], SERIES_ORACLE: [6, 4], SERIES_BASELINE: [2, 3]}
-    return alt.Chart(curves).mark_line(strokeWidth=2.2, interpolate="monotone").encode(
-        x=alt.X("n:Q", title=f"Rewarded visitors (rolling window {window})", axis=alt.Axis(format=",d"),
-                scale=alt.Scale(nice=False, zero=True)),
+    last = int(curves["n"].max()) if len(curves) else 1
+    x_scale = alt.Scale(domain=[0, max(last, 2)], nice=False, zero=True)
+    line = alt.Chart(curves).mark_line(strokeWidth=2.2, interpolate="monotone", point=last <= 30).encode(
+        x=alt.X("n:Q", title=f"Answered visitors (rolling window {window})", axis=_count_axis(
+            f"Answered visitors (rolling window {window})"), scale=x_scale),
         y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1]), axis=_percent_axis("Accept rate")),
         color=alt.Color("series:N", sort=present,
                         scale=alt.Scale(domain=present, range=[colors[s] for s in present]),
-                        legend=alt.Legend(title=None, orient="bottom", labelLimit=260)),
+                        legend=alt.Legend(title=None, orient="bottom", direction="vertical", labelLimit=300)),
         strokeDash=alt.StrokeDash("series:N", sort=present,
                                   scale=alt.Scale(domain=present, range=[dashes[s] for s in present]),
                                   legend=None),
         tooltip=[alt.Tooltip("series:N", title="Series"), alt.Tooltip("n:Q", title="Visitor", format=","),
                  alt.Tooltip("value:Q", title="Rate", format=".1%")],
-    ).properties(height=280)
+    )
+    layers: list[alt.Chart] = [line]
+    if marks is not None and len(marks):
+        rules = alt.Chart(marks).encode(x=alt.X("n:Q", scale=x_scale))
+        layers.append(rules.mark_rule(color=MARKER_COLOR, strokeDash=[3, 3], strokeWidth=1.5).encode(
+            tooltip=[alt.Tooltip("label:N", title="Change"), alt.Tooltip("n:Q", title="From visitor", format=",")]))
+        layers.append(rules.mark_text(align="left", baseline="top", dx=4, y=4, angle=0, fontSize=11,
+                                      color=MARKER_COLOR, limit=160).encode(text="label:N"))
+    return alt.layer(*layers).properties(height=280)
 
 
-def action_mix_chart(mix: pd.DataFrame, slot_order: list[str] | None = None) -> alt.Chart:
-    """Stacked bars: which actions each slot showed, as shares, with counts and accept rates in tooltips."""
+def action_mix_chart(mix: pd.DataFrame, slot_order: list[str] | None = None, other: str | None = None) -> alt.Chart:
+    """Stacked bars: which actions each slot showed, as shares, with counts and accept rates in tooltips.
+
+    One bar per slot however many (labels wrap below the bars, the legend sits under
+    the chart in columns, so nothing is cut at 390 px); ``other`` is the folded
+    long tail's name, drawn in grey.
+    """
     order = slot_order or mix["slot"].drop_duplicates().tolist()
-    return alt.Chart(mix).mark_bar(size=56).encode(
-        x=alt.X("slot:N", sort=order, title=None, axis=alt.Axis(labelAngle=0, labelLimit=240)),
+    actions = [a for a in mix.sort_values("shown", ascending=False)["action"].drop_duplicates() if a != other]
+    palette = ["#2563eb", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6", "#06b6d4", "#ec4899", "#84cc16",
+               "#64748b", "#a16207"]
+    domain = actions + ([other] if other is not None and other in set(mix["action"]) else [])
+    colors = [palette[i % len(palette)] for i in range(len(actions))] + [OTHER_COLOR] * (len(domain) - len(actions))
+    return alt.Chart(mix).mark_bar().encode(
+        x=alt.X("slot:N", sort=order, title=None, axis=alt.Axis(labelAngle=0, labelLimit=110, labelFontSize=11,
+                                                                labelExpr="split(datum.label, ' ')")),
         y=alt.Y("share:Q", stack="normalize", axis=_percent_axis("Share of visitors shown")),
-        color=alt.Color("action:N", title="Action", scale=alt.Scale(scheme="tableau10"),
-                        legend=alt.Legend(orient="right", labelLimit=220)),
-        order=alt.Order("action:N"),
+        color=alt.Color("action:N", title=None, scale=alt.Scale(domain=domain, range=colors),
+                        legend=alt.Legend(orient="bottom", columns=2, labelLimit=170, symbolType="square")),
+        order=alt.Order("share:Q", sort="descending"),
         tooltip=[
             alt.Tooltip("slot:N", title="Slot"),
             alt.Tooltip("action:N", title="Action"),
@@ -88,7 +124,7 @@ def action_mix_chart(mix: pd.DataFrame, slot_order: list[str] | None = None) -> 
             alt.Tooltip("accepted:Q", title="Accepted", format=","),
             alt.Tooltip("rate:Q", title="Accept rate", format=".1%"),
         ],
-    ).properties(height=260)
+    ).properties(height=340)  # the legend under the bars shares this height
 
 
 def policy_estimates(frame: pd.DataFrame, colors: dict[str, str], online_kind: str | None = None) -> alt.LayerChart:

@@ -17,13 +17,16 @@ import pandas as pd
 
 #: Column order of the history table (and of its CSV export).
 COLUMNS = [
-    "visitor", "time", "eventId", "context", "slot", "action", "baseline", "probability",
-    "exploration", "reward", "source", "scenario", "expected", "oracle", "baselineExpected",
+    "visitor", "time", "slot", "action", "reward", "baseline", "probability", "exploration", "context",
+    "source", "backend", "scenario", "policy", "experiment", "eventId", "expected", "oracle",
+    "baselineExpected", "note",
 ]
 _DTYPES = {
     "visitor": "int64", "probability": "float64", "reward": "float64", "expected": "float64",
-    "oracle": "float64", "baselineExpected": "float64",
+    "oracle": "float64", "baselineExpected": "float64", "experiment": "float64",
 }
+#: Where a row came from, written on every row so a CSV line stands on its own.
+TAGS = ("backend", "policy", "experiment")
 
 
 def _now() -> datetime:
@@ -45,14 +48,16 @@ class History:
         return len(self.rows)
 
     def add_ranked(self, event_id: str, context: str, scenario: str, slots: Iterable[Mapping[str, Any]],
-                   source: str = "manual") -> None:
+                   source: str = "manual", tags: Mapping[str, Any] | None = None) -> None:
         """Append one row per slot of a freshly ranked event (reward empty until answered).
 
         Each slot mapping has ``slot``, ``action``, ``baseline``, ``probability`` and
-        optionally ``exploration``.
+        optionally ``exploration``. ``tags`` (:data:`TAGS`: backend, policy, experiment
+        number) say which experiment the rows belong to.
         """
         self.visitors += 1
         now = _now()
+        tag = {k: (tags or {}).get(k) for k in TAGS}
         for slot in slots:
             self._where[(event_id, slot["slot"])] = len(self.rows)
             self.rows.append({
@@ -60,16 +65,21 @@ class History:
                 "slot": slot["slot"], "action": slot["action"], "baseline": slot["baseline"],
                 "probability": slot.get("probability"), "exploration": slot.get("exploration"),
                 "reward": None, "source": source, "scenario": scenario,
-                "expected": None, "oracle": None, "baselineExpected": None,
+                "expected": None, "oracle": None, "baselineExpected": None, "note": None, **tag,
             })
         self.version += 1
 
-    def add_simulated(self, records: Iterable[Mapping[str, Any]], scenario: str) -> int:
-        """Append simulation records (``simulation.simulate`` output, answered); returns rows added."""
+    def add_simulated(self, records: Iterable[Mapping[str, Any]], scenario: str,
+                      tags: Mapping[str, Any] | None = None) -> int:
+        """Append simulation records (``simulation.simulate`` output, answered); returns rows added.
+
+        A record with ``note`` (the first visitor after a simulated drift) carries it into its rows.
+        """
         now = _now()
         added = 0
         last_event = None
         rows = self.rows
+        tag = {k: (tags or {}).get(k) for k in TAGS}
         for r in records:
             if r["eventId"] != last_event:
                 self.visitors += 1
@@ -82,11 +92,35 @@ class History:
                 "probability": r.get("probability"), "exploration": None, "reward": float(r["accepted"]),
                 "source": "simulated", "scenario": scenario, "expected": r.get("expected"),
                 "oracle": r.get("oracle_expected"), "baselineExpected": r.get("baseline_expected"),
+                "note": r.get("note"), **tag,
             })
             added += 1
         if added:
             self.version += 1
         return added
+
+    def discard(self, event_id: str) -> bool:
+        """Drop an event nobody answered (a visitor only looked at); False when it has an answer or is unknown.
+
+        The backend drops such an event too (it was ranked with deferred activation
+        and is never activated), so neither the trends nor the CSV should count it.
+        """
+        indexes = sorted(i for (e, _slot), i in self._where.items() if e == event_id)
+        if not indexes or any(self.rows[i]["reward"] is not None for i in indexes):
+            return False
+        number = self.rows[indexes[0]]["visitor"]
+        if indexes[0] == len(self.rows) - len(indexes):  # the newest event (the usual case): drop the tail
+            del self.rows[indexes[0]:]
+            for row_slot in [k for k in self._where if k[0] == event_id]:
+                del self._where[row_slot]
+        else:
+            drop = set(indexes)
+            self.rows = [row for i, row in enumerate(self.rows) if i not in drop]
+            self._where = {(row["eventId"], row["slot"]): i for i, row in enumerate(self.rows)}
+        if number == self.visitors:  # it was the newest visitor: its number is free again
+            self.visitors -= 1
+        self.version += 1
+        return True
 
     def set_reward(self, event_id: str, slot_id: str, value: float) -> bool:
         """Record the reward sent for a slot; False when the row is not (any longer) in the history."""

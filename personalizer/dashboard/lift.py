@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..evaluation import Lift, LoggedData, LoggedEvent, lift_over_baseline, prepare
-from .text import md
+from .text import md, plural
 
 SOURCE_LOG = "log"
 SOURCE_HISTORY = "history"
@@ -46,8 +46,23 @@ class LiftReport:
         return next((lift for lift in self.lifts if lift.position == 0), self.lifts[0] if self.lifts else None)
 
 
-def from_events(events: Iterable[LoggedEvent]) -> LiftReport:
-    """Lift from logged events (``engine.events()``): rewarded events count, pending ones are skipped."""
+def same_catalog(event: LoggedEvent, catalog: tuple[frozenset[str], tuple[str, ...]]) -> bool:
+    """True when a logged event ranked this catalog: the same action ids and the same slots in order."""
+    request = getattr(event, "request", None) or {}
+    actions = frozenset(a.get("id") for a in request.get("actions", []))
+    slots = tuple(s.get("id") for s in request.get("slots", []))
+    return actions == catalog[0] and slots == catalog[1]
+
+
+def from_events(events: Iterable[LoggedEvent],
+                catalog: tuple[frozenset[str], tuple[str, ...]] | None = None) -> LiftReport:
+    """Lift from logged events (``engine.events()``): rewarded events count, pending ones are skipped.
+
+    With ``catalog`` (action ids, slot ids in order) only events of that catalog count:
+    one experiment never mixes two catalogs.
+    """
+    if catalog is not None:
+        events = [e for e in events if same_catalog(e, catalog)]
     data = prepare(events)
     return LiftReport(SOURCE_LOG, data.events, data.skipped, lift_over_baseline(data) if data.events else [])
 
@@ -94,9 +109,9 @@ def from_history(df: pd.DataFrame) -> LiftReport:
     return LiftReport(SOURCE_HISTORY, data.events, data.skipped, lift_over_baseline(data) if data.events else [])
 
 
-def points(value: float) -> str:
+def points(value: float, digits: int = 1, sign: bool = True) -> str:
     """An accept-rate difference in points: ``0.381`` -> ``+38.1``."""
-    return "—" if not math.isfinite(value) else f"{value * 100:+.1f}"
+    return "—" if not math.isfinite(value) else f"{value * 100:{'+' if sign else ''}.{digits}f}"
 
 
 def half_width(lift: Lift) -> float:
@@ -105,28 +120,55 @@ def half_width(lift: Lift) -> float:
     return (hi - lo) / 2 if lo is not None and hi is not None else math.nan
 
 
-def verdict(lift: Lift) -> str:
-    """``better``, ``worse`` or ``unclear``: does the interval exclude zero, and on which side?"""
+WINNING = "winning"
+TOO_EARLY = "too early"
+LOSING = "losing"
+
+
+def verdict(lift: Lift) -> tuple[str, int | None]:
+    """The verdict word for a lift and, while it is too early, about how many more events would settle it.
+
+    From the 95 % interval alone: lower bound above zero ``winning``, upper bound
+    below zero ``losing``, else ``too early``. The estimate of events still needed
+    assumes the difference stays where it is and the interval narrows with the
+    square root of the events (None when the difference is zero, so no count would
+    settle it). This is the dashboard's one place for the rule: the evaluation
+    package's own verdict can replace it here.
+    """
     lo, hi = lift.interval
-    if lift.enough_data and lo is not None and lo > 0:
-        return "better"
-    if lift.enough_data and hi is not None and hi < 0:
-        return "worse"
-    return "unclear"
+    enough = lift.enough_data and lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi)
+    if enough and lo > 0:
+        return WINNING, None
+    if enough and hi < 0:
+        return LOSING, None
+    if not lift.enough_data:
+        short = max(0, 100 - lift.events)  # lift_over_baseline's default minimum
+        return TOO_EARLY, (short or None)
+    half = half_width(lift)
+    if not math.isfinite(lift.lift) or abs(lift.lift) < 1e-9 or not math.isfinite(half):
+        return TOO_EARLY, None
+    needed = math.ceil(lift.events * (half / abs(lift.lift)) ** 2) - lift.events
+    return TOO_EARLY, max(needed, 1)
 
 
 def sentence(lift: Lift) -> str:
-    """The headline in Markdown: "Personalization beats the baseline by X ± Y accept-rate points on slot Z"."""
-    x, y, slot = abs(lift.lift) * 100, half_width(lift) * 100, md(lift.slot_id)
+    """The headline in Markdown: "Personalized 62 % vs without personalization 33 %: +29 pts (95 % CI 27–32)"."""
     if not lift.enough_data:
-        return f"Not enough data on slot **{slot}** yet: {md(lift.reason)}."
-    kind = verdict(lift)
-    if kind == "better":
-        return f"Personalization beats the baseline by **{x:.1f} ± {y:.1f} accept-rate points** on slot **{slot}**."
-    if kind == "worse":
-        return f"The baseline beats personalization by **{x:.1f} ± {y:.1f} accept-rate points** on slot **{slot}**."
-    return (f"No clear difference yet on slot **{slot}**: personalization is **{points(lift.lift)} ± {y:.1f} "
-            f"accept-rate points** against the baseline.")
+        return f"Not enough data yet: {md(lift.reason)}."
+    lo, hi = lift.interval
+    return (f"Personalized **{percent(lift.online)}** vs without personalization **{percent(lift.baseline)}**: "
+            f"**{points(lift.lift, 0)} pts** (95 % CI {_bound(lo)}{' to ' if lo < 0 else '–'}{_bound(hi)}), "
+            f"n = {lift.events:,}")
+
+
+def _bound(value: float) -> str:
+    """An interval bound in points without a plus sign; a true minus sign for negatives (``−8``)."""
+    return points(value, 0, sign=False).replace("-", "−")
+
+
+def percent(value: float) -> str:
+    """``0.621`` -> ``62 %`` (an em dash when not finite)."""
+    return "—" if not math.isfinite(value) else f"{value * 100:.0f} %"
 
 
 def lift_frame(lifts: list[Lift]) -> pd.DataFrame:
@@ -149,6 +191,6 @@ def apprentice_text(metrics: dict) -> str:
     rate = metrics.get("matchRate")
     if not events or rate is None or (isinstance(rate, float) and math.isnan(rate)):
         return "Apprentice: no rewarded Apprentice events yet to compare the model with the baselines."
-    verdict = "ready to go online" if metrics.get("ready") else "not ready to go online yet"
-    return (f"Apprentice: the model's top pick matches the baseline in {rate:.0%} of the last {events:,} "
-            f"events — {verdict} (60-80 % is the usual signal).")
+    ready = "ready to go online" if metrics.get("ready") else "not ready to go online yet"
+    return (f"Apprentice: the model's top pick matches the baseline in {rate:.0%} of the last "
+            f"{plural(events, 'event')} — {ready} (60-80 % is the usual signal).")

@@ -200,3 +200,83 @@ def range_label(start: float | None, end: float | None) -> str:
     if a.date() == b.date():
         return f"{a:%Y-%m-%d %H:%M} – {b:%H:%M} UTC"
     return f"{a:%Y-%m-%d %H:%M} – {b:%Y-%m-%d %H:%M} UTC"
+
+
+def _split(arguments: str) -> tuple[list[str], float | None]:
+    """VW arguments without ``--epsilon`` and its value, and that value (None when absent)."""
+    tokens = (arguments or "").split()
+    out: list[str] = []
+    epsilon = None
+    i = 0
+    while i < len(tokens):
+        if tokens[i] == "--epsilon" and i + 1 < len(tokens):
+            try:
+                epsilon = float(tokens[i + 1])
+            except ValueError:
+                epsilon = None
+            i += 2
+            continue
+        out.append(tokens[i])
+        i += 1
+    return out, epsilon
+
+
+def same_policy(candidate: str, live: str) -> bool:
+    """True when a candidate's arguments are what the engine runs (the same learning settings and exploration).
+
+    The engine rewrites ``--epsilon`` with its exploration setting, so a candidate
+    without one matches on the rest alone.
+    """
+    rest_c, eps_c = _split(candidate)
+    rest_l, eps_l = _split(live)
+    return rest_c == rest_l and (eps_c is None or eps_l is None or math.isclose(eps_c, eps_l))
+
+
+def live_candidate(result: EvaluationResult, live: dict[str, Any]) -> str | None:
+    """The evaluated candidate the engine runs now (by name, else by arguments), or None."""
+    names = candidates(result)
+    if live.get("name") in names:
+        return str(live["name"])
+    arguments = {p.name: p.arguments or "" for p in result.policies}
+    return next((n for n in names if same_policy(arguments[n], str(live.get("arguments", "")))), None)
+
+
+def describe_arguments(arguments: str) -> str:
+    """Learning settings in words: ``explores 10 % of the time, learning rate 1, …`` (the rest as-is)."""
+    rest, epsilon = _split(arguments)
+    words: list[str] = []
+    if epsilon is not None:
+        words.append(f"explores {epsilon:.0%} of the time")
+    i = 0
+    while i < len(rest):
+        tok, nxt = rest[i], rest[i + 1] if i + 1 < len(rest) else ""
+        if tok in ("-l", "--learning_rate"):
+            words.append(f"learning rate {nxt}")
+        elif tok == "--power_t":
+            words.append("a constant learning rate" if nxt in ("0", "0.0") else f"learning-rate decay {nxt}")
+        elif tok == "--cb_type":
+            words.append({"mtr": "learns from the shown action's reward (MTR)", "ips": "inverse-propensity updates",
+                          "dr": "doubly robust updates", "dm": "direct-method updates"}.get(nxt, f"{nxt} updates"))
+        elif tok in ("-q", "--quadratic"):
+            words.append("pairs of features" if nxt == "::" else f"feature pairs {nxt}")
+        elif tok == "--cubic":
+            words.append("context × context × action combinations" if nxt == "@@_" else f"feature triples {nxt}")
+        else:
+            i += 1
+            continue
+        i += 2
+    return ", ".join(words) if words else "its own settings"
+
+
+def log_grew(covered: tuple[float, float] | None, result_end: float | None, created: str | None) -> str | None:
+    """Why an evaluation's results are stale (events logged after it was made), in words; None when current."""
+    made = parse_timestamp(created) if created else None
+    if covered is None or made is None:
+        return None
+    last = covered[1]
+    # The evaluation read the log when it was made (its time is kept to the second): anything later is missing.
+    if last >= made + 1.0:
+        when = datetime.fromtimestamp(made, UTC)
+        newest = datetime.fromtimestamp(last, UTC)
+        return f"It was computed at {when:%H:%M:%S} UTC; the log has events up to {newest:%H:%M:%S} UTC."
+    return None

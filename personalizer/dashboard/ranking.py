@@ -10,13 +10,14 @@ slot sends nothing, and it is rolled back if the backend refuses.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from ..contract import PersonalizerError
 from ..simulation import Scenario
-from .text import context_label, flatten_features
+from .text import context_label, explain_error, flatten_features
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,9 @@ class SlotChoice:
         if self.top_pick is not None:
             return self.action_id != self.top_pick and not self.tied
         if self.probability is not None:
-            return self.probability < 0.5
+            # Under epsilon-greedy an explored action has probability at most epsilon, the model's
+            # pick more (a tie shares it): the same call the embedded engine's greedy makes.
+            return self.probability <= (self.epsilon if self.epsilon is not None else 0.5) - 1e-9
         return None
 
 
@@ -76,6 +79,7 @@ class RankedEvent:
     slots: list[SlotChoice]
     learning_mode: str | None = None
     greedy_known: bool = False          # top picks came from the model (not a probability guess)
+    experiment: int | None = None       # the experiment it was ranked in (a new one re-ranks the visitor)
     activated: bool = False
     ranked_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -173,28 +177,33 @@ def answer(backend: Backend, event: RankedEvent, slot_id: str, value: float) -> 
     return True
 
 
-def exploration_label(slot: SlotChoice, event: RankedEvent) -> str:
-    """Plain-text line for a card: the probability of the choice and whether it explored."""
+def exploration_label(slot: SlotChoice, event: RankedEvent, name: Callable[[str], str] = str) -> str:
+    """Plain-text line for a card: the probability of the choice and whether it explored.
+
+    ``name`` turns an action id into its display name.
+    """
     if event.learning_mode in ("Apprentice", "LoggingOnly"):
         return f"Baseline served: learning mode is {event.learning_mode}"
     p = "probability not reported" if slot.probability is None else f"probability {slot.probability:.0%}"
     if slot.top_pick is not None:
         if slot.tied:
-            return f"Tied with the model's top pick {slot.top_pick} ({p})"
+            return f"Tied with the model's top pick {name(slot.top_pick)} ({p})"
         if slot.exploration:
-            return f"Exploring ({p}); the model's top pick is {slot.top_pick}"
+            return f"Exploring ({p}); the model's top pick is {name(slot.top_pick)}"
         return f"The model's top pick ({p})"
     if slot.probability is None:
         return "Probability not reported by the backend"
     if slot.exploration:
-        return f"Probably exploring ({p}, below 50%)"
-    return f"Probably the model's top pick ({p})"
+        return f"Exploring ({p})"
+    return f"The model's top pick ({p})"
 
 
 def error_text(exc: BaseException) -> str:
-    """A backend error as one readable line with the Personalizer error code; never a traceback."""
+    """A backend error as one readable line: what it means, then the code and message; never a traceback."""
     if isinstance(exc, PersonalizerError):
-        return f"{exc.code} (HTTP {exc.status}): {exc.message}"
+        meaning = explain_error(exc.code)
+        detail = f"{exc.code} (HTTP {exc.status}): {exc.message}"
+        return f"{meaning} ({detail})" if meaning else detail
     code = getattr(exc, "code", None)
     message = str(exc).strip() or type(exc).__name__
     return f"{code}: {message}" if isinstance(code, str) else f"{type(exc).__name__}: {message}"

@@ -1,24 +1,25 @@
-"""Make sure every page runs inside ``app.py`` (its navigation and sidebar).
+"""Make sure every page runs inside ``app.py`` (its navigation and sidebar), with public Streamlit calls only.
 
-Because the repository has a ``pages/`` folder, Streamlit's older "pages
-directory" mode is on until ``st.navigation`` is first called in the server
-process. So the very first run of a fresh server for a deep link such as
-``/simulator`` (or a tab that reconnects after a restart) runs
-``pages/simulator.py`` on its own, without ``app.py``: no sidebar, no backend
-choice, the wrong menu. ``app.py`` marks each run; a page that finds no mark
-switches that old mode off and reruns, which then goes through ``app.py`` and
-lands on the same page.
+Because the repository has a ``pages/`` folder, Streamlit starts in its older
+"pages directory" mode and stays there until ``st.navigation`` is first called
+in the server process. So the very first run of a fresh server for a deep link
+such as ``/simulator`` (or a tab that reconnects after a restart, and every run
+under AppTest, which resets that mode) runs ``pages/simulator.py`` on its own,
+without ``app.py``: no sidebar, no backend choice, the wrong menu. ``app.py``
+marks each run; a page that finds no mark runs ``app.py`` itself, whose
+``st.navigation`` switches the old mode off and runs the page the URL asked
+for, and then stops its own run.
 """
 
 from __future__ import annotations
 
-import logging
+import runpy
+from pathlib import Path
 
 import streamlit as st
 
-log = logging.getLogger(__name__)
-
 _MARK = "studio.app_run"
+APP = Path(__file__).resolve().parents[2] / "app.py"
 
 
 def begin_app_run() -> None:
@@ -32,14 +33,8 @@ def end_app_run() -> None:
 
 
 def require_app() -> None:
-    """First line of every page: rerun through ``app.py`` when Streamlit ran the page on its own."""
+    """First line of every page: when Streamlit ran the page on its own, run it through ``app.py`` instead."""
     if st.session_state.get(_MARK):
         return
-    try:
-        from streamlit.runtime.pages_manager import PagesManager
-
-        PagesManager.uses_pages_directory = False  # what st.navigation would have done
-    except Exception:  # a Streamlit without that switch: go to the app's default page instead
-        log.debug("cannot leave the pages-directory mode", exc_info=True)
-        st.switch_page("app.py")
-    st.rerun()
+    runpy.run_path(str(APP), run_name="__main__")
+    st.stop()

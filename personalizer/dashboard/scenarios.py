@@ -7,6 +7,8 @@ from functools import lru_cache
 
 from ..contract import MultiSlotRankRequest, PersonalizerError, parse
 from ..simulation import Scenario, list_scenarios, load_scenario
+from .labels import Labels, labels_from
+from .labels import problems as label_problems
 
 DEFAULT_SCENARIO = "seed"
 #: Uploaded scenario files larger than this are refused (a catalog has at most 50 actions).
@@ -25,15 +27,16 @@ def builtin(name: str) -> Scenario:
     return load_scenario(name)
 
 
-def scenario_from_upload(data: bytes, filename: str = "scenario.json") -> Scenario:
-    """Parse and validate an uploaded scenario file; ValueError with a clear message when it is wrong.
+def upload_with_labels(data: bytes, filename: str = "scenario.json") -> tuple[Scenario, Labels]:
+    """Parse and validate an uploaded scenario file and its display names; ValueError listing every problem.
 
-    Checks, in order: size, UTF-8, JSON syntax (with line and column), the scenario
-    schema (every problem named), and that its catalog is a valid Personalizer
-    multi-slot rank request.
+    Size, UTF-8 and JSON syntax (with line and column) stop the check at once;
+    after that every problem is collected: the ``display`` block, the scenario
+    schema, and whether its catalog is a valid Personalizer multi-slot rank request.
     """
     if len(data) > MAX_UPLOAD_BYTES:
-        raise ValueError(f"{filename} is {len(data):,} bytes; a scenario file may be at most {MAX_UPLOAD_BYTES:,}")
+        raise ValueError(f"{filename} is {len(data):,} bytes; a scenario file may be at most "
+                         f"{MAX_UPLOAD_BYTES:,} bytes (1 MB)")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -42,14 +45,34 @@ def scenario_from_upload(data: bytes, filename: str = "scenario.json") -> Scenar
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{filename} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
-    scenario = Scenario.from_dict(raw)
+    found: list[str] = []
+    display = raw.pop("display", None) if isinstance(raw, dict) else None
+    if display is not None:
+        found += label_problems(display)
+    scenario: Scenario | None = None
     try:
-        request = parse(MultiSlotRankRequest, scenario.rank_request(scenario.contexts[0]), "InvalidScenario")
-    except PersonalizerError as exc:
-        raise ValueError(
-            f"Scenario {scenario.name!r}: its catalog is not a valid rank request: {exc.message}") from None
-    del request
-    return scenario
+        scenario = Scenario.from_dict(raw)
+    except ValueError as exc:
+        lines = str(exc).splitlines()
+        found += [line.removeprefix("- ") for line in lines[1:]] if len(lines) > 1 else [
+            str(exc).split(": ", 1)[-1]]
+    if scenario is not None:
+        try:
+            parse(MultiSlotRankRequest, scenario.rank_request(scenario.contexts[0]), "InvalidScenario")
+        except PersonalizerError as exc:
+            found.append(f"its catalog is not a valid rank request: {exc.message}")
+    if found:
+        name = raw.get("name") if isinstance(raw, dict) and isinstance(raw.get("name"), str) else filename
+        if len(found) == 1:
+            raise ValueError(f"Scenario {name!r}: {found[0]}")
+        raise ValueError(f"Scenario {name!r} has {len(found)} problems:\n" + "\n".join(f"- {f}" for f in found))
+    assert scenario is not None
+    return scenario, labels_from(display if display is not None else None)
+
+
+def scenario_from_upload(data: bytes, filename: str = "scenario.json") -> Scenario:
+    """Parse and validate an uploaded scenario file (its display names dropped); ValueError when it is wrong."""
+    return upload_with_labels(data, filename)[0]
 
 
 def same_catalog(a: Scenario, b: Scenario) -> bool:

@@ -26,11 +26,12 @@ from .backend import (
     remote_choice,
     service_configuration,
 )
+from .labels import Labels, builtin_labels
 from .lift import apprentice_text
 from .ranking import error_text
 from .remote import SOURCE_TAB, ConnectionCheck, check_connection, key_caption
-from .scenarios import DEFAULT_SCENARIO, builtin, builtin_names, scenario_from_upload
-from .text import md, md_block
+from .scenarios import DEFAULT_SCENARIO, MAX_UPLOAD_BYTES, builtin, builtin_names, upload_with_labels
+from .text import explain_error, md, md_block, plural
 
 log = logging.getLogger(__name__)
 
@@ -197,10 +198,12 @@ def _backend_section() -> Callable[[], None]:
         if not choice.remote:
             st.error(f"The backend is not available. {md(error_text(exc))}", icon=":material/error:")
         elif state.connection_check() is None or state.connection_check().ok:  # a failed check already says why
-            code = f"{exc.code} (HTTP {exc.status})" if isinstance(exc, PersonalizerError) else type(exc).__name__
-            st.warning(f"Not connected: {md(code)}. Check the endpoint and key, then Test connection.",
-                       icon=":material/link_off:")
+            code = exc.code if isinstance(exc, PersonalizerError) else type(exc).__name__
+            meaning = explain_error(code) or "Check the endpoint and key, then Test connection."
+            st.warning(f"Not connected. {md(meaning)} :gray[({md(code)})]", icon=":material/link_off:")
+        state.set_service_config(None)
         return lambda: None
+    state.set_service_config(config)
     shared = "every app using this endpoint" if choice.remote else "every tab"
     if config is not None and hasattr(backend, "update_service_configuration"):
         # Settings are the backend's, shared by every tab: show its values, not this tab's last ones.
@@ -229,13 +232,20 @@ def _backend_section() -> Callable[[], None]:
         if stats is None:
             counts.empty()
             return
+        learned = int(stats.get("learned", 0))
+        experiment = state.experiment()
+        base = experiment.learned_base if experiment is not None else None
         with counts.container():
-            st.markdown(f"**{stats.get('learned', 0):,}** events learned",
-                        help="Learned: events the model trained on. Waiting: ranked events whose rewards or "
-                             "reward wait time are still open. Never activated: visitors only looked at, "
-                             "dropped after the reward wait time and never learned.")
-            st.caption(f"{stats.get('pending', 0):,} waiting for rewards · "
-                       f"{stats.get('discarded', 0):,} never activated")
+            if base is not None and base <= learned:
+                st.markdown(f"**{plural(learned - base, 'event')}** learned since the model changed",
+                            help="Events the model trained on since its last reset or policy change seen from "
+                                 "this tab (an applied policy starts from the model its replay trained).")
+                st.caption(f"{plural(learned, 'event')} learned in the log in all · "
+                           f"{plural(int(stats.get('pending', 0)), 'visitor')} open")
+            else:
+                st.markdown(f"**{plural(learned, 'event')}** learned",
+                            help="Events the model trained on.")
+                st.caption(f"{plural(int(stats.get('pending', 0)), 'visitor')} open")
             if config is not None and config.get("learningMode") == "Apprentice" \
                     and hasattr(backend, "greedy") and hasattr(backend, "events"):
                 st.caption(md(apprentice_text(_apprentice(backend, int(stats.get("learned", 0))))))
@@ -263,7 +273,7 @@ def _label(name: str) -> str:
     return f"{name} (quickstart catalog)" if name == DEFAULT_SCENARIO else name
 
 
-def _uploaded(data: bytes, filename: str) -> Scenario:
+def _uploaded(data: bytes, filename: str) -> tuple[Scenario, Labels]:
     """Parse an upload once per content (reruns reuse it)."""
     digest = hashlib.sha256(data).hexdigest()
     cached = st.session_state.get(_UPLOADED)
@@ -272,16 +282,18 @@ def _uploaded(data: bytes, filename: str) -> Scenario:
             raise cached[1]
         return cached[1]
     try:
-        scenario = scenario_from_upload(data, filename)
+        loaded = upload_with_labels(data, filename)
     except ValueError as exc:
         st.session_state[_UPLOADED] = (digest, exc)
         raise
-    st.session_state[_UPLOADED] = (digest, scenario)
-    return scenario
+    st.session_state[_UPLOADED] = (digest, loaded)
+    return loaded
 
 
 def _scenario_section() -> Scenario | None:
     st.subheader("Scenario", anchor=False)
+    state.set_scenario_problem(None)
+    state.set_labels(Labels())
     options = [*builtin_names(), UPLOAD]
     if st.session_state.get("scenario-choice") not in options:
         st.session_state["scenario-choice"] = DEFAULT_SCENARIO if DEFAULT_SCENARIO in options else options[0]
@@ -291,22 +303,28 @@ def _scenario_section() -> Scenario | None:
     scenario: Scenario | None = None
     if choice == UPLOAD:
         upload = st.file_uploader("Scenario JSON", type=["json"], key="scenario-upload",
-                                  help="Same format as personalizer/scenarios/*.json.")
+                                  max_upload_size=max(1, MAX_UPLOAD_BYTES // 1_000_000),
+                                  help="Same format as personalizer/scenarios/*.json, plus an optional "
+                                       "\"display\" block of names for slots, actions and context fields.")
         if upload is None:
             st.caption("Upload a file to use it; the pages wait for it.")
             return None
         try:
-            scenario = _uploaded(upload.getvalue(), upload.name)
+            scenario, labels = _uploaded(upload.getvalue(), upload.name)
         except ValueError as exc:
-            st.error(f"**This scenario cannot be used.**  \n{md_block(exc)}", icon=":material/error:")
+            state.set_scenario_problem(str(exc))
+            st.error("This file cannot be used: the page lists why.", icon=":material/error:")
             return None
+        state.set_labels(labels)
         st.success(f"Loaded {md(scenario.name)}", icon=":material/check_circle:")
     else:
         try:
             scenario = builtin(choice)
         except ValueError as exc:
+            state.set_scenario_problem(str(exc))
             st.error(md_block(exc))
             return None
+        state.set_labels(builtin_labels(choice))
     if scenario.description:
         with st.expander("About this scenario"):
             st.caption(md(scenario.description))

@@ -13,16 +13,20 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from ..simulation import Scenario, simulate
+from ..evaluation import Lift
+from ..simulation import OracleBackend, Scenario, simulate
 from .history import History
+from .lift import from_history
 from .ranking import Backend
 
 MIN_VISITORS = 10
 MAX_VISITORS = 10_000
 CHUNK = 100
+ORACLE_VISITORS = 2_000
 
 Progress = Callable[[int, int, float], None]
 
@@ -39,6 +43,10 @@ class SimulationResult:
     last_rate: float
     oracle_rate: float
     baseline_rate: float
+    exploring_oracle_rate: float = math.nan   # the oracle exploring as often as the backend does
+    epsilon: float = 0.0                      # that exploration share
+    lift: Lift | None = None                  # personalized vs each slot's baseline, first slot, over this run
+    experiment: int | None = None             # the experiment the run belongs to
 
     @property
     def per_second(self) -> float:
@@ -63,12 +71,17 @@ def _mean(values: list[float]) -> float:
 
 def run_simulation(backend: Backend, profile: Scenario, visitors: int, history: History, *,
                    seed: int | None = None, on_progress: Progress | None = None,
-                   chunk: int = CHUNK) -> SimulationResult:
+                   chunk: int = CHUNK, epsilon: float = 0.0,
+                   tags: Mapping[str, Any] | None = None) -> SimulationResult:
     """Play ``visitors`` simulated visitors with ``profile``'s hidden preferences through ``backend``.
 
     Rows go into ``history`` as ``simulated`` after every chunk; ``on_progress(done,
     total, seconds)`` is called after each chunk. Event ids are fresh per run
     (``sim-<random>-<chunk>-<i>``), so a durable backend never sees one twice.
+
+    Beside the oracle that always shows the best page, an oracle that explores with
+    ``epsilon`` (the backend's own exploration share) plays visitors drawn the same way:
+    that is the ceiling a learner exploring that often can reach. ``tags`` go on every row.
     """
     if not MIN_VISITORS <= visitors <= MAX_VISITORS:
         raise ValueError(f"visitors must be between {MIN_VISITORS} and {MAX_VISITORS:,}, got {visitors}")
@@ -80,6 +93,7 @@ def run_simulation(backend: Backend, profile: Scenario, visitors: int, history: 
     oracle: list[float] = []
     baseline: list[float] = []
     per_visitor: list[float] = []
+    first_row = len(history.rows)
     start = time.perf_counter()
     done = 0
     k = 0
@@ -91,7 +105,10 @@ def run_simulation(backend: Backend, profile: Scenario, visitors: int, history: 
         records = simulate(backend, truth, size, seed + k, event_prefix=f"sim-{run_id}-{k}-")
         for r in records:
             r["phase"] = phase
-        history.add_simulated(records, profile.name)
+        if phase == 1 and done == switch and records:
+            for r in records[:len(truth.slot_ids)]:
+                r["note"] = "Simulated drift: tastes change"
+        history.add_simulated(records, profile.name, tags)
         for i in range(0, len(records), len(truth.slot_ids)):
             group = records[i:i + len(truth.slot_ids)]
             per_visitor.append(_mean([g["accepted"] for g in group]))
@@ -103,9 +120,15 @@ def run_simulation(backend: Backend, profile: Scenario, visitors: int, history: 
         if on_progress is not None:
             on_progress(done, visitors, time.perf_counter() - start)
     seconds = time.perf_counter() - start
+    # The oracle exploring like the backend, over visitors drawn the same way (at least 2,000, so its
+    # expected rate is steady; no VW involved, a few milliseconds), drift included.
+    exploring = [r["expected"] for r in simulate(OracleBackend(profile, epsilon, seed=seed), profile,
+                                                 max(visitors, ORACLE_VISITORS), seed)]
     tenth = max(1, visitors // 10)
+    report = from_history(history.frame().iloc[first_row:])
     return SimulationResult(
         profile=profile.name, visitors=visitors, seconds=seconds, accept_rate=_mean(accepted),
         first_rate=_mean(per_visitor[:tenth]), last_rate=_mean(per_visitor[-tenth:]),
-        oracle_rate=_mean(oracle), baseline_rate=_mean(baseline),
+        oracle_rate=_mean(oracle), baseline_rate=_mean(baseline), exploring_oracle_rate=_mean(exploring),
+        epsilon=epsilon, lift=report.headline, experiment=(tags or {}).get("experiment"),
     )

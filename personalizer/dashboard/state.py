@@ -13,7 +13,9 @@ import streamlit as st
 
 from ..simulation import Scenario
 from .backend import BackendChoice, default_choice, open_backend
+from .experiments import Experiment, Experiments
 from .history import History
+from .labels import Labels
 from .ranking import Backend, RankedEvent
 from .remote import ConnectionCheck
 from .simulator import SimulationResult
@@ -28,6 +30,13 @@ _SIM_RESULT = "studio.sim_result"
 _CONFIRM_RESET = "studio.confirm_reset"
 _CHECK = "studio.connection_check"
 _EVALUATION = "studio.evaluation"
+_EXPERIMENTS = "studio.experiments"
+_LABELS = "studio.labels"
+_CONFIG = "studio.config"
+_SCENARIO_PROBLEM = "studio.scenario_problem"
+_SIM_VISITORS = "studio.sim_visitors"
+_APPLIED = "studio.applied"
+_NEW_CATALOG = "studio.new_catalog"
 
 
 def history() -> History:
@@ -140,3 +149,75 @@ def set_evaluation_id(evaluation_id: str | None) -> None:
 def get(key: str, default: Any = None) -> Any:
     """Any other session value (widgets' state)."""
     return st.session_state.get(key, default)
+
+
+def experiments() -> Experiments:
+    """This tab's experiments (created on first use)."""
+    if _EXPERIMENTS not in st.session_state:
+        st.session_state[_EXPERIMENTS] = Experiments()
+    return st.session_state[_EXPERIMENTS]
+
+
+def experiment() -> Experiment | None:
+    """The experiment new rows of this run join (set by ``app.py`` before the page runs)."""
+    return experiments().current
+
+
+def labels() -> Labels:
+    """Display names of the sidebar's scenario (ids when it has none)."""
+    return st.session_state.get(_LABELS) or Labels()
+
+
+def set_labels(value: Labels) -> None:
+    """Display names of this run's scenario (set by the sidebar)."""
+    st.session_state[_LABELS] = value
+
+
+def service_config() -> dict[str, Any] | None:
+    """The backend's service configuration as the sidebar read it on this run (None: not offered)."""
+    return st.session_state.get(_CONFIG)
+
+
+def set_service_config(config: dict[str, Any] | None) -> None:
+    """Remember this run's service configuration (the rank page compares the learning mode with it)."""
+    st.session_state[_CONFIG] = config
+
+
+def scenario_problem() -> str | None:
+    """Why the sidebar has no scenario (an upload's problems, all of them), or None."""
+    return st.session_state.get(_SCENARIO_PROBLEM)
+
+
+def set_scenario_problem(text: str | None) -> None:
+    """Set (or clear) why there is no scenario; the pages show it in the main area."""
+    st.session_state[_SCENARIO_PROBLEM] = text
+
+
+def sim_visitors(default: int) -> int:
+    """The simulator's visitor count as last entered in this tab (kept across pages)."""
+    return int(st.session_state.get(_SIM_VISITORS, default))
+
+
+def set_sim_visitors(value: int) -> None:
+    """Remember the simulator's visitor count for this tab."""
+    st.session_state[_SIM_VISITORS] = int(value)
+
+
+def applied_policy() -> dict[str, Any] | None:
+    """The last policy applied from the Evaluate page in this tab: name, arguments, the sentence shown."""
+    return st.session_state.get(_APPLIED)
+
+
+def set_applied_policy(value: dict[str, Any] | None) -> None:
+    """Remember what "Apply" installed (its arguments go behind a details toggle)."""
+    st.session_state[_APPLIED] = value
+
+
+def new_catalog() -> bool:
+    """True while the model has learned nothing from the sidebar's catalog (set by ``app.py``)."""
+    return bool(st.session_state.get(_NEW_CATALOG))
+
+
+def set_new_catalog(value: bool) -> None:
+    """Mark whether the model has seen the current catalog."""
+    st.session_state[_NEW_CATALOG] = value

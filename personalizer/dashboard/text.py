@@ -117,3 +117,48 @@ def percent(value: float | None, digits: int = 0) -> str:
 def context_label(context: Mapping[str, str]) -> str:
     """A context as one line: ``time=morning, device=mobile``."""
     return ", ".join(f"{k}={v}" for k, v in context.items())
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """``1 event``, ``2 events``, ``1,204 visitors``: a count with the noun in the right number."""
+    noun = singular if count == 1 else (plural_form or singular + "s")
+    return f"{count:,} {noun}"
+
+
+def humanize(name: str) -> str:
+    """A field name as a label when the scenario gives none: ``time`` -> ``Time``, ``userAge`` -> ``User age``."""
+    spaced = "".join(f" {c.lower()}" if c.isupper() and i and not name[i - 1].isupper() else c
+                     for i, c in enumerate(str(name))).replace("_", " ").strip()
+    return spaced[:1].upper() + spaced[1:] if spaced else str(name)
+
+
+#: What a Personalizer error code means, in one sentence a product owner can act on.
+ERROR_EXPLANATIONS = {
+    "MissingEndpoint": "No endpoint URL is set yet: enter the server's address in the sidebar.",
+    "InvalidEndpoint": "The endpoint is not a web address: it must start with http:// or https://.",
+    "ServiceUnreachable": "The server did not answer: check that it runs and that the address is right.",
+    "Unauthorized": "The server refused the key: paste the right subscription key in the sidebar.",
+    "PermissionDenied": "The server refused the key: paste the right subscription key in the sidebar.",
+    "ServiceUnavailable": "The service is busy or starting: try again in a moment.",
+    "TooManyRequests": "The service asked to slow down: try again in a moment.",
+    "InternalServerError": "The service failed on its side: its log says more.",
+    "InvalidRankResponse": "The service answered something that is not a valid rank answer.",
+    "InvalidPolicyConfiguration": "Vowpal Wabbit does not accept these learning settings.",
+    "InvalidServiceConfiguration": "The service does not accept this setting.",
+    "EventNotFound": "The service does not know this visitor (any more).",
+    "ResourceNotFound": "The service does not offer this call.",
+    "Conflict": "The service already closed this visitor, so the answer came too late.",
+    "RequestTimeout": "The server took too long to answer: it may be overloaded.",
+    "InvalidResponse": "The address answered, but not like a Personalizer service: check the endpoint URL.",
+    "BadRequest": "The service refused the request as malformed.",
+    "InvalidRankRequest": "The catalog is not a valid rank request for this service.",
+    "InvalidRewardRequest": "The service refused the reward.",
+    "InvalidEventIdToActivate": "The service cannot activate this visitor.",
+    "OperationNotAllowed": "The service does not allow this now.",
+    "PayloadSizeExceeded": "The request is larger than the service accepts.",
+}
+
+
+def explain_error(code: str | None) -> str | None:
+    """The sentence for a Personalizer error code, or None when there is none."""
+    return ERROR_EXPLANATIONS.get(code or "")

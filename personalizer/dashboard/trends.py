@@ -18,7 +18,7 @@ import pandas as pd
 MAX_POINTS = 400
 
 SERIES_LEARNER = "Accept rate"
-SERIES_ORACLE = "Oracle (expected)"
+SERIES_ORACLE = "Oracle, never exploring (expected)"
 SERIES_BASELINE = "Baseline (expected)"
 
 
@@ -161,3 +161,50 @@ def default_window(df: pd.DataFrame, choices: list[int]) -> int:
 def has_simulated(df: pd.DataFrame) -> bool:
     """True when any row came from the simulator (reference lines are meaningful)."""
     return bool((df["source"] == "simulated").any())
+
+
+def in_experiments(df: pd.DataFrame, numbers: list[int]) -> pd.DataFrame:
+    """The rows of these experiments (by number), in history order."""
+    return df[df["experiment"].isin(numbers)]
+
+
+def markers(df: pd.DataFrame, reasons: dict[int, str], window: int = 1) -> pd.DataFrame:
+    """Where each experiment after the first, and each simulated drift, begins on every slot's curve.
+
+    Long frame ``slot, n, label``: ``n`` is the position among that slot's rewarded rows
+    (the curves' x), ``label`` the reason in words (``reasons`` by experiment number).
+    """
+    done = rewarded_rows(df)
+    out = []
+    for slot, rows in done.groupby("slot", sort=False):
+        n = np.arange(1, len(rows) + 1)
+        experiment = rows["experiment"].to_numpy()
+        changed = np.flatnonzero(experiment[1:] != experiment[:-1]) + 1
+        for i in changed:
+            out.append({"slot": str(slot), "n": int(n[i]), "label": reasons.get(int(experiment[i]), "Change")})
+        notes = rows["note"].to_numpy()
+        for i in np.flatnonzero(pd.notna(notes)):
+            out.append({"slot": str(slot), "n": int(n[i]), "label": str(notes[i])})
+    return pd.DataFrame(out, columns=["slot", "n", "label"])
+
+
+def top_actions(mix: pd.DataFrame, limit: int = 8, other: str = "Other actions") -> pd.DataFrame:
+    """:func:`action_mix` with only the ``limit`` most shown actions (over all slots) kept by name.
+
+    50 actions in 6 slots would need 50 colors and a legend no phone can show; the
+    few that matter stay, the long tail becomes one "other" band per slot.
+    """
+    if mix.empty:
+        return mix
+    totals = mix.groupby("action", sort=False)["shown"].sum().sort_values(ascending=False, kind="stable")
+    if len(totals) <= limit + 1:  # folding one action into "other" would hide it for nothing
+        return mix
+    kept = set(totals.index[:limit])
+    keep = mix[mix["action"].isin(kept)]
+    rest = mix[~mix["action"].isin(kept)]
+    folded = rest.groupby("slot", sort=False).agg(shown=("shown", "sum"), share=("share", "sum"),
+                                                  rewarded=("rewarded", "sum"),
+                                                  accepted=("accepted", "sum")).reset_index()
+    folded["action"] = other
+    folded["rate"] = folded["accepted"] / folded["rewarded"].where(folded["rewarded"] > 0)
+    return pd.concat([keep, folded[keep.columns]], ignore_index=True)

@@ -13,9 +13,10 @@ import streamlit as st
 from ..evaluation import Lift
 from ..simulation import Scenario
 from . import state
-from .lift import LiftReport, points, sentence, verdict
+from .labels import Labels
+from .lift import LOSING, TOO_EARLY, WINNING, LiftReport, points, sentence, verdict
 from .ranking import Backend, RankedEvent, SlotChoice, answer, error_text, exploration_label
-from .text import context_label, currency, describe_features, is_true, lookup, md, md_block, percent
+from .text import currency, describe_features, is_true, lookup, md, md_block, percent, plural
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,17 @@ def current_backend() -> Backend | None:
 
 
 def scenario_missing() -> None:
-    """What a page shows while the sidebar has no valid scenario."""
-    st.info("Choose a built-in scenario in the sidebar, or upload a valid scenario JSON file.",
+    """What a page shows while the sidebar has no valid scenario: every problem of an upload, or what to do."""
+    problem = state.scenario_problem()
+    if problem:
+        st.error(f"**This scenario file cannot be used.**  \n{md_block(problem)}  \nFix the file and upload it "
+                 "again, or choose a built-in scenario in the sidebar.", icon=":material/error:")
+        return
+    st.info("Choose a built-in scenario in the sidebar, or upload a scenario JSON file (at most 1 MB).",
             icon=":material/upload_file:")
 
 
-def context_selectors(scenario: Scenario, event: RankedEvent | None) -> dict[str, str]:
+def context_selectors(scenario: Scenario, event: RankedEvent | None, labels: Labels) -> dict[str, str]:
     """One selector per context feature of the scenario; returns the chosen context.
 
     A selector's value survives a visit to another page: when Streamlit has dropped
@@ -70,7 +76,8 @@ def context_selectors(scenario: Scenario, event: RankedEvent | None) -> dict[str
         if st.session_state.get(key) not in options:
             shown = event.context.get(name) if event is not None and event.scenario == scenario.name else None
             st.session_state[key] = shown if shown in options else options[0]
-        context[name] = column.selectbox(md(name), options, key=key)
+        context[name] = column.selectbox(md(labels.field(name)), options, key=key,
+                                         format_func=lambda v, n=name: labels.value(n, v))
     columns[-1].button("Next visitor", key="next-visitor", icon=":material/person_add:",
                        on_click=state.request_new_visitor, width="stretch",
                        help="Rank again for the same context with a new eventId.")
@@ -103,17 +110,24 @@ def event_header(event: RankedEvent) -> None:
         badge = f":blue-badge[:material/pending: {done} of {total} answered]"
     else:
         badge = ":gray-badge[:material/hourglass_empty: Waiting for answers]"
-    st.markdown(f"**Visitor** · {md(context_label(event.context))} &nbsp; {badge}")
+    st.markdown(f"**Visitor** · {md(state.labels().context_line(event.context))} &nbsp; {badge}")
     st.caption(f"eventId {md(event.event_id)}")
+    if state.new_catalog():
+        st.info("**New catalog: the model has not seen this catalog yet.** Its picks below are guesses until "
+                "visitors are answered (or the simulator runs).", icon=":material/fiber_new:")
 
 
 def slot_card(event: RankedEvent, slot: SlotChoice) -> None:
     """One slot: where it is, what was chosen (category, price, sale, features), baseline, exploration, answer."""
     with st.container(border=True):
+        labels = state.labels()
         where = md(describe_features(slot.slot_features))
-        st.markdown(f":material/view_quilt: **{md(slot.slot_id)}**" + (f" :gray[· {where}]" if where else ""))
+        st.markdown(f":material/view_quilt: **{md(labels.slot(slot.slot_id))}**"
+                    + (f" :gray[· {where}]" if where else ""))
         st.caption("CHOSEN ACTION")
-        st.markdown(f"### {md(slot.action_id)}")
+        st.markdown(f"### {md(labels.action(slot.action_id))}")
+        if labels.action(slot.action_id) != slot.action_id:
+            st.caption(f"id {md(slot.action_id)}")
         features = slot.action_features
         with st.container(horizontal=True, vertical_alignment="center", gap="small"):
             category = lookup(features, "category")
@@ -128,9 +142,13 @@ def slot_card(event: RankedEvent, slot: SlotChoice) -> None:
         if rest:
             st.caption(md(rest))
         same = slot.baseline_id == slot.action_id
-        st.caption(f"Without personalization: **{md(slot.baseline_id)}**" + (" (the same)" if same else ""))
+        st.caption(f"Without personalization: **{md(labels.action(slot.baseline_id))}**"
+                   + (" (the same)" if same else ""))
         icon = ":material/explore:" if slot.exploration else ":material/target:"
-        st.caption(f"{icon} {md(exploration_label(slot, event))}")
+        line = exploration_label(slot, event, labels.action)
+        if state.new_catalog() and event.learning_mode in (None, "Online"):
+            line = f"A guess: the model has not seen this catalog yet · {line}"
+        st.caption(f"{icon} {md(line)}")
         decided = slot.decision is not None
         with st.container(horizontal=True, gap="small"):
             st.button("Accept", key=f"accept-{slot.slot_id}", type="primary", icon=":material/thumb_up:",
@@ -154,26 +172,40 @@ def slot_cards(event: RankedEvent) -> None:
                 slot_card(event, slot)
 
 
-def lift_headline(lift: Lift | None) -> None:
-    """The one-sentence answer to "does personalization beat the baseline?" for the first slot."""
+_VERDICT_STYLE = {WINNING: ("green", ":material/trending_up:"), LOSING: ("red", ":material/trending_down:"),
+                  TOO_EARLY: ("gray", ":material/hourglass_top:")}
+
+
+def headline_card(lift: Lift | None, labels: Labels, where: str = "") -> None:
+    """The experiment's answer in one card: personalized vs without, the difference, its interval, n, a verdict.
+
+    ``where`` names what the numbers cover (the experiment, a simulator run).
+    """
     if lift is None:
         return
-    text = sentence(lift)
-    kind = verdict(lift) if lift.enough_data else "missing"
-    if kind == "better":
-        st.success(text, icon=":material/trending_up:")
-    elif kind == "worse":
-        st.warning(text, icon=":material/trending_down:")
-    else:
-        st.info(text, icon=":material/hourglass_top:" if kind == "missing" else ":material/balance:")
+    word, needed = verdict(lift)
+    color, icon = _VERDICT_STYLE[word]
+    with st.container(border=True, key="headline-card"):
+        st.markdown(f":{color}-badge[{icon} {word.capitalize()}] &nbsp; {sentence(lift)}")
+        notes = [f"First slot, {md(labels.slot(lift.slot_id))}: the unbiased headline"]
+        if word == TOO_EARLY and needed:
+            notes.append(f"about {plural(needed, 'more answered visitor')} would settle it")
+        if where:
+            notes.append(md(where))
+        st.caption(" · ".join(notes))
 
 
-def lift_metrics(report: LiftReport) -> None:
+def lift_headline(lift: Lift | None) -> None:
+    """The headline card without display names (slot ids as they are)."""
+    headline_card(lift, Labels())
+
+
+def lift_metrics(report: LiftReport, labels: Labels | None = None) -> None:
     """Per slot: lift in accept-rate points with its 95 % interval, or why there is not enough data yet."""
     with st.container(horizontal=True, gap="medium"):
         for lift in report.lifts:
             where = "first slot, headline" if lift.position == 0 else "later slot"
-            label = f"{md(lift.slot_id)} · {where}"
+            label = f"{md((labels or Labels()).slot(lift.slot_id))} · {where}"
             if not lift.enough_data:
                 st.metric(label, "—", delta=f"Not enough data: {lift.reason}", delta_color="off",
                           delta_arrow="off", border=True)
