@@ -114,12 +114,6 @@ def points(value: float, digits: int = 1, sign: bool = True) -> str:
     return "—" if not math.isfinite(value) else f"{value * 100:{'+' if sign else ''}.{digits}f}"
 
 
-def half_width(lift: Lift) -> float:
-    """Half the interval's width (the "± Y")."""
-    lo, hi = lift.interval
-    return (hi - lo) / 2 if lo is not None and hi is not None else math.nan
-
-
 WINNING = "winning"
 TOO_EARLY = "too early"
 LOSING = "losing"
@@ -128,27 +122,12 @@ LOSING = "losing"
 def verdict(lift: Lift) -> tuple[str, int | None]:
     """The verdict word for a lift and, while it is too early, about how many more events would settle it.
 
-    From the 95 % interval alone: lower bound above zero ``winning``, upper bound
-    below zero ``losing``, else ``too early``. The estimate of events still needed
-    assumes the difference stays where it is and the interval narrows with the
-    square root of the events (None when the difference is zero, so no count would
-    settle it). This is the dashboard's one place for the rule: the evaluation
-    package's own verdict can replace it here.
+    Both come from the evaluation package (``Lift.verdict`` and ``Lift.events_needed``,
+    read from the headline Cressie-Read interval), so the dashboard and the API never
+    disagree. None instead of a count when no number of events would settle it.
     """
-    lo, hi = lift.interval
-    enough = lift.enough_data and lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi)
-    if enough and lo > 0:
-        return WINNING, None
-    if enough and hi < 0:
-        return LOSING, None
-    if not lift.enough_data:
-        short = max(0, 100 - lift.events)  # lift_over_baseline's default minimum
-        return TOO_EARLY, (short or None)
-    half = half_width(lift)
-    if not math.isfinite(lift.lift) or abs(lift.lift) < 1e-9 or not math.isfinite(half):
-        return TOO_EARLY, None
-    needed = math.ceil(lift.events * (half / abs(lift.lift)) ** 2) - lift.events
-    return TOO_EARLY, max(needed, 1)
+    word = lift.verdict
+    return word, (lift.events_needed or None) if word == TOO_EARLY else None
 
 
 def sentence(lift: Lift) -> str:
