@@ -1,0 +1,114 @@
+"""A per-request compute budget: how many features a rank request expands to in Vowpal Wabbit.
+
+VW's cost for a CCB prediction grows with the features it generates for every
+(slot, action) pair, and interactions multiply namespace sizes: under the default
+``--cubic @@_`` a context of 1,200 features crossed with 50 actions and 50 slots
+is billions of features (17-40 s of VW holding the GIL, the whole process
+frozen). VW cannot be interrupted once called, so the estimate runs before any
+VW work and an over-budget request is refused (400 ``RequestTooExpensive``).
+
+The estimate, per slot and each action it may still choose (earlier slots use one
+action each): the linear features (context + action + slot + constant) plus, per
+interaction term, the product of its namespaces' sizes (``:`` stands for all of
+them); doubled, because the CCB reduction repeats every interaction with the
+slot's position. It counts from the validated request, with the encoding rules of
+``features.py`` (a string, number or boolean is one feature, a numeric array one
+per item, null and ``_keys`` none; every action and slot also has its id). It is
+an upper-bound style estimate for comparison with a limit chosen by measurement,
+not VW's exact count.
+"""
+
+from __future__ import annotations
+
+import functools
+import shlex
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .contract import PersonalizerError
+
+#: Default limit (``--max-rank-features`` / ``PERSONALIZER_MAX_RANK_FEATURES``), chosen by measurement
+#: (``bench/hardening.py``): VW spends ~1.5 ns per estimated feature on heavy requests here, and holds the
+#: GIL meanwhile (the event loop waits). ``bench/latency.py``'s large request (50 actions x 10 slots, ~20
+#: features each on context, actions and slots, default policy) estimates 7.7 M and ranks in ~14 ms; the
+#: limit admits it with 30 % to spare and keeps the heaviest admitted rank near 15-30 ms of VW time.
+DEFAULT_MAX_RANK_FEATURES = 10_000_000
+ERROR_CODE = "RequestTooExpensive"
+
+_CONTEXT, _ACTION, _SLOT, _ALL = "@", "_", "~", ":"
+_INTERACTION_OPTIONS = {"-q": 2, "--quadratic": 2, "--cubic": 3, "--interactions": 0}
+
+
+@functools.lru_cache(maxsize=64)
+def interaction_terms(policy_arguments: str) -> tuple[str, ...]:
+    """The interaction terms (namespace characters) that policy arguments ask VW to generate."""
+    try:
+        tokens = shlex.split(policy_arguments)
+    except ValueError:
+        return ()
+    terms: list[str] = []
+    for i, tok in enumerate(tokens):
+        name, eq, value = tok.partition("=")
+        if name not in _INTERACTION_OPTIONS:
+            continue
+        if not eq:
+            value = tokens[i + 1] if i + 1 < len(tokens) else ""
+        terms.extend(t for t in value.split(",") if t)
+    return tuple(terms)
+
+
+def count_features(feature_objects: Iterable[dict[str, Any]] | None) -> int:
+    """How many VW features a list of Personalizer feature objects encodes to (features.py's rules)."""
+    n = 0
+    for obj in feature_objects or ():
+        for key, value in obj.items():
+            if key[:1] == "_" or value is None:
+                continue
+            if isinstance(value, dict):
+                n += count_features((value,))
+            elif isinstance(value, list):
+                n += len(value)
+            else:
+                n += 1
+    return n
+
+
+def estimate(context: int, actions: Sequence[int], slots: Sequence[tuple[int, int]], terms: Sequence[str]) -> int:
+    """Estimated features VW generates: ``context`` features, each action's and each slot's
+    (feature count, number of allowed actions) under the interaction ``terms``."""
+    total = 0
+    largest_first = sorted(actions, reverse=True)
+    for position, (slot, allowed) in enumerate(slots):
+        # Each earlier slot took one action; which ones is unknown, so assume the largest remain.
+        choosable = max(1, min(allowed, len(actions) - position))
+        for action in largest_first[:choosable]:
+            sizes = {_CONTEXT: context, _ACTION: action, _SLOT: slot}
+            everything = context + action + slot + 1
+            pair = everything
+            for term in terms:
+                product = 1
+                for ns in term:
+                    product *= everything if ns == _ALL else sizes.get(ns, 0)
+                pair += product
+            total += pair
+    return 2 * total
+
+
+def rank_features(request: Any, policy_arguments: str) -> int:
+    """The estimate for a validated ``MultiSlotRankRequest`` under ``policy_arguments``."""
+    n_actions = len(request.actions)
+    actions = [count_features(a.features) + 1 for a in request.actions]
+    slots = [(count_features(s.features) + 1, n_actions - len(set(s.excluded_actions))) for s in request.slots]
+    return estimate(count_features(request.context_features), actions, slots, interaction_terms(policy_arguments))
+
+
+def check_rank(request: Any, policy_arguments: str, limit: int | None) -> None:
+    """Refuse (400 ``RequestTooExpensive``) a rank request estimated over ``limit`` features; None: no limit."""
+    if limit is None:
+        return
+    features = rank_features(request, policy_arguments)
+    if features > limit:
+        raise PersonalizerError(
+            ERROR_CODE,
+            f"the request would expand to ~{features:,} features under the current policy's interactions, "
+            f"over this server's limit of {limit:,}; send fewer context features, actions or slots", 400)
