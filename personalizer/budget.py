@@ -57,6 +57,18 @@ def interaction_terms(policy_arguments: str) -> tuple[str, ...]:
     return tuple(terms)
 
 
+@functools.lru_cache(maxsize=64)
+def _exponents(terms: tuple[str, ...]) -> tuple[tuple[int, int, int, int], ...]:
+    """Each term as (context, action, slot, all) namespace counts; terms naming another namespace
+    generate nothing (no feature lives there) and are dropped."""
+    out = []
+    for term in terms:
+        if any(ns not in (_CONTEXT, _ACTION, _SLOT, _ALL) for ns in term):
+            continue
+        out.append((term.count(_CONTEXT), term.count(_ACTION), term.count(_SLOT), term.count(_ALL)))
+    return tuple(out)
+
+
 def count_features(feature_objects: Iterable[dict[str, Any]] | None) -> int:
     """How many VW features a list of Personalizer feature objects encodes to (features.py's rules)."""
     n = 0
@@ -76,37 +88,55 @@ def count_features(feature_objects: Iterable[dict[str, Any]] | None) -> int:
 def estimate(context: int, actions: Sequence[int], slots: Sequence[tuple[int, int]], terms: Sequence[str]) -> int:
     """Estimated features VW generates: ``context`` features, each action's and each slot's
     (feature count, number of allowed actions) under the interaction ``terms``."""
-    total = 0
+    exponents = _exponents(tuple(terms))  # a tuple already on the hot path: no copy
     largest_first = sorted(actions, reverse=True)
+    # prefix[b][k]: sum of action^b over the k largest actions (a slot may still choose those).
+    powers = {1} | {b for _, b, _, w in exponents if not w}
+    prefix = {b: [0] for b in powers}
+    for size in largest_first:
+        for b, sums in prefix.items():
+            sums.append(sums[-1] + size ** b)
+    total = 0
     for position, (slot, allowed) in enumerate(slots):
         # Each earlier slot took one action; which ones is unknown, so assume the largest remain.
-        choosable = max(1, min(allowed, len(actions) - position))
-        for action in largest_first[:choosable]:
-            sizes = {_CONTEXT: context, _ACTION: action, _SLOT: slot}
-            everything = context + action + slot + 1
-            pair = everything
-            for term in terms:
-                product = 1
-                for ns in term:
-                    product *= everything if ns == _ALL else sizes.get(ns, 0)
-                pair += product
-            total += pair
+        k = max(1, min(allowed, len(actions) - position))
+        total += k * (context + slot + 1) + prefix[1][k]  # linear features
+        for a, b, c, wild in exponents:
+            if not wild:
+                total += context ** a * slot ** c * (prefix[b][k] if b else k)
+            else:  # ':' stands for every namespace: per action
+                total += sum(context ** a * size ** b * slot ** c * (context + size + slot + 1) ** wild
+                             for size in largest_first[:k])
     return 2 * total
+
+
+def _sizes(request: Any) -> tuple[int, list[int], list[tuple[int, int]]]:
+    """Feature counts of a validated request: context, each action (+ its id), each slot (+ its id, allowed)."""
+    n_actions = len(request.actions)
+    actions = [count_features(a.features) + 1 for a in request.actions]
+    slots = [(count_features(s.features) + 1, n_actions - len(set(s.excluded_actions))) for s in request.slots]
+    return count_features(request.context_features), actions, slots
 
 
 def rank_features(request: Any, policy_arguments: str) -> int:
     """The estimate for a validated ``MultiSlotRankRequest`` under ``policy_arguments``."""
-    n_actions = len(request.actions)
-    actions = [count_features(a.features) + 1 for a in request.actions]
-    slots = [(count_features(s.features) + 1, n_actions - len(set(s.excluded_actions))) for s in request.slots]
-    return estimate(count_features(request.context_features), actions, slots, interaction_terms(policy_arguments))
+    context, actions, slots = _sizes(request)
+    return estimate(context, actions, slots, interaction_terms(policy_arguments))
 
 
 def check_rank(request: Any, policy_arguments: str, limit: int | None) -> None:
     """Refuse (400 ``RequestTooExpensive``) a rank request estimated over ``limit`` features; None: no limit."""
     if limit is None:
         return
-    features = rank_features(request, policy_arguments)
+    context, actions, slots = _sizes(request)
+    terms = interaction_terms(policy_arguments)
+    # A cheap upper bound first (every namespace at most the widest pair, every term at most the
+    # longest): on the hot path nearly every request is far below the limit.
+    widest = context + max(actions) + max(slot for slot, _ in slots) + 1
+    order = max((len(t) for t in terms), default=1)
+    if 2 * len(actions) * len(slots) * widest ** order * (1 + len(terms)) <= limit:
+        return
+    features = estimate(context, actions, slots, terms)
     if features > limit:
         raise PersonalizerError(
             ERROR_CODE,

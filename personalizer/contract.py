@@ -99,6 +99,8 @@ def _check_json(value: Any, where: str, depth: int) -> None:
 
 def check_text(value: str, what: str, error: type[Exception] = ValueError) -> str:
     """``value`` unless it holds a lone UTF-16 surrogate (it could never be encoded, logged or stored)."""
+    if value.isascii():
+        return value
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -150,27 +152,30 @@ def _check_feature_values(obj: dict[str, Any], where: str, depth: int) -> None:
     if depth > MAX_FEATURE_DEPTH:
         raise ValueError(f"feature {where[:200]} nests deeper than {MAX_FEATURE_DEPTH} levels")
     for key, val in obj.items():
-        path = f"{where}.{_shown(key)}"
-        check_text(key, f"feature name {path}")
+        # The hot path: ASCII names and strings cannot hold a surrogate; messages are built only on error.
+        if not key.isascii():
+            check_text(key, f"feature name {where}.{_shown(key)}")
         if key.startswith("_"):
             continue  # ignored entirely, as Personalizer did (metadata such as _label)
         if val is None or isinstance(val, bool):
             continue
         if isinstance(val, str):
-            check_text(val, f"feature {path}")
+            if not val.isascii():
+                check_text(val, f"feature {where}.{_shown(key)}")
         elif isinstance(val, (int, float)):
-            if not _finite(val):
-                raise ValueError(f"feature {path} must be a finite number within float range")
+            if not (math.isfinite(val) if type(val) is float else -_FLOAT_MAX <= val <= _FLOAT_MAX):
+                raise ValueError(f"feature {where}.{_shown(key)} must be a finite number within float range")
         elif isinstance(val, dict):
-            _check_feature_values(val, path, depth + 1)
+            _check_feature_values(val, f"{where}.{_shown(key)}", depth + 1)
         elif isinstance(val, list):
             for j, item in enumerate(val):
                 if isinstance(item, bool) or not isinstance(item, (int, float)):
-                    raise ValueError(f"feature {path}[{j}]: arrays may hold only numbers, not {_json_type(item)}")
+                    raise ValueError(f"feature {where}.{_shown(key)}[{j}]: arrays may hold only numbers, "
+                                     f"not {_json_type(item)}")
                 if not _finite(item):
-                    raise ValueError(f"feature {path}[{j}] must be a finite number within float range")
+                    raise ValueError(f"feature {where}.{_shown(key)}[{j}] must be a finite number within float range")
         else:
-            raise ValueError(f"feature {path} has an unsupported type {_json_type(val)}")
+            raise ValueError(f"feature {where}.{_shown(key)} has an unsupported type {_json_type(val)}")
 
 
 def _json_type(value: Any) -> str:

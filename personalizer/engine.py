@@ -289,6 +289,28 @@ def _check_rank(req: MultiSlotRankRequest) -> None:
         allowed_sets.append(allowed)
 
 
+class _TimedLock:
+    """``with`` a lock acquired within ``timeout`` seconds (None: no limit), else a 503.
+
+    A plain class, not a generator context manager: it is entered on every rank and reward.
+    """
+
+    __slots__ = ("_lock", "_timeout")
+
+    def __init__(self, lock: threading.RLock, timeout: float | None) -> None:
+        self._lock = lock
+        self._timeout = timeout
+
+    def __enter__(self) -> None:
+        timeout = self._timeout
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise PersonalizerError("ServiceUnavailable",
+                                    f"the engine is busy (waited {timeout:g} s for it); retry later", 503)
+
+    def __exit__(self, *_: object) -> None:
+        self._lock.release()
+
+
 # ---------------------------------------------------------------- the engine
 
 class LocalPersonalizer:
@@ -330,20 +352,12 @@ class LocalPersonalizer:
             self._log.close()  # release the data directory for the next attempt
             raise
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> _TimedLock:
         """The engine lock, waited for at most ``lock_timeout`` seconds (503 ServiceUnavailable beyond).
 
         A server must answer "busy, retry" rather than queue callers behind a long call without bound.
         """
-        timeout = self.lock_timeout
-        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
-            raise PersonalizerError("ServiceUnavailable",
-                                    f"the engine is busy (waited {timeout:g} s for it); retry later", 503)
-        try:
-            yield
-        finally:
-            self._lock.release()
+        return _TimedLock(self._lock, self.lock_timeout)
 
     # ------------------------------------------------------------ settings
     def _load_settings(self, policy_arguments: str | None, configuration: dict[str, Any] | None) -> None:
