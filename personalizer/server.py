@@ -114,7 +114,7 @@ DEFAULT_LOCK_TIMEOUT = 5.0
 DEFAULT_TIMEOUT_KEEP_ALIVE = 5
 #: Seconds a client has to send a request's headers once it connected or began a request (0: no limit).
 DEFAULT_HEADER_TIMEOUT = 10.0
-#: Largest incomplete HTTP event (request line + headers) uvicorn's h11 parser buffers.
+#: Largest request line + headers accepted (uvicorn's h11 parser; our httptools protocol: 431 beyond).
 MAX_HEADER_BYTES = 64 * 1024
 #: Seconds between the GIL hand-offs Python forces between threads (its default is 0.005).
 SWITCH_INTERVAL = 0.001
@@ -129,6 +129,7 @@ _OPEN_PATHS = frozenset({"/health", "/personalizer/health", "/openapi.json", "/d
 _JSON = "application/json"
 _STATUS_CODES = {400: "BadRequest", 401: "Unauthorized", 404: "ResourceNotFound", 405: "OperationNotAllowed",
                  409: "Conflict", 413: "PayloadSizeExceeded", 415: "UnsupportedMediaType",
+                 431: "RequestHeaderFieldsTooLarge",
                  429: "TooManyRequests", 500: "InternalServerError", 501: "OperationNotAllowed",
                  503: "ServiceUnavailable"}
 # Contract operations this server does not implement (feature importances, log exports): a clear 501.
@@ -958,15 +959,25 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _raw_error(exc: PersonalizerError) -> bytes:
+    """A whole HTTP/1.1 error response with Personalizer's body, for the protocol layer (no ASGI there)."""
+    body = _dumps(exc.to_body())
+    reason = {431: "Request Header Fields Too Large"}.get(exc.status, "Error")
+    return (f"HTTP/1.1 {exc.status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            f"x-ms-error-code: {exc.code}\r\nconnection: close\r\n\r\n").encode() + body
+
+
 def _http_protocol(header_timeout: float) -> Any:
-    """uvicorn's httptools protocol with a deadline for a request's headers (uvicorn has none).
+    """uvicorn's httptools protocol with a deadline and a size limit for a request's headers (uvicorn has neither).
 
     uvicorn times out idle keep-alive connections (``timeout_keep_alive``) but not a
     client that connects and sends nothing, or sends its headers a byte at a time: each
     such client holds a connection forever. The deadline starts when the connection
     opens and again when a request begins, and ends when its headers are complete; a
-    client that misses it is disconnected (there is no request yet to answer). Falls back
-    to uvicorn's default ("auto") without httptools.
+    client that misses it is disconnected (there is no request yet to answer). httptools
+    refuses URLs over ~64 KB but buffers header values of any size: headers over
+    ``MAX_HEADER_BYTES`` answer 431 with Personalizer's body and close. Falls back to
+    uvicorn's default ("auto") without httptools.
     """
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -976,9 +987,11 @@ def _http_protocol(header_timeout: float) -> Any:
 
     class HeaderDeadlineProtocol(HttpToolsProtocol):
         _header_deadline: asyncio.TimerHandle | None = None
+        _header_bytes = 0
 
         def _arm(self) -> None:
             self._disarm()
+            self._header_bytes = 0
             self._header_deadline = self.loop.call_later(header_timeout, self._headers_too_slow)
 
         def _disarm(self) -> None:
@@ -994,6 +1007,18 @@ def _http_protocol(header_timeout: float) -> Any:
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            inside_headers = self._header_deadline is not None
+            super().data_received(data)
+            if inside_headers and self._header_deadline is not None:  # all of it was header bytes
+                self._header_bytes += len(data)
+                if self._header_bytes > MAX_HEADER_BYTES:  # httptools would buffer them without bound
+                    self._disarm()
+                    self.transport.write(_raw_error(PersonalizerError(
+                        "RequestHeaderFieldsTooLarge",
+                        f"the request line and headers exceed {MAX_HEADER_BYTES} bytes", 431)))
+                    self.transport.close()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()

@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,6 +26,8 @@ from server_fixtures import KEY, rank_request
 
 from personalizer.engine import LocalPersonalizer
 from personalizer.server import create_app
+
+pytestmark = pytest.mark.slow  # subprocesses and generated cases: a few seconds each
 
 EXAMPLES = 60
 MIN_OPERATIONS = 10

@@ -5,6 +5,7 @@ and keys. Whatever is about the process runs ``python -m personalizer serve`` in
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -37,6 +38,8 @@ from server_fixtures import (  # noqa: F401  (fixtures are used by name)
 from personalizer import budget
 from personalizer.contract import MultiSlotRankRequest
 from personalizer.engine import DEFAULT_POLICY_ARGUMENTS, LocalPersonalizer
+
+pytestmark = pytest.mark.slow  # subprocesses and generated cases: a few seconds each
 
 V3 = "/personalizer/v1.1-preview.3"
 RANK = f"{V3}/multislot/rank"
@@ -325,6 +328,22 @@ def test_a_client_that_never_finishes_its_headers_is_disconnected(tmp_path: Path
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as idle:
             assert idle.recv(1024) == b""  # connected and sent nothing
         assert requests.get(server.base + "/health", timeout=5).ok  # a normal client is unaffected
+
+
+def test_oversized_headers_are_431_with_a_personalizer_body(process_server: ProcessServer) -> None:
+    with socket.create_connection(("127.0.0.1", process_server.port), timeout=10) as sock:
+        head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n"
+        with contextlib.suppress(OSError):  # the server may close while the client still sends
+            sock.sendall(head)
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 431 Request Header Fields Too Large", answer[:300]
+    assert json.loads(rest.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "RequestHeaderFieldsTooLarge"
+    normal = requests.get(process_server.base + "/health", headers={"X-Small": "a" * 8000}, timeout=5)
+    assert normal.status_code == 200
 
 
 def test_app_errors_have_personalizer_bodies_uvicorn_parse_errors_are_plain_text(live_server: ThreadedServer) -> None:
