@@ -79,6 +79,7 @@ def test_openapi_fuzzing_never_5xx_and_rejected_calls_change_nothing(tmp_path: P
 
         call()
     finally:
+        app.state.engine_calls.close()  # no lifespan ran (schemathesis calls the app directly)
         app.state.evaluations.close()
         engine.close()
     print(f"fuzzing: {sum(statuses.values())} cases over {len(operations)} operations, statuses {dict(statuses)}")
