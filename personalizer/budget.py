@@ -28,11 +28,13 @@ from typing import Any
 from .contract import PersonalizerError
 
 #: Default limit (``--max-rank-features`` / ``PERSONALIZER_MAX_RANK_FEATURES``), chosen by measurement
-#: (``bench/hardening.py``): VW spends ~1.5 ns per estimated feature on heavy requests here, and holds the
-#: GIL meanwhile (the event loop waits). ``bench/latency.py``'s large request (50 actions x 10 slots, ~20
-#: features each on context, actions and slots, default policy) estimates 7.7 M and ranks in ~14 ms; the
-#: limit admits it with 30 % to spare and keeps the heaviest admitted rank near 15-30 ms of VW time.
-DEFAULT_MAX_RANK_FEATURES = 10_000_000
+#: (``bench/hardening.py``): VW spends ~1.5 ns per estimated feature on heavy requests here and holds
+#: the GIL meanwhile, so the event loop (``/health``) waits for the whole call. ``bench/latency.py``'s
+#: large request (50 actions x 10 slots, ~20 features each on context, actions and slots, default
+#: policy) estimates 7.7 M and ranks in ~14 ms on a quiet machine; the limit admits it and keeps the
+#: heaviest admitted rank near 15 ms (30-50 ms on this shared, loaded machine), under the 50 ms
+#: /health target. 10 M put /health p99 at 47-128 ms here under load.
+DEFAULT_MAX_RANK_FEATURES = 8_000_000
 ERROR_CODE = "RequestTooExpensive"
 
 _CONTEXT, _ACTION, _SLOT, _ALL = "@", "_", "~", ":"
