@@ -25,7 +25,8 @@ answers from the loop without the engine. A call that waited longer than
 ``ServiceUnavailable`` with ``Retry-After``; a rank whose estimated feature count is
 over the budget (``personalizer.budget``) is refused before any VW work. Model
 uploads stream to a temporary file in the data directory, one at a time (503 for
-the others).
+the others). The hop costs two thread wake-ups per call (measured: one client's rank
+p50 +0.1 ms on a loaded 2-core machine; README, REST server).
 
 Offline evaluations (``personalizer.evaluation.Evaluations``, one manager per app,
 closed with it) run on the manager's background thread: create answers at once with
