@@ -25,15 +25,20 @@ from .server import (
 KEY_VARIABLES = ("PERSONALIZER_KEY", "PERSONALIZER_KEY_2")
 
 
-def _env(name: str, default: object) -> object:
-    return os.environ.get(f"PERSONALIZER_{name}", default)
+def _env(name: str, default: object) -> str:
+    """The ``PERSONALIZER_<name>`` variable or ``default``, as text: argparse converts string
+    defaults with the option's type, so a bad value is a usage error, not a traceback."""
+    return os.environ.get(f"PERSONALIZER_{name}", str(default))
 
 
 def _limit(text: str) -> int | None:
     """A positive integer, or 0 / 'none' for no limit."""
     if text.strip().lower() in ("0", "none"):
         return None
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
     if value < 0:
         raise argparse.ArgumentTypeError("must be >= 0")
     return value
@@ -55,26 +60,26 @@ def main(argv: list[str] | None = None) -> int:
                                 "preferred: arguments show in the process list")
     serve_cmd.add_argument("--allow-no-key", action="store_true",
                            help="serve a non-loopback host without a key (refused otherwise)")
-    serve_cmd.add_argument("--max-body-bytes", type=int, default=int(_env("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
+    serve_cmd.add_argument("--max-body-bytes", type=int, default=_env("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
                            help=f"largest JSON request body (default {DEFAULT_MAX_BODY_BYTES}; "
                                 "$PERSONALIZER_MAX_BODY_BYTES)")
     serve_cmd.add_argument("--max-model-bytes", type=int,
-                           default=int(_env("MAX_MODEL_BYTES", DEFAULT_MAX_MODEL_BYTES)),
+                           default=_env("MAX_MODEL_BYTES", DEFAULT_MAX_MODEL_BYTES),
                            help=f"largest model upload (default {DEFAULT_MAX_MODEL_BYTES}; "
                                 "$PERSONALIZER_MAX_MODEL_BYTES)")
     serve_cmd.add_argument("--max-rank-features", type=_limit,
-                           default=_limit(str(_env("MAX_RANK_FEATURES", DEFAULT_MAX_RANK_FEATURES))),
+                           default=_env("MAX_RANK_FEATURES", DEFAULT_MAX_RANK_FEATURES),
                            help=f"refuse a rank estimated to expand to more VW features (default "
                                 f"{DEFAULT_MAX_RANK_FEATURES:,}; 0: no limit; $PERSONALIZER_MAX_RANK_FEATURES)")
-    serve_cmd.add_argument("--lock-timeout", type=float, default=float(_env("LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT)),
+    serve_cmd.add_argument("--lock-timeout", type=float, default=_env("LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT),
                            help=f"seconds a call waits for the busy engine before a 503 with Retry-After (default "
                                 f"{DEFAULT_LOCK_TIMEOUT:g}; $PERSONALIZER_LOCK_TIMEOUT)")
     serve_cmd.add_argument("--timeout-keep-alive", type=int,
-                           default=int(_env("TIMEOUT_KEEP_ALIVE", DEFAULT_TIMEOUT_KEEP_ALIVE)),
+                           default=_env("TIMEOUT_KEEP_ALIVE", DEFAULT_TIMEOUT_KEEP_ALIVE),
                            help=f"seconds an idle keep-alive connection stays open (default "
                                 f"{DEFAULT_TIMEOUT_KEEP_ALIVE}; $PERSONALIZER_TIMEOUT_KEEP_ALIVE)")
     serve_cmd.add_argument("--header-timeout", type=float,
-                           default=float(_env("HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT)),
+                           default=_env("HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT),
                            help=f"seconds a client has to send a request's headers (default "
                                 f"{DEFAULT_HEADER_TIMEOUT:g}; 0: no limit; $PERSONALIZER_HEADER_TIMEOUT)")
     serve_cmd.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
