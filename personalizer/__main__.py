@@ -1,7 +1,9 @@
 """Command line: ``python -m personalizer serve [--host 127.0.0.1] [--port 8000] [--data DIR] [--key KEY]``.
 
-The key may also come from ``PERSONALIZER_KEY`` (preferred: a ``--key`` argument is
-visible to other users in the process list). The key is never printed or logged.
+Keys may also come from ``PERSONALIZER_KEY`` and ``PERSONALIZER_KEY_2`` (preferred: a
+``--key`` argument is visible to other users in the process list); both are valid at
+once, so a key can be rotated without downtime. A key is never printed or logged.
+Every other option has a ``PERSONALIZER_...`` variable too (named in ``--help``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,35 @@ import logging
 import os
 import sys
 
-from .server import DEFAULT_MAX_BODY_BYTES
+from .server import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_MODEL_BYTES,
+    DEFAULT_TIMEOUT_KEEP_ALIVE,
+)
+from .vw.budget import DEFAULT_MAX_RANK_FEATURES
+
+KEY_VARIABLES = ("PERSONALIZER_KEY", "PERSONALIZER_KEY_2")
+
+
+def _env(name: str, default: object) -> str:
+    """The ``PERSONALIZER_<name>`` variable or ``default``, as text: argparse converts string
+    defaults with the option's type, so a bad value is a usage error, not a traceback."""
+    return os.environ.get(f"PERSONALIZER_{name}", str(default))
+
+
+def _limit(text: str) -> int | None:
+    """A positive integer, or 0 / 'none' for no limit."""
+    if text.strip().lower() in ("0", "none"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,25 +54,50 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     serve_cmd.add_argument("--data", default=None,
                            help="data directory (default $PERSONALIZER_HOME or ./.personalizer)")
-    serve_cmd.add_argument("--key", default=None,
-                           help="subscription key clients must send in Ocp-Apim-Subscription-Key "
-                                "(default $PERSONALIZER_KEY, preferred: arguments show in the process list; "
-                                "none means no authentication)")
-    serve_cmd.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
-                           help=f"largest JSON request body (default {DEFAULT_MAX_BODY_BYTES})")
+    serve_cmd.add_argument("--key", action="append", default=None,
+                           help="subscription key clients must send in Ocp-Apim-Subscription-Key; give it twice "
+                                "for two valid keys (rotation). Default $PERSONALIZER_KEY and $PERSONALIZER_KEY_2, "
+                                "preferred: arguments show in the process list")
+    serve_cmd.add_argument("--allow-no-key", action="store_true",
+                           help="serve a non-loopback host without a key (refused otherwise)")
+    serve_cmd.add_argument("--max-body-bytes", type=int, default=_env("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+                           help=f"largest JSON request body (default {DEFAULT_MAX_BODY_BYTES}; "
+                                "$PERSONALIZER_MAX_BODY_BYTES)")
+    serve_cmd.add_argument("--max-model-bytes", type=int,
+                           default=_env("MAX_MODEL_BYTES", DEFAULT_MAX_MODEL_BYTES),
+                           help=f"largest model upload (default {DEFAULT_MAX_MODEL_BYTES}; "
+                                "$PERSONALIZER_MAX_MODEL_BYTES)")
+    serve_cmd.add_argument("--max-rank-features", type=_limit,
+                           default=_env("MAX_RANK_FEATURES", DEFAULT_MAX_RANK_FEATURES),
+                           help=f"refuse a rank estimated to expand to more VW features (default "
+                                f"{DEFAULT_MAX_RANK_FEATURES:,}; 0: no limit; $PERSONALIZER_MAX_RANK_FEATURES)")
+    serve_cmd.add_argument("--lock-timeout", type=float, default=_env("LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT),
+                           help=f"seconds a call waits for the busy engine before a 503 with Retry-After (default "
+                                f"{DEFAULT_LOCK_TIMEOUT:g}; $PERSONALIZER_LOCK_TIMEOUT)")
+    serve_cmd.add_argument("--timeout-keep-alive", type=int,
+                           default=_env("TIMEOUT_KEEP_ALIVE", DEFAULT_TIMEOUT_KEEP_ALIVE),
+                           help=f"seconds an idle keep-alive connection stays open (default "
+                                f"{DEFAULT_TIMEOUT_KEEP_ALIVE}; $PERSONALIZER_TIMEOUT_KEEP_ALIVE)")
+    serve_cmd.add_argument("--header-timeout", type=float,
+                           default=_env("HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT),
+                           help=f"seconds a client has to send a request's headers (default "
+                                f"{DEFAULT_HEADER_TIMEOUT:g}; 0: no limit; $PERSONALIZER_HEADER_TIMEOUT)")
     serve_cmd.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve_cmd.add_argument("--access-log", action="store_true", help="log every request line (off: faster)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
-    key = args.key if args.key is not None else os.environ.get("PERSONALIZER_KEY") or None
+    keys = args.key if args.key is not None else [os.environ[v] for v in KEY_VARIABLES if os.environ.get(v)]
     from .contract import PersonalizerError
     from .server import serve
 
     try:
-        serve(args.host, args.port, args.data, key, max_body_bytes=args.max_body_bytes,
-              log_level=args.log_level, access_log=args.access_log)
-    except (PersonalizerError, ValueError) as exc:  # e.g. the data directory is in use, a bad key
+        serve(args.host, args.port, args.data, keys, allow_no_key=args.allow_no_key,
+              max_body_bytes=args.max_body_bytes, max_model_bytes=args.max_model_bytes,
+              lock_timeout=args.lock_timeout if args.lock_timeout > 0 else None,
+              max_rank_features=args.max_rank_features, timeout_keep_alive=args.timeout_keep_alive,
+              header_timeout=args.header_timeout, log_level=args.log_level, access_log=args.access_log)
+    except (PersonalizerError, ValueError, OSError) as exc:  # e.g. the data directory is in use, a bad key
         print(f"error: {exc.message if isinstance(exc, PersonalizerError) else exc}", file=sys.stderr)
         return 1
     return 0

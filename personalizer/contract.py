@@ -8,8 +8,10 @@ reach the learner or the log.
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import sys
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -17,6 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 MAX_ACTIONS = 50
 MAX_ID_LENGTH = 256
+#: Deepest nesting of feature objects (``{"a": {"b": ...}}``) a request may use; deeper is a 400.
+MAX_FEATURE_DEPTH = 32
+#: Deepest nesting of any JSON request body (arrays and objects); deeper is a 400.
+MAX_JSON_DEPTH = 64
+#: Longest ISO-8601 duration any setting accepts (ten years); longer is a 400.
+MAX_DURATION = timedelta(days=3650)
+_FLOAT_MAX = sys.float_info.max
+# A JSON escape of a UTF-16 surrogate (\uD800-\uDFFF): the only way a lone surrogate gets into a str.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class PersonalizerError(Exception):
@@ -43,6 +54,79 @@ class _Model(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="ignore")
 
 
+# ---------------------------------------------------------------- JSON bodies and text
+
+def loads(body: bytes) -> Any:
+    """Decode a JSON request body, refusing (400 BadRequest) what Python's json would let through
+    only to fail later: lone UTF-16 surrogates (``"\\ud800"``: not encodable, so not loggable),
+    integers beyond float range, and nesting deeper than ``MAX_JSON_DEPTH``.
+
+    The full walk runs only when the cheap byte scans say it is needed, so a normal body costs
+    one ``json.loads`` and two scans.
+    """
+    if not body.strip():
+        raise PersonalizerError("BadRequest", "the request body is empty; send a JSON object", 400)
+    try:
+        value = json.loads(body, parse_int=_parse_int)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise PersonalizerError("BadRequest", f"the request body is not valid JSON: {_first_line(exc)}", 400) from None
+    deep = body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH
+    if deep or _SURROGATE_ESCAPE.search(body):
+        _check_json(value, "body", 0)
+    return value
+
+
+def _parse_int(text: str) -> int:
+    value = int(text)
+    if abs(value) > _FLOAT_MAX:
+        raise ValueError(f"the integer {text[:20]}... is beyond the range of a number")
+    return value
+
+
+def _check_json(value: Any, where: str, depth: int) -> None:
+    if depth > MAX_JSON_DEPTH:
+        raise PersonalizerError("BadRequest", f"the request body nests deeper than {MAX_JSON_DEPTH} levels", 400)
+    if isinstance(value, str):
+        check_text(value, where, PersonalizerError)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key, f"{where} key", PersonalizerError)
+            _check_json(item, f"{where}.{_shown(key)}", depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json(item, f"{where}[{i}]", depth + 1)
+
+
+def check_text(value: str, what: str, error: type[Exception] = ValueError) -> str:
+    """``value`` unless it holds a lone UTF-16 surrogate (it could never be encoded, logged or stored)."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        message = f"{what} holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not valid text"
+        if error is PersonalizerError:
+            raise PersonalizerError("BadRequest", message, 400) from None
+        raise error(message) from None
+    return value
+
+
+def _shown(text: str) -> str:
+    """``text`` safe to put in a message (surrogates replaced), shortened."""
+    return text.encode("utf-8", "replace").decode("utf-8")[:64]
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def _finite(value: int | float) -> bool:
+    """True for a finite number within float range (a huge int would overflow ``math.isfinite``)."""
+    if isinstance(value, int):
+        return abs(value) <= _FLOAT_MAX
+    return math.isfinite(value)
+
+
 # ---------------------------------------------------------------- features
 
 FeatureObject = dict[str, Any]
@@ -52,37 +136,46 @@ def check_features(value: Any, where: str) -> None:
     """Raise ValueError unless ``value`` is a list of feature objects Personalizer accepts.
 
     Values may be strings, finite numbers, booleans, null, nested objects
-    (namespaces) or arrays of finite numbers; names may hold any character
-    (they are escaped before they reach Vowpal Wabbit).
+    (namespaces, at most ``MAX_FEATURE_DEPTH`` deep) or arrays of finite numbers;
+    names may hold any character but a lone surrogate (they are escaped before
+    they reach Vowpal Wabbit).
     """
     if not isinstance(value, list):
         raise ValueError(f"{where} must be a list of feature objects")
     for i, obj in enumerate(value):
         if not isinstance(obj, dict):
             raise ValueError(f"{where}[{i}] must be an object, not {_json_type(obj)}")
-        _check_feature_values(obj, f"{where}[{i}]")
+        _check_feature_values(obj, f"{where}[{i}]", 1)
 
 
-def _check_feature_values(obj: dict[str, Any], where: str) -> None:
+def _check_feature_values(obj: dict[str, Any], where: str, depth: int) -> None:
+    if depth > MAX_FEATURE_DEPTH:
+        raise ValueError(f"feature {where[:200]} nests deeper than {MAX_FEATURE_DEPTH} levels")
     for key, val in obj.items():
-        path = f"{where}.{key}"
+        # The hot path: ASCII names and strings cannot hold a surrogate; messages are built only on error.
+        if not key.isascii():
+            check_text(key, f"feature name {where}.{_shown(key)}")
         if key.startswith("_"):
             continue  # ignored entirely, as Personalizer did (metadata such as _label)
-        if val is None or isinstance(val, (str, bool)):
+        if val is None or isinstance(val, bool):
             continue
-        if isinstance(val, (int, float)):
-            if not math.isfinite(val):
-                raise ValueError(f"feature {path} must be a finite number, not {val}")
+        if isinstance(val, str):
+            if not val.isascii():
+                check_text(val, f"feature {where}.{_shown(key)}")
+        elif isinstance(val, (int, float)):
+            if not (math.isfinite(val) if type(val) is float else -_FLOAT_MAX <= val <= _FLOAT_MAX):
+                raise ValueError(f"feature {where}.{_shown(key)} must be a finite number within float range")
         elif isinstance(val, dict):
-            _check_feature_values(val, path)
+            _check_feature_values(val, f"{where}.{_shown(key)}", depth + 1)
         elif isinstance(val, list):
             for j, item in enumerate(val):
                 if isinstance(item, bool) or not isinstance(item, (int, float)):
-                    raise ValueError(f"feature {path}[{j}]: arrays may hold only numbers, not {_json_type(item)}")
-                if not math.isfinite(item):
-                    raise ValueError(f"feature {path}[{j}] must be a finite number, not {item}")
+                    raise ValueError(f"feature {where}.{_shown(key)}[{j}]: arrays may hold only numbers, "
+                                     f"not {_json_type(item)}")
+                if not _finite(item):
+                    raise ValueError(f"feature {where}.{_shown(key)}[{j}] must be a finite number within float range")
         else:
-            raise ValueError(f"feature {path} has an unsupported type {_json_type(val)}")
+            raise ValueError(f"feature {where}.{_shown(key)} has an unsupported type {_json_type(val)}")
 
 
 def _json_type(value: Any) -> str:
@@ -97,8 +190,8 @@ def _check_id(value: str, what: str) -> str:
     if not value or not value.strip():
         raise ValueError(f"{what} must be a non-empty string")
     if len(value) > MAX_ID_LENGTH:
-        raise ValueError(f"{what} '{value[:40]}...' is longer than {MAX_ID_LENGTH} characters")
-    return value
+        raise ValueError(f"{what} '{_shown(value)[:40]}...' is longer than {MAX_ID_LENGTH} characters")
+    return check_text(value, what)
 
 
 def _feature_list(v: Any, where: str) -> Any:
@@ -293,7 +386,7 @@ class RewardRequest(_Model):
 def _check_reward_value(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ValueError(f"reward value must be a number, not {_json_type(v)}")
-    if not math.isfinite(v) or not -1.0 <= v <= 1.0:
+    if not _finite(v) or not -1.0 <= v <= 1.0:
         raise ValueError(f"reward value {v} is outside [-1, 1]")
     return float(v)
 
@@ -306,12 +399,16 @@ _DURATION = re.compile(
 
 
 def parse_duration(text: str) -> timedelta:
-    """Parse an ISO-8601 duration of days, hours, minutes and seconds (``PT10M``, ``P1DT2H``)."""
+    """Parse an ISO-8601 duration of days, hours, minutes and seconds (``PT10M``, ``P1DT2H``),
+    at most ``MAX_DURATION`` long (``P99999999999999999999D`` is a ValueError, not an overflow)."""
     m = _DURATION.match(text or "")
     if not m or text in ("P", "PT") or text.endswith("T"):
-        raise ValueError(f"'{text}' is not an ISO-8601 duration such as PT10M")
+        raise ValueError(f"'{_shown(text or '')}' is not an ISO-8601 duration such as PT10M")
     parts = {k: float(v) if v else 0.0 for k, v in m.groupdict().items()}
-    return timedelta(days=parts["d"], hours=parts["h"], minutes=parts["m"], seconds=parts["s"])
+    seconds = parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"duration '{text[:40]}' is longer than {MAX_DURATION.days} days")
+    return timedelta(seconds=seconds)
 
 
 LearningMode = Literal["Online", "Apprentice", "LoggingOnly"]
@@ -350,6 +447,13 @@ class ServiceConfiguration(_Model):
         parse_duration(v)
         return v
 
+    @field_validator("auto_optimization_frequency")
+    @classmethod
+    def _auto_frequency(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
+
     @field_validator("reward_aggregation", mode="before")
     @classmethod
     def _aggregation(cls, v: Any) -> Any:
@@ -366,6 +470,11 @@ class PolicyContract(_Model):
 
     name: str = Field(max_length=256)
     arguments: str = Field(max_length=1024)
+
+    @field_validator("name", "arguments")
+    @classmethod
+    def _text(cls, v: str, info: Any) -> str:
+        return check_text(v, f"policy {info.field_name}")
 
 
 class ModelProperties(_Model):

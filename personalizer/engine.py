@@ -46,7 +46,7 @@ from .contract import (
     parse,
 )
 from .store import EventLog, StoredEvent, storage_error
-from .vw import encoding, trial
+from .vw import budget, encoding, trial
 from .vw import workspace as vw_workspace
 from .vw.arguments import effective_arguments, parse_arguments
 from .vw.encoding import CatalogCache, encode_request
@@ -157,6 +157,28 @@ def _check_rank(req: MultiSlotRankRequest) -> None:
         allowed_sets.append(allowed)
 
 
+class _TimedLock:
+    """``with`` a lock acquired within ``timeout`` seconds (None: no limit), else a 503.
+
+    A plain class, not a generator context manager: it is entered on every rank and reward.
+    """
+
+    __slots__ = ("_lock", "_timeout")
+
+    def __init__(self, lock: threading.RLock, timeout: float | None) -> None:
+        self._lock = lock
+        self._timeout = timeout
+
+    def __enter__(self) -> None:
+        timeout = self._timeout
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise PersonalizerError("ServiceUnavailable",
+                                    f"the engine is busy (waited {timeout:g} s for it); retry later", 503)
+
+    def __exit__(self, *_: object) -> None:
+        self._lock.release()
+
+
 # ---------------------------------------------------------------- the engine
 
 class LocalPersonalizer:
@@ -188,6 +210,10 @@ class LocalPersonalizer:
         self._recent: dict[str, _Example] = {}
         self._slot_id_sets: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._counts: dict[str, int] | None = None  # events by status and rewards; None: read the log
+        #: Seconds a public call waits for the engine lock before a 503 (None: as long as it takes).
+        self.lock_timeout: float | None = None
+        #: Largest estimated feature count of a rank request (budget.py); None: no limit.
+        self.max_rank_features: int | None = budget.DEFAULT_MAX_RANK_FEATURES
         try:
             with self._lock:
                 self._load_settings(policy_arguments, configuration)
@@ -197,6 +223,13 @@ class LocalPersonalizer:
             if isinstance(exc, sqlite3.DatabaseError):  # e.g. a page of the file is corrupt
                 raise storage_error(exc, self._log.path) from None
             raise
+
+    def _locked(self) -> _TimedLock:
+        """The engine lock, waited for at most ``lock_timeout`` seconds (503 ServiceUnavailable beyond).
+
+        A server must answer "busy, retry" rather than queue callers behind a long call without bound.
+        """
+        return _TimedLock(self._lock, self.lock_timeout)
 
     # ------------------------------------------------------------ settings
     def _load_settings(self, policy_arguments: str | None, configuration: dict[str, Any] | None) -> None:
@@ -375,13 +408,14 @@ class LocalPersonalizer:
         return self._rank(req)
 
     def _rank(self, req: MultiSlotRankRequest, extra: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+        budget.check_rank(req, self._policy.arguments, self.max_rank_features)  # before any VW work
         # The validated request as the log stores it; live ranking encodes the very same
         # structure replay will read back, so both build identical VW examples.
         canonical_json = req.model_dump_json(by_alias=True, exclude={"event_id"})
         canonical = json.loads(canonical_json)
         request_hash = hashlib.sha256(canonical_json.encode()).hexdigest()
         given = req.event_id
-        with self._lock:
+        with self._locked():
             now = self._clock()
             self._process_due(now)
             if given is not None:
@@ -481,7 +515,7 @@ class LocalPersonalizer:
     def reward_single(self, event_id: str, reward: dict[str, Any]) -> dict[str, Any]:
         """Single-slot reward ``{"value"}`` for an event with one slot."""
         req = parse(RewardRequest, reward, "InvalidRewardRequest")
-        with self._lock:
+        with self._locked():
             slot_ids = self._slot_ids(event_id)
             if len(slot_ids) != 1:
                 raise PersonalizerError("InvalidRewardRequest",
@@ -498,7 +532,7 @@ class LocalPersonalizer:
         return [s["id"] for s in stored.response["slots"]]
 
     def _reward(self, event_id: str, values: list[tuple[str, float]]) -> dict[str, Any]:
-        with self._lock:
+        with self._locked():
             now = self._clock()
             self._process_due(now)
             p = self._pending.get(event_id)
@@ -561,7 +595,7 @@ class LocalPersonalizer:
     # ------------------------------------------------------------ activate
     def activate(self, event_id: str) -> dict[str, Any]:
         """Activate a deferred event so it will be learned; a no-op for active ones."""
-        with self._lock:
+        with self._locked():
             now = self._clock()
             self._process_due(now)
             p = self._pending.get(event_id)
@@ -592,7 +626,7 @@ class LocalPersonalizer:
     # ------------------------------------------------------------ join and learn
     def process_due(self) -> int:
         """Close every event whose reward wait time has passed; returns how many."""
-        with self._lock:
+        with self._locked():
             return self._process_due(self._clock())
 
     def _process_due(self, now: float) -> int:
@@ -712,7 +746,7 @@ class LocalPersonalizer:
         head, bodies, allowed, _ = encode_request(canonical, "greedy")
         ids = [a["id"] for a in canonical["actions"]]
         picks: list[int] = []
-        with self._lock:
+        with self._locked():
             for k in range(len(bodies)):
                 lines = list(head)
                 lines.extend(encoding.slot_line(bodies[j], [picks[j]]) for j in range(k))
@@ -742,7 +776,7 @@ class LocalPersonalizer:
         Kept in memory (read from the log once): dashboards ask on every rerun, and a
         count over a large log would hold the engine's lock while ranks wait.
         """
-        with self._lock:
+        with self._locked():
             if self._counts is None:
                 self._counts = self._log.counts()
             counts = self._counts
@@ -759,41 +793,41 @@ class LocalPersonalizer:
 
         Discarded events (deferred and never activated) are left out: nobody saw them.
         """
-        with self._lock:
+        with self._locked():
             return list(self._log.iter_events(start, end))
 
     def event(self, event_id: str) -> StoredEvent | None:
         """One logged event, whatever its status, or None."""
-        with self._lock:
+        with self._locked():
             return self._log.get_event(event_id)
 
     # ------------------------------------------------------------ evaluation records
     def save_evaluation_record(self, evaluation_id: str, created: float, record_json: str) -> None:
         """Store one offline evaluation (JSON text) in the event log's database: one store, one backup."""
-        with self._lock:
+        with self._locked():
             self._log.put_evaluation(evaluation_id, created, record_json)
 
     def delete_evaluation_record(self, evaluation_id: str) -> bool:
         """Delete one stored evaluation; True when there was one."""
-        with self._lock:
+        with self._locked():
             return self._log.delete_evaluation(evaluation_id)
 
     def evaluation_records(self) -> list[tuple[str, str]]:
         """(id, JSON text) of every stored evaluation, oldest first."""
-        with self._lock:
+        with self._locked():
             return self._log.evaluation_records()
 
     # ------------------------------------------------------------ configuration
     def get_service_configuration(self) -> dict[str, Any]:
         """The service configuration with Personalizer's field names."""
-        with self._lock:
+        with self._locked():
             return self._config.model_dump(by_alias=True)
 
     def update_service_configuration(self, configuration: dict[str, Any]) -> dict[str, Any]:
         """Replace the configuration (fields not given keep their value); returns the new one."""
         if not isinstance(configuration, dict):
             raise PersonalizerError("InvalidServiceConfiguration", "configuration must be a JSON object")
-        with self._lock:
+        with self._locked():
             merged = {**self._config.model_dump(by_alias=True), **configuration}
             cfg = parse(ServiceConfiguration, merged, "InvalidServiceConfiguration")
             cfg.last_configuration_edit_date = _iso(self._clock())
@@ -812,7 +846,7 @@ class LocalPersonalizer:
 
     def get_policy(self) -> dict[str, Any]:
         """The learning policy: name and VW arguments (epsilon as configured)."""
-        with self._lock:
+        with self._locked():
             return {"name": self._policy.name, "arguments": self.arguments}
 
     def update_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
@@ -824,12 +858,12 @@ class LocalPersonalizer:
         """
         contract = parse(PolicyContract, policy, "InvalidPolicyContract")
         parse_arguments(contract.arguments)
-        with self._lock:
+        with self._locked():
             args = effective_arguments(contract.arguments, self._config.exploration_percentage)
             examples = self._trial_examples()
         if contract.arguments != DEFAULT_POLICY_ARGUMENTS:  # the shipped default is known to work
             trial.trial_policy(args, examples)  # outside the lock: ranks go on meanwhile
-        with self._lock:
+        with self._locked():
             args = effective_arguments(contract.arguments, self._config.exploration_percentage)
             vw = self._workspace(arguments=args)
             self._vw = vw
@@ -847,7 +881,7 @@ class LocalPersonalizer:
     # ------------------------------------------------------------ model
     def export_model(self) -> bytes:
         """The current VW model file."""
-        with self._lock:
+        with self._locked():
             return self._model_bytes()
 
     def import_model(self, model: bytes) -> None:
@@ -860,11 +894,11 @@ class LocalPersonalizer:
         if not model:
             raise PersonalizerError("InvalidModelImportFormat", "the model file is empty")
         vw_workspace.read_header(model)
-        with self._lock:
+        with self._locked():
             args = self.arguments
             examples = self._trial_examples()
         trial.trial_model(model, args, examples)  # outside the lock, as update_policy
-        with self._lock:
+        with self._locked():
             vw = self._workspace(model)
             self._vw = vw
             with self._tx():
@@ -872,26 +906,26 @@ class LocalPersonalizer:
 
     def reset_model(self) -> None:
         """Start a fresh model with the current policy (the event log is kept)."""
-        with self._lock:
+        with self._locked():
             self._vw = self._workspace()
             with self._tx():
                 self._checkpoint("reset")
 
     def model_properties(self) -> dict[str, Any]:
         """When the model was created (reset, import, policy change) and last learned."""
-        with self._lock:
+        with self._locked():
             return {"creationTime": _iso(self._created),
                     "lastModifiedTime": _iso(self._modified if self._modified is not None else self._created)}
 
     def log_properties(self) -> dict[str, Any]:
         """The time range the event log covers."""
-        with self._lock:
+        with self._locked():
             rng = self._log.date_range()
             return {"dateRange": None if rng is None else {"from": _iso(rng[0]), "to": _iso(rng[1])}}
 
     def delete_logs(self) -> int:
         """Delete closed events and their rewards (a checkpoint first keeps the model); returns how many."""
-        with self._lock:
+        with self._locked():
             with self._tx():
                 self._checkpoint("periodic")
             self._counts = None
@@ -900,7 +934,7 @@ class LocalPersonalizer:
     # ------------------------------------------------------------ lifecycle
     def checkpoint(self) -> None:
         """Save the model now (also done every ``checkpoint_every`` learned events and on close)."""
-        with self._lock, self._tx():
+        with self._locked(), self._tx():
             self._checkpoint("periodic")
 
     def close(self) -> None:

@@ -101,7 +101,7 @@ from typing import Any, Protocol
 import numpy as np
 from scipy.special import fdtri
 
-from .contract import PersonalizerError
+from .contract import PersonalizerError, check_text
 from .engine import (
     DEFAULT_POLICY_ARGUMENTS,
     RETIRED_POLICY_ARGUMENTS,
@@ -1588,21 +1588,29 @@ def _timestamp(value: Any, what: str) -> float:
     if isinstance(value, bool):
         raise PersonalizerError("InvalidEvaluationContract", f"{what} must be a date-time")
     if isinstance(value, (int, float)):
+        # Epoch seconds a datetime can show (years 1..9999); 1e308 or a huge int is a 400, not an overflow.
+        if not _MIN_EPOCH <= value <= _MAX_EPOCH:
+            raise PersonalizerError("InvalidEvaluationContract", f"{what} is outside the years 1..9999")
         return float(value)
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value.strip())
+            value = datetime.fromisoformat(check_text(value, what).strip())
         except ValueError:
             raise PersonalizerError("InvalidEvaluationContract",
-                                    f"{what} '{value}' is not an ISO-8601 date-time") from None
+                                    f"{what} '{value[:64]!a}' is not an ISO-8601 date-time") from None
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
-        return value.timestamp()
+        try:
+            return value.timestamp()
+        except (OverflowError, ValueError, OSError):
+            raise PersonalizerError("InvalidEvaluationContract", f"{what} is outside the years 1..9999") from None
     raise PersonalizerError("InvalidEvaluationContract", f"{what} is required (an ISO-8601 date-time)")
 
 
 _evaluations_log = logging.getLogger(__name__)
+_MIN_EPOCH = datetime(1, 1, 2, tzinfo=UTC).timestamp()
+_MAX_EPOCH = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
 
 
 class Evaluations:
@@ -1649,6 +1657,10 @@ class Evaluations:
                                     "evaluation id must be 1..256 characters without '/', '\\', '?', '#' or controls")
         if not isinstance(name, str) or not name.strip() or len(name) > 256:
             raise PersonalizerError("InvalidEvaluationContract", "name must be a non-empty string of <= 256 characters")
+        try:  # a name that cannot be encoded could never be stored or listed
+            check_text(name, "name")
+        except ValueError as exc:
+            raise PersonalizerError("InvalidEvaluationContract", str(exc)) from None
         t0 = _timestamp(start, "startTime")
         t1 = _timestamp(end, "endTime")
         if t1 <= t0:
