@@ -15,6 +15,13 @@ inside the 2,500-3,000 window (it then measures re-learning).
 
 Usage: ``python bench/learning.py [--events 5000] [--seeds 5] [--scenario NAME] [--jobs 2] [--default ARGS]``.
 Exit status 1 when a target is missed (``--no-fail`` to only report).
+
+``--suite`` instead runs the generated suite (``personalizer.scenario_generator``,
+seeds 0..39, plus every shipped scenario) once per policy for 3,000 events, and
+prints per policy the median and 10th percentile over scenarios of: the online
+reward of the first 1,000 events as a ratio to the retired service's default, the
+greedy policy's share of the oracle after 3,000 events, and rank p50 (see
+:func:`suite_main`). ``--suite --quick`` runs 12 generated scenarios for 1,500 events.
 """
 
 from __future__ import annotations
@@ -175,6 +182,10 @@ def report(scenario: str, runs: list[Run], window: int, events: int) -> tuple[st
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the tables; exit 1 if a target is missed."""
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--suite" in argv:
+        return suite_main([a for a in argv if a != "--suite"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--seeds", type=int, default=5)
@@ -211,6 +222,238 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(text + "\n")
         failed |= any(status == "MISS" for status, _ in checks)
     print(f"_{len(jobs)} runs in {time.perf_counter() - started:.0f} s with {args.jobs} worker(s)._")
+    return 1 if failed and not args.no_fail else 0
+
+
+# --------------------------------------------------------------------------- the generated suite
+
+#: The project default before the suite existed (chosen on the three seed-catalog scenarios).
+PREVIOUS_DEFAULT = "--ccb_explore_adf --epsilon 0.2 --cb_type mtr --cubic @@_ -l 1"
+_CCB = "--ccb_explore_adf --cb_type mtr"
+#: Every policy the suite compares; None: a reference backend. VW's --epsilon is always set
+#: by the engine to the exploration percentage (20 % here); with --squarecb it is a floor.
+SUITE_POLICIES: dict[str, str | None] = {
+    "random": None,
+    "baseline": None,
+    "retired service": RETIRED,
+    "previous default (cubic @@_)": PREVIOUS_DEFAULT,
+    "eps -q @_": f"{_CCB} --epsilon 0.2 -q @_",
+    "eps -q @_ -q ~_": f"{_CCB} --epsilon 0.2 -q @_ -q ~_",
+    "squarecb -q @_": f"{_CCB} --squarecb -q @_",
+    "squarecb -q @_ -q ~_": f"{_CCB} --squarecb -q @_ -q ~_",
+    "squarecb -q @_ -q ~_ -l 1": f"{_CCB} --squarecb -q @_ -q ~_ -l 1",
+    "squarecb -q @_ -q ~_ --cubic @@_": f"{_CCB} --squarecb -q @_ -q ~_ --cubic @@_",
+    "cover 3 -q @_ -q ~_": f"{_CCB} --cover 3 -q @_ -q ~_",
+    "regcbopt -q @_ -q ~_": f"{_CCB} --regcbopt -q @_ -q ~_",
+}
+SUITE_RETIRED = "retired service"
+SUITE_SEEDS = 40
+FIRST_EVENTS = 1000
+
+
+@dataclass
+class SuiteRun:
+    """One policy on one scenario: the three suite measures and what they came from."""
+
+    scenario: str
+    family: str
+    policy: str
+    first: float          # mean expected reward per slot of the pages shown in the first 1,000 events
+    value: float          # greedy policy's page value at the end (post-drift profile)
+    oracle: float
+    random: float
+    rank_p50_ms: float    # nan for reference backends
+    graded: bool
+    seconds: float
+
+
+class _TimedRanks:
+    """Wraps a backend to time its rank calls (the one interface passes through)."""
+
+    def __init__(self, backend: engine.LocalPersonalizer) -> None:
+        self.backend = backend
+        self.rank_seconds: list[float] = []
+
+    def rank(self, request: dict) -> dict:
+        start = time.perf_counter()
+        answer = self.backend.rank(request)
+        self.rank_seconds.append(time.perf_counter() - start)
+        return answer
+
+    def reward(self, event_id: str, reward: dict) -> None:
+        self.backend.reward(event_id, reward)
+
+    def activate(self, event_id: str) -> None:
+        self.backend.activate(event_id)
+
+
+def suite_scenario(spec: str):  # noqa: ANN201 - a Scenario; imported lazily in workers
+    """``gen:<seed>`` (a generated scenario) or a shipped scenario's name."""
+    from personalizer.scenario_generator import generate
+
+    return generate(int(spec[4:])) if spec.startswith("gen:") else load_scenario(spec)
+
+
+def run_suite_one(spec: str, policy: str, arguments: str | None, events: int) -> SuiteRun:
+    """One policy on one scenario; the simulation seed is fixed per scenario."""
+    scenario = suite_scenario(spec)
+    seed = int(spec[4:]) if spec.startswith("gen:") else 7
+    started = time.perf_counter()
+    timings: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-suite-") as home:
+        if policy == "random":
+            records = simulate(RandomBackend(seed=seed), scenario, events, seed, event_prefix="suite-")
+            value = scenario.random_value()
+        elif policy == "baseline":
+            records = simulate(BaselineBackend(), scenario, events, seed, event_prefix="suite-")
+            value = scenario.policy_value(lambda r: {s["id"]: s["baselineAction"] for s in r["slots"]})
+        else:
+            learner = engine.LocalPersonalizer(home, policy_arguments=arguments)
+            timed = _TimedRanks(learner)
+            records = simulate(timed, scenario, events, seed, event_prefix="suite-")
+            value = scenario.policy_value(learner.greedy)
+            timings = timed.rank_seconds
+            learner.close()
+    first = [r["expected"] for r in records if r["index"] < FIRST_EVENTS]
+    return SuiteRun(
+        scenario=scenario.name, family=scenario.name.split("-")[1] if spec.startswith("gen:") else "shipped",
+        policy=policy, first=float(np.mean(first)), value=value, oracle=scenario.oracle_value(),
+        random=scenario.random_value(), rank_p50_ms=float(np.median(timings)) * 1e3 if timings else math.nan,
+        graded=scenario.reward_settings["type"] == "graded", seconds=time.perf_counter() - started,
+    )
+
+
+def online_ratio(run: SuiteRun, retired: SuiteRun) -> float:
+    """First-1,000 online reward over the retired default's; graded rewards mapped to [0, 1] first.
+
+    Binary rewards are in [0, 1] already; graded ones in [-1, 1] are shifted to (r + 1) / 2,
+    so a ratio never divides by a negative or near-zero mean.
+    """
+    if run.graded:
+        return (run.first + 1) / (retired.first + 1)
+    return run.first / retired.first if retired.first > 0 else math.nan
+
+
+def oracle_share(run: SuiteRun) -> float:
+    """(v - v_random) / (v_oracle - v_random) of the greedy policy: 1 = the oracle, 0 = random."""
+    headroom = run.oracle - run.random
+    return (run.value - run.random) / headroom if headroom > 1e-9 else math.nan
+
+
+def _quantiles(values: Sequence[float]) -> tuple[float, float]:
+    kept = [v for v in values if not math.isnan(v)]
+    if not kept:
+        return math.nan, math.nan
+    return float(np.median(kept)), float(np.percentile(kept, 10))
+
+
+def suite_report(runs: list[SuiteRun], default_name: str) -> tuple[str, list[tuple[str, str]]]:
+    """Markdown tables (per policy; shipped scenarios; per family) and the target checks."""
+    by = {(r.scenario, r.policy): r for r in runs}
+    scenarios = sorted({r.scenario for r in runs})
+    policies = [p for p in SUITE_POLICIES if any(r.policy == p for r in runs)]
+    lines = [
+        "| policy | online first 1k / retired: median | p10 | greedy share of oracle at end: median | p10 "
+        "| rank p50 (ms): median | max |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for policy in policies:
+        ratios = [online_ratio(by[s, policy], by[s, SUITE_RETIRED]) for s in scenarios if (s, policy) in by]
+        shares = [oracle_share(by[s, policy]) for s in scenarios if (s, policy) in by]
+        ranks = [by[s, policy].rank_p50_ms for s in scenarios if (s, policy) in by]
+        r50, r10 = _quantiles(ratios)
+        s50, s10 = _quantiles(shares)
+        rank50 = _quantiles(ranks)[0]
+        rank_max = max((v for v in ranks if not math.isnan(v)), default=math.nan)
+        mark = " **(default)**" if policy == default_name else ""
+        lines.append(f"| {policy}{mark} | {_fmt(r50, '{:.2f}')} | {_fmt(r10, '{:.2f}')} | {_fmt(s50, '{:.2f}')} "
+                     f"| {_fmt(s10, '{:.2f}')} | {_fmt(rank50, '{:.2f}')} | {_fmt(rank_max, '{:.2f}')} |")
+    families = sorted({r.family for r in runs})
+    lines += ["", "Greedy share of the oracle by family (median / p10):", "",
+              "| policy | " + " | ".join(families) + " |", "|---" * (len(families) + 1) + "|"]
+    for policy in policies:
+        cells = []
+        for family in families:
+            shares = [oracle_share(by[s, policy]) for s in scenarios
+                      if (s, policy) in by and by[s, policy].family == family]
+            m, p10 = _quantiles(shares)
+            cells.append(f"{_fmt(m, '{:.2f}')} / {_fmt(p10, '{:.2f}')}")
+        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
+    shipped = [s for s in scenarios if by[s, policies[0]].family == "shipped"]
+    checks: list[tuple[str, str]] = []
+    if default_name in policies:
+        ratios = [online_ratio(by[s, default_name], by[s, SUITE_RETIRED]) for s in scenarios]
+        shares = [oracle_share(by[s, default_name]) for s in scenarios]
+        r50, _ = _quantiles(ratios)
+        s50, s10 = _quantiles(shares)
+        checks.append(("PASS" if s50 >= 0.95 else "MISS", f"greedy share of oracle, median {s50:.3f} (target >= 0.95)"))
+        checks.append(("PASS" if s10 >= 0.85 else "MISS", f"greedy share of oracle, p10 {s10:.3f} (target >= 0.85)"))
+        checks.append(("PASS" if r50 >= 1.2 else "MISS", f"first-1k online reward / retired, median {r50:.2f} "
+                                                        "(target >= 1.2)"))
+        if shipped:
+            lines += ["", "Shipped scenarios (first-1k online reward / retired; greedy share of oracle):", "",
+                      "| policy | " + " | ".join(shipped) + " |", "|---" * (len(shipped) + 1) + "|"]
+            for policy in policies:
+                cells = [f"{_fmt(online_ratio(by[s, policy], by[s, SUITE_RETIRED]), '{:.2f}')}; "
+                         f"{_fmt(oracle_share(by[s, policy]), '{:.2f}')}" for s in shipped]
+                lines.append(f"| {policy} | " + " | ".join(cells) + " |")
+            worst = min(online_ratio(by[s, default_name], by[s, SUITE_RETIRED]) for s in shipped)
+            checks.append(("PASS" if worst >= 1.0 else "MISS", f"shipped scenarios: lowest first-1k ratio to the "
+                                                              f"retired default {worst:.2f} (target >= 1.0)"))
+    lines.append("")
+    lines.extend(f"- {status}: {text}" for status, text in checks)
+    return "\n".join(lines), checks
+
+
+def suite_main(argv: Sequence[str]) -> int:
+    """``--suite``: every policy on the generated suite and the shipped scenarios; the summary tables."""
+    parser = argparse.ArgumentParser(description="Learning benchmark over the generated scenario suite")
+    parser.add_argument("--quick", action="store_true", help="12 generated scenarios, 1,500 events")
+    parser.add_argument("--events", type=int, default=None, help="events per run (default 3000; quick 1500)")
+    parser.add_argument("--count", type=int, default=None, help=f"generated scenarios (default {SUITE_SEEDS})")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--policy", action="append", help="only these policies (names; repeatable)")
+    parser.add_argument("--add", action="append", metavar="NAME=ARGS", help="an extra candidate policy")
+    parser.add_argument("--csv", type=Path, help="also write every run to this CSV file")
+    parser.add_argument("--no-fail", action="store_true", help="exit 0 even when a target is missed")
+    args = parser.parse_args(argv)
+    events = args.events or (1500 if args.quick else 3000)
+    count = args.count or (12 if args.quick else SUITE_SEEDS)
+    for extra in args.add or []:
+        name, _, arguments = extra.partition("=")
+        SUITE_POLICIES[name] = arguments
+    default_name = next((n for n, a in SUITE_POLICIES.items() if a == engine.DEFAULT_POLICY_ARGUMENTS), None)
+    if default_name is None:
+        default_name = "default"
+        SUITE_POLICIES[default_name] = engine.DEFAULT_POLICY_ARGUMENTS
+    chosen = {n: a for n, a in SUITE_POLICIES.items()
+              if not args.policy or n in args.policy or n in (SUITE_RETIRED, default_name, "random")}
+    specs = [f"gen:{seed}" for seed in range(count)] + list_scenarios()
+    jobs = [(spec, name, arguments, events) for spec in specs for name, arguments in chosen.items()]
+    started = time.perf_counter()
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs) as pool:
+            runs = list(pool.map(run_suite_one, *zip(*jobs, strict=True), chunksize=1))
+    else:
+        runs = [run_suite_one(*job) for job in jobs]
+    if args.csv:
+        import csv
+        import dataclasses
+
+        with args.csv.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=[f.name for f in dataclasses.fields(SuiteRun)])
+            writer.writeheader()
+            writer.writerows(dataclasses.asdict(r) for r in runs)
+    print(f"## Learning suite: {count} generated + {len(specs) - count} shipped scenarios, {events} events each, "
+          f"exploration 20 %\n")
+    for name, arguments in chosen.items():
+        if arguments:
+            print(f"- {name}: `{arguments}`")
+    print()
+    text, checks = suite_report(runs, default_name)
+    print(text)
+    print(f"\n_{len(jobs)} runs in {time.perf_counter() - started:.0f} s with {args.jobs} worker(s)._")
+    failed = any(status == "MISS" for status, _ in checks)
     return 1 if failed and not args.no_fail else 0
 
 
