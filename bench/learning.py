@@ -287,7 +287,7 @@ class _TimedRanks:
         self.backend.activate(event_id)
 
 
-def suite_scenario(spec: str):  # noqa: ANN201 - a Scenario; imported lazily in workers
+def suite_scenario(spec: str):
     """``gen:<seed>`` (a generated scenario) or a shipped scenario's name."""
     from personalizer.scenario_generator import generate
 

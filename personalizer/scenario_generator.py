@@ -25,20 +25,25 @@ What varies, per seed:
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .contract import MultiSlotRankRequest, parse
 from .engine import _check_rank
-from .simulation import Scenario
+from .simulation import SCENARIO_DIR, Scenario
 
-__all__ = ["FAMILIES", "MAX_CONTEXTS", "check_rank_contract", "generate", "suite"]
+__all__ = ["EXAMPLE_SEEDS", "FAMILIES", "MAX_CONTEXTS", "check_rank_contract", "generate", "save_examples", "suite"]
 
 FAMILIES = ("additive", "pairwise", "joint", "sparse")
 #: Most context combinations a scenario has: the oracle is solved for each.
 MAX_CONTEXTS = 256
+#: Generated scenarios saved under personalizer/scenarios/ (one per family, dashboard-sized).
+EXAMPLE_SEEDS = (280, 309, 190, 287)
 
 _CATEGORICAL = {
     "time": ["morning", "afternoon", "evening", "night", "late-night"],
@@ -274,3 +279,19 @@ def generate(seed: int, family: str | None = None) -> Scenario:
 def suite(count: int = 40, first_seed: int = 0) -> list[Scenario]:
     """``count`` scenarios from consecutive seeds: the families take turns."""
     return [generate(seed) for seed in range(first_seed, first_seed + count)]
+
+
+def save_examples(directory: Path = SCENARIO_DIR, seeds: Sequence[int] = EXAMPLE_SEEDS) -> list[Path]:
+    """Write the generated scenarios of ``seeds`` as ``<name>.json`` (what ships under scenarios/)."""
+    paths = []
+    for seed in seeds:
+        scenario = generate(seed)
+        path = Path(directory) / f"{scenario.name}.json"
+        path.write_text(json.dumps(scenario.to_dict(), indent=2) + "\n", encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+if __name__ == "__main__":  # python -m personalizer.scenario_generator [DIR]: refresh the saved examples
+    for written in save_examples(Path(sys.argv[1]) if len(sys.argv) > 1 else SCENARIO_DIR):
+        print(written)

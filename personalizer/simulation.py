@@ -92,7 +92,7 @@ Context = Mapping[str, str]
 Record = dict[str, Any]
 
 SCENARIO_DIR = Path(__file__).with_name("scenarios")
-_BRUTE_FORCE_LIMIT = 2_000  # assignments; above this the oracle solves it as a matching (as exact, faster)
+_BRUTE_FORCE_LIMIT = 120  # assignments; above this the oracle solves it as a matching (as exact, faster)
 
 
 class Backend(Protocol):
@@ -857,10 +857,8 @@ def simulate(
             p = by_action.get(action_id)
             if p is None:
                 raise ValueError(f"backend ranked unknown action {action_id!r} in slot {slot_id!r}")
-            if graded:  # mean p plus symmetric noise that never needs clipping
-                accepted = p + min(noise, 1.0 - abs(p)) * (2.0 * flips[s] - 1.0)
-            else:
-                accepted = 1 if flips[s] < p else 0
+            # Graded: mean p plus symmetric noise that never needs clipping; binary: a coin flip.
+            accepted = p + min(noise, 1.0 - abs(p)) * (2.0 * flips[s] - 1.0) if graded else int(flips[s] < p)
             rewards.append({"slotId": slot_id, "value": float(accepted)})
             append({
                 "index": i,
