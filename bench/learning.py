@@ -27,12 +27,14 @@ greedy policy's share of the oracle after 3,000 events, and rank p50 (see
 from __future__ import annotations
 
 import argparse
+import csv
+import dataclasses
 import math
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,7 +245,6 @@ SUITE_POLICIES: dict[str, str | None] = {
     "squarecb -q @_ -q ~_": f"{_CCB} --squarecb -q @_ -q ~_",
     "squarecb -q @_ -q ~_ -l 1": f"{_CCB} --squarecb -q @_ -q ~_ -l 1",
     "squarecb -q @_ -q ~_ --cubic @@_": f"{_CCB} --squarecb -q @_ -q ~_ --cubic @@_",
-    "cover 3 -q @_ -q ~_": f"{_CCB} --cover 3 -q @_ -q ~_",
     "regcbopt -q @_ -q ~_": f"{_CCB} --regcbopt -q @_ -q ~_",
 }
 SUITE_RETIRED = "retired service"
@@ -347,15 +348,29 @@ def _quantiles(values: Sequence[float]) -> tuple[float, float]:
     return float(np.median(kept)), float(np.percentile(kept, 10))
 
 
+SUITE_CEILING = "oracle, 20 % exploration (computed)"
+
+
+def _ceiling(run: SuiteRun) -> SuiteRun:
+    """What the oracle exploring 20 % uniformly would get (from a random run's exact values)."""
+    name = run.scenario
+    spec = f"gen:{name.rsplit('-', 1)[1]}" if run.family != "shipped" else name
+    slots = len(suite_scenario(spec).slot_ids)
+    return dataclasses.replace(run, policy=SUITE_CEILING, first=(0.8 * run.oracle + 0.2 * run.random) / slots,
+                               value=run.oracle, rank_p50_ms=math.nan)
+
+
 def suite_report(runs: list[SuiteRun], default_name: str) -> tuple[str, list[tuple[str, str]]]:
     """Markdown tables (per policy; shipped scenarios; per family) and the target checks."""
+    runs = runs + [_ceiling(r) for r in runs if r.policy == "random"]
     by = {(r.scenario, r.policy): r for r in runs}
-    scenarios = sorted({r.scenario for r in runs})
-    policies = [p for p in SUITE_POLICIES if any(r.policy == p for r in runs)]
+    policies = [p for p in [*SUITE_POLICIES, SUITE_CEILING] if any(r.policy == p for r in runs)]
+    # Only scenarios every policy finished (a saved CSV of a run still going has a ragged end).
+    scenarios = sorted(s for s in {r.scenario for r in runs} if all((s, p) in by for p in policies))
     lines = [
         "| policy | online first 1k / retired: median | p10 | greedy share of oracle at end: median | p10 "
-        "| rank p50 (ms): median | max |",
-        "|---|---|---|---|---|---|---|",
+        "| v / v_oracle, binary scenarios: median | p10 | rank p50 (ms): median | max |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for policy in policies:
         ratios = [online_ratio(by[s, policy], by[s, SUITE_RETIRED]) for s in scenarios if (s, policy) in by]
@@ -363,11 +378,15 @@ def suite_report(runs: list[SuiteRun], default_name: str) -> tuple[str, list[tup
         ranks = [by[s, policy].rank_p50_ms for s in scenarios if (s, policy) in by]
         r50, r10 = _quantiles(ratios)
         s50, s10 = _quantiles(shares)
+        plain = [by[s, policy].value / by[s, policy].oracle for s in scenarios
+                 if (s, policy) in by and not by[s, policy].graded and by[s, policy].oracle > 0]
+        p50, p10 = _quantiles(plain)
         rank50 = _quantiles(ranks)[0]
         rank_max = max((v for v in ranks if not math.isnan(v)), default=math.nan)
         mark = " **(default)**" if policy == default_name else ""
         lines.append(f"| {policy}{mark} | {_fmt(r50, '{:.2f}')} | {_fmt(r10, '{:.2f}')} | {_fmt(s50, '{:.2f}')} "
-                     f"| {_fmt(s10, '{:.2f}')} | {_fmt(rank50, '{:.2f}')} | {_fmt(rank_max, '{:.2f}')} |")
+                     f"| {_fmt(s10, '{:.2f}')} | {_fmt(p50, '{:.2f}')} | {_fmt(p10, '{:.2f}')} "
+                     f"| {_fmt(rank50, '{:.2f}')} | {_fmt(rank_max, '{:.2f}')} |")
     families = sorted({r.family for r in runs})
     lines += ["", "Greedy share of the oracle by family (median / p10):", "",
               "| policy | " + " | ".join(families) + " |", "|---" * (len(families) + 1) + "|"]
@@ -414,7 +433,9 @@ def suite_main(argv: Sequence[str]) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--policy", action="append", help="only these policies (names; repeatable)")
     parser.add_argument("--add", action="append", metavar="NAME=ARGS", help="an extra candidate policy")
-    parser.add_argument("--csv", type=Path, help="also write every run to this CSV file")
+    parser.add_argument("--csv", type=Path, help="also write every run to this CSV file (row by row)")
+    parser.add_argument("--report", type=Path, metavar="CSV", action="append",
+                        help="no runs: print the tables of saved CSV files (repeatable; later rows win)")
     parser.add_argument("--no-fail", action="store_true", help="exit 0 even when a target is missed")
     args = parser.parse_args(argv)
     events = args.events or (1500 if args.quick else 3000)
@@ -422,7 +443,8 @@ def suite_main(argv: Sequence[str]) -> int:
     for extra in args.add or []:
         name, _, arguments = extra.partition("=")
         SUITE_POLICIES[name] = arguments
-    default_name = next((n for n, a in SUITE_POLICIES.items() if a == engine.DEFAULT_POLICY_ARGUMENTS), None)
+    default_name = next((n for n, a in SUITE_POLICIES.items() if a is not None and engine.effective_arguments(
+        a, 0.2) == engine.effective_arguments(engine.DEFAULT_POLICY_ARGUMENTS, 0.2)), None)
     if default_name is None:
         default_name = "default"
         SUITE_POLICIES[default_name] = engine.DEFAULT_POLICY_ARGUMENTS
@@ -431,20 +453,35 @@ def suite_main(argv: Sequence[str]) -> int:
     specs = [f"gen:{seed}" for seed in range(count)] + list_scenarios()
     jobs = [(spec, name, arguments, events) for spec in specs for name, arguments in chosen.items()]
     started = time.perf_counter()
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            runs = list(pool.map(run_suite_one, *zip(*jobs, strict=True), chunksize=1))
+    fields = [f.name for f in dataclasses.fields(SuiteRun)]
+    if args.report:
+        saved: dict[tuple[str, str], SuiteRun] = {}
+        for path in args.report:
+            with path.open(newline="") as handle:
+                for row in csv.DictReader(handle):
+                    run = SuiteRun(**{k: (v == "True" if k == "graded" else v if k in ("scenario", "family", "policy")
+                                          else float(v)) for k, v in row.items()})
+                    saved[run.scenario, run.policy] = run
+        runs = [r for r in saved.values() if r.policy in chosen]
+        jobs = []
     else:
-        runs = [run_suite_one(*job) for job in jobs]
-    if args.csv:
-        import csv
-        import dataclasses
-
-        with args.csv.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=[f.name for f in dataclasses.fields(SuiteRun)])
+        runs = []
+        handle = args.csv.open("w", newline="") if args.csv else None
+        writer = csv.DictWriter(handle, fieldnames=fields) if handle else None
+        if writer:
             writer.writeheader()
-            writer.writerows(dataclasses.asdict(r) for r in runs)
-    print(f"## Learning suite: {count} generated + {len(specs) - count} shipped scenarios, {events} events each, "
+        with ProcessPoolExecutor(max(1, args.jobs)) as pool:
+            futures = [pool.submit(run_suite_one, *job) for job in jobs]
+            for future in as_completed(futures):  # saved as they finish: a long run can be read early
+                runs.append(future.result())
+                if writer and handle:
+                    writer.writerow(dataclasses.asdict(runs[-1]))
+                    handle.flush()
+        if handle:
+            handle.close()
+    count = len({r.scenario for r in runs if r.family != "shipped"})
+    shipped = len({r.scenario for r in runs if r.family == "shipped"})
+    print(f"## Learning suite: {count} generated + {shipped} shipped scenarios, {events} events each, "
           f"exploration 20 %\n")
     for name, arguments in chosen.items():
         if arguments:
