@@ -172,6 +172,7 @@ class Scenario:
         problems = _Problems(self.name or "<unnamed>")
         self._check_catalog(problems)
         self._check_rewards(problems)
+        self._check_relevance(problems)
         problems.raise_if_any()
         self._low = -1.0 if self.reward_settings["type"] == "graded" else 0.0
         self.action_ids = [a["id"] for a in self.actions]
@@ -278,6 +279,23 @@ class Scenario:
             problems.add("slot ids must be unique")
         if len(set(baselines)) != len(baselines):
             problems.add("each slot needs a different baselineAction")
+
+    def _check_relevance(self, problems: _Problems) -> None:
+        relevance = self.relevance
+        if relevance is None:
+            return
+        shape = '{"matter": {"context": [...], "action": [...], "slot": [...]}, "noise": {...}}'
+        if not isinstance(relevance, dict) or set(relevance) - {"matter", "noise"} or not all(
+            isinstance(group, dict) and not set(group) - {"context", "action", "slot"}
+            and all(isinstance(names, list) and all(isinstance(n, str) for n in names) for names in group.values())
+            for group in relevance.values()
+        ):
+            problems.add(f"'relevance' must look like {shape}")
+            return
+        for group in relevance.values():
+            unknown = [n for n in group.get("context", []) if n not in self.context_options]
+            if isinstance(self.context_options, dict) and unknown:
+                problems.add(f"relevance names unknown context feature(s) {_known(unknown)}")
 
     def _check_rewards(self, problems: _Problems) -> None:
         rewards = self.rewards

@@ -222,6 +222,13 @@ def test_features_preferences_are_validated() -> None:
     data["rewards"] = {"type": "ordinal"}
     with pytest.raises(ValueError, match="rewards.type"):
         Scenario.from_dict(data)
+    data = generate(2).to_dict()
+    data["relevance"]["matter"]["context"].append("shoe-size")
+    with pytest.raises(ValueError, match="shoe-size"):
+        Scenario.from_dict(data)
+    data["relevance"] = {"matter": ["device"]}
+    with pytest.raises(ValueError, match="'relevance' must look like"):
+        Scenario.from_dict(data)
 
 
 # One small scenario per family and a policy that learns it (chosen by bench/learning.py --suite).
