@@ -1,6 +1,6 @@
 """Engine latency and loop throughput beside bare Vowpal Wabbit on the same examples.
 
-    python bench/latency.py [--seconds 3] [--policy ARGS]
+    python bench/latency.py [--policy ARGS] [--compare ARGS]
 
 For the seed request (4 actions, 2 slots) and a large one (50 actions x 10 slots,
 ~20 features each) it measures, in one run:
@@ -8,7 +8,10 @@ For the seed request (4 actions, 2 slots) and a large one (50 actions x 10 slots
   ``Workspace.predict``/``learn`` (pyvw, the usual Python API) and through the
   pybind layer directly (the floor; the engine itself calls VW this way);
 - the engine: ``rank`` p50/p99, and the full loop rank -> reward -> learn with the
-  durable SQLite log on.
+  durable SQLite log on;
+- engine rank p50/p99 of the default policy beside the previous default
+  (``--cubic @@_``) and the retired service's, interleaved in the same run, with
+  the target: the 50 x 10 request ranks in <= 5 ms p50 with the default.
 Machines here are noisy: read the ratios, not the absolute numbers.
 """
 
@@ -26,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from personalizer.engine import DEFAULT_POLICY_ARGUMENTS, LocalPersonalizer, labeled_example
+from personalizer.engine import DEFAULT_POLICY_ARGUMENTS, RETIRED_POLICY_ARGUMENTS, LocalPersonalizer, labeled_example
 from personalizer.vw import encoding as features
 from personalizer.vw import workspace
 from personalizer.vw.arguments import effective_arguments
@@ -147,11 +150,38 @@ def measure(requests: list[dict[str, Any]], policy: str, rng: random.Random, blo
     }
 
 
+#: The project default before the generated suite chose a new one (bench/learning.py --suite).
+PREVIOUS_DEFAULT = "--ccb_explore_adf --epsilon 0.2 --cb_type mtr --cubic @@_ -l 1"
+
+
+def rank_latency(requests: list[dict[str, Any]], policies: dict[str, str], block: int = 10) -> dict[str, list[float]]:
+    """Engine rank seconds per policy, the engines taking turns every ``block`` requests (loop with rewards)."""
+    samples: dict[str, list[float]] = {name: [] for name in policies}
+    with tempfile.TemporaryDirectory() as home:
+        engines = {name: LocalPersonalizer(f"{home}/{i}", policy_arguments=arguments)
+                   for i, (name, arguments) in enumerate(policies.items())}
+        for lo in range(0, len(requests), block):
+            for name, engine in engines.items():
+                for request in requests[lo:lo + block]:
+                    start = time.perf_counter()
+                    answer = engine.rank(request)
+                    samples[name].append(time.perf_counter() - start)
+                    engine.reward(answer["eventId"], {"reward": [{"slotId": s["id"], "value": 1.0}
+                                                                 for s in answer["slots"][:1]]})
+        for engine in engines.values():
+            engine.close()
+    return samples
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed-events", type=int, default=4000)
     parser.add_argument("--large-events", type=int, default=300)
     parser.add_argument("--policy", default=None, help="VW policy arguments (default: the engine's default)")
+    parser.add_argument("--compare", default=PREVIOUS_DEFAULT, help="policy to rank beside it (default: the "
+                        "previous default, --cubic @@_)")
+    parser.add_argument("--compare-events", type=int, default=400, help="large requests per policy in the "
+                        "rank comparison")
     args = parser.parse_args()
     # The engine's own rewrite: exploration 20 %, whatever --epsilon the policy carried.
     policy = effective_arguments(args.policy or DEFAULT_POLICY_ARGUMENTS, 0.2)
@@ -187,6 +217,21 @@ def main() -> None:
     ]
     for text, ok in checks:
         print(f"- [{'x' if ok else ' '}] {text}")
+
+    contenders = {"default": policy, "previous default": effective_arguments(args.compare, 0.2),
+                  "retired service": effective_arguments(RETIRED_POLICY_ARGUMENTS, 0.2)}
+    print("\nEngine rank latency (ms), contenders interleaved in one run:\n")
+    print("| policy | arguments | seed p50 | seed p99 | large p50 | large p99 | large p50 / default |")
+    print("|---|---|---|---|---|---|---|")
+    seed_times = rank_latency(seed_requests(args.seed_events // 2, rng), contenders, block=100)
+    large_times = rank_latency(large_requests(args.compare_events, rng), contenders)
+    default_large = _pct(large_times["default"], 0.5)
+    for name, arguments in contenders.items():
+        print(f"| {name} | `{arguments}` | {_pct(seed_times[name], 0.5) * 1e3:.2f} "
+              f"| {_pct(seed_times[name], 0.99) * 1e3:.2f} | {_pct(large_times[name], 0.5) * 1e3:.2f} "
+              f"| {_pct(large_times[name], 0.99) * 1e3:.2f} | {_pct(large_times[name], 0.5) / default_large:.2f}x |")
+    print(f"\n- [{'x' if default_large <= 0.005 else ' '}] the default ranks the 50 x 10 request in <= 5 ms p50 "
+          f"({default_large * 1e3:.2f} ms)")
 
 
 if __name__ == "__main__":

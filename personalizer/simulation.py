@@ -31,10 +31,36 @@ of ``context``::
 
     {"type": "joint", "default": 0.1,                        # default is optional
      "table": {"morning|mobile": {actionId: P}, ...}}
+
+or a sum of feature terms (what :mod:`personalizer.scenario_generator` writes)::
+
+    {"type": "features", "base": 0.2,
+     "terms": [{"context": ["device"], "slot": "size", "action": "category",
+                "weights": {"mobile|large|Sports": 0.3, ...}}, ...]}
+
+where a term's key joins, in this order, the values of its categorical context
+features, the slot's feature ``slot`` and the action's feature ``action`` (``"id"``
+means the slot's or action's id; action and slot features are read by their
+dotted JSON path, ``details.color``); a numeric context feature in ``context``
+multiplies the weight instead of keying it. Expected reward = clip(base + sum of
+the matching weights, low, 1).
+
+Optional fields: ``"rewards": {"type": "binary" | "graded", "noise": 0.3,
+"delay": 20, "missing": 0.1}`` (binary: reward 1 with the table's probability,
+else 0; graded: the table holds expected rewards in [-1, 1] and the reward is
+that value plus uniform noise of half-width ``min(noise, 1 - |value|)``, so its
+mean stays exact; ``delay``: rewards arrive that many events after their rank;
+``missing``: the share of events whose reward never arrives), and
+``"relevance": {"matter": {"context": [...], "action": [...], "slot": [...]},
+"noise": {...}}``: which features the hidden preferences use and which are pure
+noise (feature names as dotted JSON paths). Context values may be strings or
+numbers; a context feature named ``group.name`` is sent nested,
+``{"group": {"name": value}}``.
 """
 
 from __future__ import annotations
 
+import collections
 import copy
 import itertools
 import json
@@ -66,7 +92,7 @@ Context = Mapping[str, str]
 Record = dict[str, Any]
 
 SCENARIO_DIR = Path(__file__).with_name("scenarios")
-_BRUTE_FORCE_LIMIT = 50_000  # assignments; above this the oracle solves it as a matching
+_BRUTE_FORCE_LIMIT = 120  # assignments; above this the oracle solves it as a matching (as exact, faster)
 
 
 class Backend(Protocol):
@@ -129,6 +155,8 @@ class Scenario:
     slots: list[dict]
     preferences: dict
     drift: dict | None = None
+    rewards: dict | None = None
+    relevance: dict | None = None
 
     # Precomputed views (filled by __post_init__).
     action_ids: list[str] = field(init=False, repr=False)
@@ -138,11 +166,15 @@ class Scenario:
     _oracle: list[list[list[int]]] = field(init=False, repr=False)  # phase, context -> slots
     _allowed: list[list[int]] = field(init=False, repr=False)  # slot -> allowed action indices
     _context_index: dict[tuple[str, ...], int] = field(init=False, repr=False)
+    _low: float = field(init=False, repr=False)  # lowest expected reward: 0 (binary) or -1 (graded)
 
     def __post_init__(self) -> None:
         problems = _Problems(self.name or "<unnamed>")
         self._check_catalog(problems)
+        self._check_rewards(problems)
+        self._check_relevance(problems)
         problems.raise_if_any()
+        self._low = -1.0 if self.reward_settings["type"] == "graded" else 0.0
         self.action_ids = [a["id"] for a in self.actions]
         self.slot_ids = [s["id"] for s in self.slots]
         names = list(self.context_options)
@@ -186,13 +218,14 @@ class Scenario:
                          '{"time": ["morning", "night"]}')
         else:
             for feature, values in options.items():
-                if not isinstance(values, list) or not values or not all(
-                    isinstance(v, str) and v for v in values
+                if not isinstance(values, list) or not values or not (
+                    all(isinstance(v, str) and v for v in values) or all(_is_number(v) for v in values)
                 ):
-                    problems.add(f"context {feature!r} must be a non-empty list of non-empty strings")
+                    problems.add(f"context {feature!r} must be a non-empty list of non-empty strings "
+                                 "(or of numbers)")
                 elif len(set(values)) != len(values):
                     problems.add(f"context {feature!r} lists a value twice")
-                elif any("|" in v for v in values):
+                elif any("|" in str(v) for v in values):
                     problems.add(f"context {feature!r} values may not contain '|' (it joins table keys)")
         if not isinstance(self.actions, list) or not 1 <= len(self.actions) <= 50:
             problems.add("'actions' must be a list of 1 to 50 actions")
@@ -247,6 +280,52 @@ class Scenario:
         if len(set(baselines)) != len(baselines):
             problems.add("each slot needs a different baselineAction")
 
+    def _check_relevance(self, problems: _Problems) -> None:
+        relevance = self.relevance
+        if relevance is None:
+            return
+        shape = '{"matter": {"context": [...], "action": [...], "slot": [...]}, "noise": {...}}'
+        if not isinstance(relevance, dict) or set(relevance) - {"matter", "noise"} or not all(
+            isinstance(group, dict) and not set(group) - {"context", "action", "slot"}
+            and all(isinstance(names, list) and all(isinstance(n, str) for n in names) for names in group.values())
+            for group in relevance.values()
+        ):
+            problems.add(f"'relevance' must look like {shape}")
+            return
+        for group in relevance.values():
+            unknown = [n for n in group.get("context", []) if n not in self.context_options]
+            if isinstance(self.context_options, dict) and unknown:
+                problems.add(f"relevance names unknown context feature(s) {_known(unknown)}")
+
+    def _check_rewards(self, problems: _Problems) -> None:
+        rewards = self.rewards
+        if rewards is None:
+            return
+        if not isinstance(rewards, dict):
+            problems.add("'rewards' must be an object like {\"type\": \"graded\", \"noise\": 0.2}")
+            return
+        unknown = set(rewards) - {"type", "noise", "delay", "missing"}
+        if unknown:
+            problems.add(f"rewards has unknown field(s) {_known(sorted(unknown))}")
+        if rewards.get("type", "binary") not in ("binary", "graded"):
+            problems.add(f"rewards.type must be \"binary\" or \"graded\", got {rewards.get('type')!r}")
+        noise = rewards.get("noise", 0.0)
+        if not _is_number(noise) or not 0.0 <= noise <= 1.0:
+            problems.add(f"rewards.noise must be a number in [0, 1], got {noise!r}")
+        elif noise and rewards.get("type", "binary") != "graded":
+            problems.add("rewards.noise applies to graded rewards only (binary rewards are coin flips)")
+        delay = rewards.get("delay", 0)
+        if not isinstance(delay, int) or isinstance(delay, bool) or not 0 <= delay <= 100_000:
+            problems.add(f"rewards.delay must be a whole number of events in [0, 100000], got {delay!r}")
+        missing = rewards.get("missing", 0.0)
+        if not _is_number(missing) or not 0.0 <= missing < 1.0:
+            problems.add(f"rewards.missing must be a share in [0, 1), got {missing!r}")
+
+    @property
+    def reward_settings(self) -> dict[str, Any]:
+        """The reward model with every default filled in: type, noise, delay, missing."""
+        return {"type": "binary", "noise": 0.0, "delay": 0, "missing": 0.0, **(self.rewards or {})}
+
     def _action_slot_values(
         self, where: str, values: dict, what: str, low: float, problems: _Problems
     ) -> Iterator[tuple[int, int, float]]:
@@ -277,7 +356,7 @@ class Scenario:
         if not isinstance(values, dict):
             problems.add(f"{where} must be an object of actionId -> probability")
             return row
-        for s, a, p in self._action_slot_values(where, values, "probability", 0.0, problems):
+        for s, a, p in self._action_slot_values(where, values, "probability", self._low, problems):
             row[s, a] = p
         missing = np.isnan(row)
         if missing.any():
@@ -301,8 +380,8 @@ class Scenario:
             return table
         kind = prefs.get("type")
         default = prefs.get("default")
-        if default is not None and (not _is_number(default) or not 0.0 <= default <= 1.0):
-            problems.add(f"{where}.default must be a probability in [0, 1], got {default!r}")
+        if default is not None and (not _is_number(default) or not self._low <= default <= 1.0):
+            problems.add(f"{where}.default must be a number in [{self._low:g}, 1], got {default!r}")
             default = None
         if kind == "additive":
             unknown = set(prefs) - {"type", "base", "effects", "default"}
@@ -338,17 +417,19 @@ class Scenario:
                     here = f"{where}.effects.{feature}.{value}"
                     for s, a, d in self._action_slot_values(here, deltas, "delta", -1.0, problems):
                         table[rows, s, a] += d
-            return np.clip(table, 0.0, 1.0)
+            return np.clip(table, self._low, 1.0)
+        if kind == "features":
+            return self._compile_features(where, prefs, problems)
         if kind == "joint":
             unknown = set(prefs) - {"type", "table", "default"}
             if unknown:
                 problems.add(f"{where} has unknown field(s) {_known(sorted(unknown))}")
             rows = prefs.get("table")
             if not isinstance(rows, dict):
-                example = "|".join(values[0] for values in self.context_options.values())
+                example = "|".join(str(values[0]) for values in self.context_options.values())
                 problems.add(f"{where} (joint) needs 'table': {{{example!r}: {{actionId: probability}}, ...}}")
                 return table
-            keys = {"|".join(ctx.values()): i for i, ctx in enumerate(self.contexts)}
+            keys = {"|".join(map(str, ctx.values())): i for i, ctx in enumerate(self.contexts)}
             order = "|".join(self.context_options)
             for key, values in rows.items():
                 if key not in keys:
@@ -361,8 +442,80 @@ class Scenario:
                 shown = ", ".join(repr(k) for k in missing[:5]) + (" ..." if len(missing) > 5 else "")
                 problems.add(f"{where}.table is missing {len(missing)} context row(s): {shown}")
             return table
-        problems.add(f"{where}.type must be \"additive\" or \"joint\", got {kind!r}")
+        problems.add(f"{where}.type must be \"additive\" or \"joint\" (or \"features\"), got {kind!r}")
         return table
+
+    def _compile_features(self, where: str, prefs: dict, problems: _Problems) -> np.ndarray:
+        """A ``features`` profile: clip(base + the weights of every term's key, low, 1)."""
+        shape = (len(self.contexts), len(self.slot_ids), len(self.action_ids))
+        table = np.zeros(shape)
+        unknown = set(prefs) - {"type", "base", "terms"}
+        if unknown:
+            problems.add(f"{where} has unknown field(s) {_known(sorted(unknown))}")
+        base = prefs.get("base", 0.0)
+        if not _is_number(base):
+            problems.add(f"{where}.base must be a number, got {base!r}")
+            base = 0.0
+        table[:] = base
+        terms = prefs.get("terms", [])
+        if not isinstance(terms, list):
+            problems.add(f"{where}.terms must be a list of terms")
+            terms = []
+        action_values = [_flat_features(a.get("features", []), a["id"]) for a in self.actions]
+        slot_values = [_flat_features(s.get("features", []), s["id"]) for s in self.slots]
+        for t, term in enumerate(terms):
+            here = f"{where}.terms[{t}]"
+            if not isinstance(term, dict) or set(term) - {"context", "slot", "action", "weights"}:
+                problems.add(f"{here} must be an object with 'context', 'slot', 'action' and 'weights'")
+                continue
+            names = term.get("context", [])
+            weights = term.get("weights")
+            if not isinstance(names, list) or any(n not in self.context_options for n in names):
+                problems.add(f"{here}.context must list context features (known: {_known(self.context_options)})")
+                continue
+            if not isinstance(weights, dict) or not all(_is_number(w) for w in weights.values()):
+                problems.add(f"{here}.weights must be an object key -> number")
+                continue
+            numeric = [n for n in names if all(_is_number(v) for v in self.context_options[n])]
+            keyed = [n for n in names if n not in numeric]
+            context_keys = ["|".join(str(ctx[n]) for n in keyed) for ctx in self.contexts]
+            scale = np.array([math.prod(float(ctx[n]) for n in numeric) for ctx in self.contexts])
+            sides: list[tuple[str, list[dict[str, str]], int]] = []
+            for role, values, axis in (("slot", slot_values, 1), ("action", action_values, 2)):
+                name = term.get(role)
+                if name is None:
+                    continue
+                if not isinstance(name, str) or all(name not in v for v in values):
+                    problems.add(f"{here}.{role}: no {role} has a feature {name!r}")
+                    continue
+                sides.append((name, values, axis))
+            # weight[c, s, a] = weights[key(c, s, a)]; keys built once per distinct part.
+            slot_keys = [""] * len(self.slots)
+            action_keys = [""] * len(self.actions)
+            for name, values, axis in sides:
+                keys = [v.get(name, "") for v in values]
+                if axis == 1:
+                    slot_keys = keys
+                else:
+                    action_keys = keys
+            has_slot = any(axis == 1 for _, _, axis in sides)
+            has_action = any(axis == 2 for _, _, axis in sides)
+            known: set[str] = set()
+            cube = np.zeros(shape)
+            for c_key in sorted(set(context_keys)):
+                rows = [c for c, k in enumerate(context_keys) if k == c_key]
+                for s, s_key in enumerate(slot_keys):
+                    for a, a_key in enumerate(action_keys):
+                        key = "|".join(x for x, used in ((c_key, bool(keyed)), (s_key, has_slot),
+                                                         (a_key, has_action)) if used)
+                        known.add(key)
+                        cube[rows, s, a] = weights.get(key, 0.0)
+            stray = sorted(set(weights) - known)
+            if stray:
+                problems.add(f"{here}.weights has key(s) no context, slot and action make: "
+                             f"{_known(stray[:5])}{' ...' if len(stray) > 5 else ''}")
+            table += cube * scale[:, None, None]
+        return np.clip(table, self._low, 1.0)
 
     # ---------------------------------------------------------------- construction
 
@@ -377,7 +530,7 @@ class Scenario:
         for key in required:
             if key not in data:
                 problems.add(f"missing required field {key!r}")
-        unknown = set(data) - {*required, "description", "drift"}
+        unknown = set(data) - {*required, "description", "drift", "rewards", "relevance"}
         if unknown:
             problems.add(f"unknown field(s) {_known(sorted(unknown))}")
         problems.raise_if_any()
@@ -389,6 +542,8 @@ class Scenario:
             slots=data["slots"],
             preferences=data["preferences"],
             drift=data.get("drift"),
+            rewards=data.get("rewards"),
+            relevance=data.get("relevance"),
         )
 
     def to_dict(self) -> dict:
@@ -401,8 +556,9 @@ class Scenario:
             "slots": self.slots,
             "preferences": self.preferences,
         }
-        if self.drift is not None:
-            data["drift"] = self.drift
+        for key in ("drift", "rewards", "relevance"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
         return copy.deepcopy(data)
 
     # ---------------------------------------------------------------- queries
@@ -427,10 +583,25 @@ class Scenario:
                 f"options: {self.context_options!r}"
             ) from None
 
-    def context_features(self, context: Context) -> list[dict[str, str]]:
-        """contextFeatures for a rank request: one single-key object per feature, like the seed."""
+    def context_features(self, context: Context) -> list[dict[str, Any]]:
+        """contextFeatures for a rank request: one single-key object per feature, like the seed.
+
+        Features named ``group.name`` share one nested object ``{"group": {"name": value}}``.
+        """
         self.context_index(context)
-        return [{n: context[n]} for n in self.context_options]
+        out: list[dict[str, Any]] = []
+        groups: dict[str, dict[str, Any]] = {}
+        for n in self.context_options:
+            group, dot, rest = n.partition(".")
+            if not dot:
+                out.append({n: context[n]})
+            elif group in groups:
+                _nest(groups[group], rest, context[n])
+            else:
+                groups[group] = {}
+                _nest(groups[group], rest, context[n])
+                out.append({group: groups[group]})
+        return out
 
     def rank_request(self, context: Context, event_id: str | None = None, defer: bool = False) -> dict:
         """A multi-slot rank request for a visitor in ``context`` (a fresh copy)."""
@@ -461,12 +632,48 @@ class Scenario:
         chosen = self._oracle[self.phase(progress)][self.context_index(context)]
         return {self.slot_ids[s]: self.action_ids[a] for s, a in enumerate(chosen)}
 
+    def expected_rewards(self, progress: float = 0.0) -> np.ndarray:
+        """The hidden expected reward of every (context, slot, action), contexts as in :attr:`contexts`."""
+        return self._probs[self.phase(progress)].copy()
+
+    def page_value(self, context: Context, page: Mapping[str, str], progress: float = 0.0) -> float:
+        """Expected reward of one page (slotId -> actionId), summed over its slots."""
+        probs = self._probs[self.phase(progress), self.context_index(context)]
+        return float(sum(probs[self.slot_ids.index(s), self.action_ids.index(a)] for s, a in page.items()))
+
+    def policy_value(self, pick: Callable[[dict], Mapping[str, str]], progress: float = 1.0) -> float:
+        """Mean page value of ``pick(rank request)`` over all contexts (visitors come uniformly from them)."""
+        return float(np.mean([self.page_value(c, pick(self.rank_request(c)), progress) for c in self.contexts]))
+
+    def oracle_value(self, progress: float = 1.0) -> float:
+        """Mean page value of the oracle's pages: the most any policy can get."""
+        return float(np.mean([self.page_value(c, self.oracle_choice(c, progress), progress) for c in self.contexts]))
+
+    def random_value(self, progress: float = 1.0, draws: int = 400, seed: int = 0) -> float:
+        """Mean page value of uniform in-order filling (Monte Carlo, ``draws`` pages per context)."""
+        rng = np.random.default_rng(seed)
+        probs = self._probs[self.phase(progress)]
+        n_actions = len(self.action_ids)
+        allowed = np.zeros((len(self.slot_ids), n_actions), dtype=bool)
+        for s, actions in enumerate(self._allowed):
+            allowed[s, actions] = True
+        total = 0.0
+        for c in range(len(self.contexts)):
+            keys = rng.random((draws, n_actions))
+            used = np.zeros((draws, n_actions), dtype=bool)
+            for s in range(len(self.slot_ids)):
+                open_ = allowed[s] & ~used
+                picks = np.where(open_, keys, -1.0).argmax(axis=1)  # uniform among open actions
+                used[np.arange(draws), picks] = True
+                total += float(probs[c, s, picks].mean())
+        return total / len(self.contexts)
+
     def _solve(self, probs: np.ndarray) -> list[int]:
         """Best assignment for one context: brute force when small, else a matching."""
         n_slots, n_actions = probs.shape
         if math.perm(n_actions, n_slots) <= _BRUTE_FORCE_LIMIT:
             best: tuple[int, ...] = ()
-            best_value = -1.0
+            best_value = -math.inf
             for combo in itertools.permutations(range(n_actions), n_slots):
                 if all(a in self._allowed[s] for s, a in enumerate(combo)):
                     value = sum(probs[s, a] for s, a in enumerate(combo))
@@ -474,6 +681,32 @@ class Scenario:
                         best, best_value = combo, value
             return list(best)
         return _max_assignment(probs, self._allowed)
+
+
+def _nest(target: dict[str, Any], dotted: str, value: Any) -> None:
+    """Put ``value`` at the dotted path inside ``target`` (creating the objects on the way)."""
+    *path, last = dotted.split(".")
+    for key in path:
+        target = target.setdefault(key, {})
+    target[last] = value
+
+
+def _flat_features(objects: Any, item_id: str) -> dict[str, str]:
+    """An action's or slot's features as dotted path -> value text, plus ``id``."""
+    out: dict[str, str] = {}
+
+    def walk(obj: dict, prefix: str) -> None:
+        for key, value in obj.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            elif value is not None:
+                out[prefix + key] = str(value)
+
+    for obj in objects if isinstance(objects, list) else []:
+        if isinstance(obj, dict):
+            walk(obj, "")
+    out["id"] = item_id
+    return out
 
 
 def _max_assignment(probs: np.ndarray, allowed: Sequence[Sequence[int]]) -> list[int]:
@@ -576,17 +809,28 @@ def simulate(
     exactly: the engine seeds its exploration with the eventId.
     If the backend has a ``progress`` attribute it is set to the run's progress
     in [0, 1] before each rank, so reference backends can follow drift.
+
+    The scenario's ``rewards`` settings apply: graded rewards (``accepted`` then
+    holds the reward value), rewards sent ``delay`` events late (the rest are
+    sent at the end of the run), and a ``missing`` share of events never rewarded.
     """
     if n < 0:
         raise ValueError("n must be >= 0")
     rng = np.random.default_rng(seed)
     contexts = rng.integers(0, len(scenario.contexts), size=n).tolist()
     coins = rng.random((n, len(scenario.slot_ids))).tolist()
+    settings = scenario.reward_settings
+    graded, noise = settings["type"] == "graded", float(settings["noise"])
+    delay = int(settings["delay"])
+    # A second stream, so scenarios without these settings replay exactly as before.
+    extra = np.random.default_rng([seed, 1])
+    never = (extra.random(n) < float(settings["missing"])).tolist()
+    waiting: collections.deque[tuple[int, str, list[dict]]] = collections.deque()
     prefix = f"sim-{seed}-{uuid.uuid4().hex[:8]}-" if event_prefix is None else event_prefix
     follows_progress = hasattr(backend, "progress")
     slot_ids = scenario.slot_ids
     baselines = [s["baselineAction"] for s in scenario.slots]
-    keys = ["|".join(ctx.values()) for ctx in scenario.contexts]
+    keys = ["|".join(map(str, ctx.values())) for ctx in scenario.contexts]
     requests = [
         {"contextFeatures": scenario.context_features(ctx), "actions": scenario.actions, "slots": scenario.slots}
         for ctx in scenario.contexts
@@ -631,7 +875,8 @@ def simulate(
             p = by_action.get(action_id)
             if p is None:
                 raise ValueError(f"backend ranked unknown action {action_id!r} in slot {slot_id!r}")
-            accepted = 1 if flips[s] < p else 0
+            # Graded: mean p plus symmetric noise that never needs clipping; binary: a coin flip.
+            accepted = p + min(noise, 1.0 - abs(p)) * (2.0 * flips[s] - 1.0) if graded else int(flips[s] < p)
             rewards.append({"slotId": slot_id, "value": float(accepted)})
             append({
                 "index": i,
@@ -648,9 +893,15 @@ def simulate(
                 "baseline_expected": baseline_p,
                 "phase": phase,
             })
-        backend.reward(event_id, {"reward": rewards})
+        if not never[i]:
+            waiting.append((i + delay, event_id, rewards))
+        while waiting and waiting[0][0] <= i:
+            _, due_id, due = waiting.popleft()
+            backend.reward(due_id, {"reward": due})
         if on_progress is not None and ((i + 1) % every == 0 or i + 1 == n):
             on_progress(i + 1, n)
+    for _, due_id, due in waiting:  # the visitors come back after the run
+        backend.reward(due_id, {"reward": due})
     if on_progress is not None and n == 0:
         on_progress(0, 0)
     return records

@@ -23,6 +23,7 @@ from personalizer.engine import (
     labeled_example,
 )
 from personalizer.simulation import Scenario, load_scenario, simulate
+from personalizer.vw.arguments import effective_arguments
 from personalizer.vw.encoding import encode_request
 
 CRIPPLED = "--ccb_explore_adf --epsilon 0.2 -l 1e-9"
@@ -454,7 +455,8 @@ def test_evaluations_persist_and_apply(tmp_path: Path) -> None:
         again = ev.Evaluations(engine)
         assert again.get("e") == first  # reloaded from the engine's home
         policy = again.apply("e", "More exploration")
-        assert policy["name"] == "More exploration" and "--cubic" in policy["arguments"]
+        assert policy["name"] == "More exploration"  # the default's learning options, exploring 30 %
+        assert policy["arguments"] == effective_arguments(ev.PRESET_POLICIES["More exploration"], 0.3)
         assert engine.get_service_configuration()["explorationPercentage"] == pytest.approx(0.3)
         assert again.get("e")["status"] == "optimalPolicyApplied"
         engine.rank(load_scenario("seed").rank_request({"time": "morning", "device": "mobile"}))

@@ -67,6 +67,10 @@ def heaviest_admitted(limit: int = budget.DEFAULT_MAX_RANK_FEATURES) -> dict[str
     return shaped_request(n)
 
 
+#: The policy finding 4 was reported under (the earlier default): context x context x action cubes.
+CUBIC = "--ccb_explore_adf --epsilon 0.2 --cb_type mtr --cubic @@_ -l 1"
+
+
 def attack_request() -> dict[str, Any]:
     """Finding 4's request: 1,200 context features x 50 actions x 50 slots (17-40 s of VW unbudgeted)."""
     return shaped_request(1200, n_actions=50, n_slots=50, per_item=2)
@@ -87,10 +91,12 @@ def test_budget_admits_the_benchmark_request_and_refuses_the_attack() -> None:
     large = MultiSlotRankRequest.model_validate(large_requests(1, random.Random(3))[0])
     assert budget.rank_features(large, DEFAULT_POLICY_ARGUMENTS) <= budget.DEFAULT_MAX_RANK_FEATURES
     attack = MultiSlotRankRequest.model_validate(attack_request())
-    assert budget.rank_features(attack, DEFAULT_POLICY_ARGUMENTS) > 100 * budget.DEFAULT_MAX_RANK_FEATURES
+    assert budget.rank_features(attack, DEFAULT_POLICY_ARGUMENTS) > budget.DEFAULT_MAX_RANK_FEATURES
+    # The finding's policy (context x context x action cubes) makes the attack billions of features.
+    assert budget.rank_features(attack, CUBIC) > 100 * budget.DEFAULT_MAX_RANK_FEATURES
     # Interactions drive the estimate: the same request under -q @_ is far smaller than under --cubic @@_.
     quadratic = "--ccb_explore_adf --cb_type mtr -q @_"
-    assert budget.rank_features(large, quadratic) * 10 < budget.rank_features(large, DEFAULT_POLICY_ARGUMENTS)
+    assert budget.rank_features(large, quadratic) * 10 < budget.rank_features(large, CUBIC)
 
 
 def test_an_over_budget_rank_is_refused_before_vw_and_changes_nothing(live_server: ThreadedServer) -> None:

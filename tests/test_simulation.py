@@ -259,6 +259,7 @@ def test_matching_oracle_agrees_with_brute_force(monkeypatch) -> None:
     }
     data = {"name": "big", "context": {"f": ["x", "y", "z"]}, "actions": actions, "slots": slots,
             "preferences": {"type": "joint", "table": table}}
+    monkeypatch.setattr(simulation, "_BRUTE_FORCE_LIMIT", 10**9)
     brute = Scenario.from_dict(data)
     monkeypatch.setattr(simulation, "_BRUTE_FORCE_LIMIT", 0)
     matched = Scenario.from_dict(data)
