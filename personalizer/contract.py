@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -348,6 +348,23 @@ class ServiceConfiguration(_Model):
     @classmethod
     def _export(cls, v: str) -> str:
         parse_duration(v)
+        return v
+
+    @field_validator("auto_optimization_frequency")
+    @classmethod
+    def _auto_frequency(cls, v: str | None) -> str | None:
+        if v is not None and parse_duration(v) < timedelta(minutes=1):
+            raise ValueError(f"autoOptimizationFrequency {v} must be at least 1 minute")
+        return v
+
+    @field_validator("auto_optimization_start_date")
+    @classmethod
+    def _auto_start(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                datetime.fromisoformat(v.strip())
+            except ValueError:
+                raise ValueError(f"autoOptimizationStartDate '{v[:64]}' is not an ISO-8601 date-time") from None
         return v
 
     @field_validator("reward_aggregation", mode="before")

@@ -107,6 +107,7 @@ from .engine import (
     RETIRED_POLICY_ARGUMENTS,
     labeled_example,
 )
+from .policy_history import ChangeNote, estimate_details
 from .vw import encoding, trial
 from .vw import workspace as vw_workspace
 from .vw.arguments import effective_arguments, option_value, parse_arguments
@@ -1754,13 +1755,16 @@ class Evaluations:
                                         f"policy '{policy_name}' is a reference policy, not learning settings", 400)
             return {"name": p.name, "arguments": p.arguments}
 
-    def apply(self, evaluation_id: str, policy_name: str | None = None, *, with_model: bool = True) -> dict[str, Any]:
+    def apply(self, evaluation_id: str, policy_name: str | None = None, *, with_model: bool = True,
+              who: str = "api") -> dict[str, Any]:
         """applyFromEvaluation: make a policy of the evaluation (default: its optimal one) the engine's.
 
         Sets the learning settings, and the exploration percentage to the policy's own
         ``--epsilon`` so the engine runs what was evaluated; with ``with_model`` the model
         the replay trained is imported (while this process still holds it), else the
         model starts fresh. Choosing ``Online`` keeps the current settings.
+        The change is recorded in the engine's policy history with the evaluation's id and
+        the policy's estimated lift over the online policy; ``who``: auto | person | api.
         Returns the engine's policy.
         """
         with self._lock:
@@ -1771,16 +1775,15 @@ class Evaluations:
             name = policy_name or rec.result.optimal_policy or "Online"
             chosen = self.policy(evaluation_id, name)
             model = self._models.get((evaluation_id, name)) if with_model else None
+            details = estimate_details(rec.result, name)
         if name == "Online":
             status = "onlinePolicyRetained"
         else:
             epsilon = option_value(parse_arguments(chosen["arguments"]), "--epsilon")
-            if epsilon is not None:
-                eps = float(epsilon)
-                cfg = self._engine.get_service_configuration()
-                if not math.isclose(cfg.get("explorationPercentage", eps), eps):
-                    self._engine.update_service_configuration({"explorationPercentage": eps})
-            self._engine.update_policy(chosen)
+            note = ChangeNote(who, "auto" if who == "auto" else "evaluation", evaluation_id,
+                              None if details is None else {"estimate": details})
+            self._engine.update_policy(chosen, exploration_percentage=None if epsilon is None else float(epsilon),
+                                       note=note)
             if model is not None:
                 self._engine.import_model(model)
             status = "optimalPolicyApplied"

@@ -246,6 +246,22 @@ async def _reset_policy(engine: Any, request: Request, _: str) -> Response:
     return _json(await run_in_threadpool(engine.reset_policy))
 
 
+async def _policy_history(engine: Any, request: Request, _: str) -> Response:
+    top = _int_param(request, "top", minimum=1)
+    value = await run_in_threadpool(engine.policy_history, top)
+    optimizer = getattr(request.app.state, "optimizer", None)
+    status = await run_in_threadpool(optimizer.status) if optimizer is not None else None
+    return _json({"value": value, "autoOptimization": status})
+
+
+async def _policy_change(engine: Any, request: Request, change_id: str) -> Response:
+    return _json(await run_in_threadpool(engine.policy_change, change_id))
+
+
+async def _rollback_policy(engine: Any, request: Request, change_id: str) -> Response:
+    return _json(await run_in_threadpool(engine.rollback_policy, change_id))
+
+
 async def _get_model(engine: Any, request: Request, _: str) -> Response:
     # ``signed=true`` asked the retired service for a signed zip; this server has no signing key and
     # always answers the plain Vowpal Wabbit model (which import_model accepts back).
@@ -463,6 +479,16 @@ _OPERATIONS = (
                PolicyContract, PolicyContract),
     _Operation("Policy_Reset", "DELETE", "/configurations/policy", _reset_policy, 200,
                "Reset the learning policy to the default; returns it.", PolicyContract),
+    # Extension: the policy history (every policy change, who made it, estimated lift) and rollback.
+    _Operation("PolicyHistory_List", "GET", "/configurations/policy/history", _policy_history, 200,
+               "Extension: every change of the learning policy, newest first, and automatic optimization's "
+               "status.", query=(("top", "integer", "At most this many changes (newest first)."),)),
+    _Operation("PolicyHistory_Get", "GET", "/configurations/policy/history/{changeId}", _policy_change, 200,
+               "Extension: one recorded change of the learning policy.", path_param="changeId"),
+    _Operation("PolicyHistory_Rollback", "POST", "/configurations/policy/history/{changeId}/rollback",
+               _rollback_policy, 200,
+               "Extension: restore the policy a recorded change replaced (tried like any new policy); "
+               "answers the new change, 409 when that policy is already live.", path_param="changeId"),
     _Operation("Model_Get", "GET", "/model", _get_model, 200,
                "Export the Vowpal Wabbit model (model.vw).", binary_response=True),
     _Operation("Model_Import", "PUT", "/model", _put_model, 204,
@@ -577,6 +603,9 @@ def _openapi_extra(op: _Operation, check_api_version: bool) -> dict[str, Any]:
     if "{evaluationId}" in op.path:
         params.append({"name": "evaluationId", "in": "path", "required": True,
                        "schema": {"type": "string", "maxLength": 256}, "description": "The evaluation's id."})
+    if "{changeId}" in op.path:
+        params.append({"name": "changeId", "in": "path", "required": True, "schema": {"type": "string"},
+                       "description": "The policy change's id (from the policy history)."})
     if check_api_version:
         params.append({"name": "api-version", "in": "query", "required": True,
                        "schema": {"type": "string", "enum": list(API_VERSIONS)}})
@@ -683,6 +712,7 @@ def create_app(
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
     process_interval: float = 1.0,
     evaluations: Evaluations | None = None,
+    auto_optimization: dict[str, Any] | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``engine`` (a ``LocalPersonalizer``) with Personalizer's REST contract.
 
@@ -694,6 +724,9 @@ def create_app(
     Offline evaluations run on an ``Evaluations`` manager over ``engine`` (kept in
     the engine's SQLite database), created here and closed when the app shuts down;
     pass ``evaluations`` to use your own (you close it). It is ``app.state.evaluations``.
+    Automatic optimization (``personalizer.optimization.AutoOptimizer`` over that manager,
+    ``app.state.optimizer``) checks its schedule on a daemon thread while the app runs;
+    ``auto_optimization`` passes it options (``clock``, ``min_events``, ``margin``, ``poll_seconds``).
     """
 
     if key is not None and (not key or not key.isascii() or not key.isprintable() or key != key.strip()):
@@ -704,10 +737,14 @@ def create_app(
 
         evaluations = Evaluations(engine)
     manager = evaluations
+    from .optimization import AutoOptimizer  # automatic optimization: a daemon thread over the manager
+
+    optimizer = AutoOptimizer(engine, manager, **(auto_optimization or {}))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(_process_due_forever(engine, process_interval))
+        optimizer.start()
         try:
             yield
         finally:
@@ -716,6 +753,7 @@ def create_app(
                 await task
             if owns_evaluations:  # cancels a running evaluation; it runs again on the next start
                 await run_in_threadpool(manager.close)
+            await run_in_threadpool(optimizer.close)
 
     app = FastAPI(
         title="Personalizer Studio",
@@ -728,6 +766,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.evaluations = manager
+    app.state.optimizer = optimizer
     prefixes = [(f"/personalizer/{v}", v, False) for v in VERSIONED_PREFIXES] + [
         ("/personalizer", _API_VERSION_TAG, True)]
     for op in _OPERATIONS:
