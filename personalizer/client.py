@@ -155,9 +155,9 @@ class PersonalizerClient:
         """Back to the default policy; returns it."""
         return _json_of(self._call("DELETE", "/configurations/policy", safe=False))
 
-    def policy_history(self) -> dict[str, Any]:
-        """Extension: ``{"value": [policy changes, newest first], "autoOptimization": status}``."""
-        return _json_of(self._call("GET", "/configurations/policy/history", safe=True))
+    def policy_history(self) -> list[dict[str, Any]]:
+        """Extension: every recorded policy change, newest first (as ``LocalPersonalizer.policy_history``)."""
+        return _json_of(self._call("GET", "/configurations/policy/history", safe=True))["value"]
 
     def rollback_policy(self, change_id: str) -> dict[str, Any]:
         """Extension: restore the policy a recorded change replaced; returns the new change. Not repeated."""

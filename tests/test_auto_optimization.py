@@ -295,15 +295,14 @@ def test_history_and_rollback_through_the_server_and_the_client(tmp_path: Path) 
             assert requests.get(f"{base}/configurations/policy/history", timeout=10).status_code == 401
 
             with PersonalizerClient(srv.base, KEY) as client:
-                history = client.policy_history()
-                assert history["value"] == listed["value"]
+                assert client.policy_history() == listed["value"]
                 back = client.rollback_policy(listed["value"][0]["id"])  # undo the reset
                 assert back["action"] == "rollback" and back["who"] == "api"
                 assert client.get_policy()["name"] == "slower"
                 with pytest.raises(PersonalizerError) as info:
                     client.rollback_policy(listed["value"][0]["id"])
                 assert info.value.status == 409
-                assert len(client.policy_history()["value"]) == 3
+                assert len(client.policy_history()) == 3
             bad_cfg = requests.put(f"{base}/configurations/service", json={"autoOptimizationFrequency": "soon"},
                                    headers=JSON_AUTH, timeout=10)
             assert bad_cfg.status_code == 400
