@@ -184,6 +184,27 @@ def enable(engine: LocalPersonalizer, start: float, frequency: str = "P1D") -> N
                                          "autoOptimizationStartDate": _iso(start)})
 
 
+def test_apply_from_an_evaluation_records_the_estimate(
+        poor_live_policy: tuple[LocalPersonalizer, FakeClock, Evaluations]) -> None:
+    engine, clock, manager = poor_live_policy
+    evaluation = manager.create(None, "manual", T0, clock.now, [{"name": "Cubic", "arguments": CUBIC}])
+    manager.wait(evaluation["id"], timeout=60)
+    result = manager.result(evaluation["id"])
+    manager.apply(evaluation["id"], "Cubic")
+    change = engine.policy_history()[0]
+    assert change["who"] == "api" and change["action"] == "evaluation"
+    assert change["evaluationId"] == evaluation["id"]
+    estimate = change["estimate"]
+    cubic, online = result.policy("Cubic").headline, result.policy("Online").headline
+    assert estimate["value"] == pytest.approx(cubic.snips) and estimate["online"] == pytest.approx(online.snips)
+    assert estimate["interval"] == pytest.approx(list(cubic.interval))
+    assert estimate["lift"] == pytest.approx(cubic.snips - online.snips)
+    assert estimate["liftInterval"] == pytest.approx([cubic.interval[0] - online.snips,
+                                                      cubic.interval[1] - online.snips])
+    assert estimate["events"] == result.events and estimate["slotId"] == result.slot_ids[0]
+    assert same_arguments(change["after"]["arguments"], CUBIC)
+
+
 def test_auto_optimization_applies_a_clearly_better_policy(
         poor_live_policy: tuple[LocalPersonalizer, FakeClock, Evaluations]) -> None:
     engine, clock, manager = poor_live_policy
@@ -293,6 +314,13 @@ def test_history_and_rollback_through_the_server_and_the_client(tmp_path: Path) 
                 bad = requests.request(method, path, headers=AUTH, timeout=10)
                 assert bad.status_code == 404 and bad.json()["error"]["code"] == "ResourceNotFound"
             assert requests.get(f"{base}/configurations/policy/history", timeout=10).status_code == 401
+            # The same routes on the SDK's path (?api-version), which insists on a known version.
+            sdk = f"{srv.base}/personalizer/configurations/policy/history"
+            top = requests.get(sdk, params={"api-version": API_VERSIONS[0], "top": "1"}, headers=AUTH, timeout=10)
+            assert top.status_code == 200 and top.json()["value"] == listed["value"][:1]
+            for params in ({}, {"api-version": "2020-01-01"}, {"api-version": API_VERSIONS[0], "top": "0"}):
+                refused = requests.get(sdk, params=params, headers=AUTH, timeout=10)
+                assert refused.status_code == 400 and refused.json()["error"]["code"] == "BadRequest"
 
             with PersonalizerClient(srv.base, KEY) as client:
                 assert client.policy_history() == listed["value"]
