@@ -8,7 +8,8 @@ down runs once, not once per missed period). Each run:
 
 1. takes the current model's own events (ranked since its creation: the last policy
    change, reset or import), at most the last ``LOOKBACK_DAYS``;
-2. skips when the log has fewer than ``MIN_EVENTS`` learned events in all;
+2. skips unless the learning mode is Online with some exploration (estimates of other
+   policies need it) and the log has at least ``MIN_EVENTS`` learned events in all;
 3. evaluates the preset candidate policies (``evaluation.PRESET_POLICIES``) offline,
    each at the live exploration percentage (exploration stays the owner's setting, as in
    Personalizer: a candidate that merely explores less would always look better on past
@@ -161,7 +162,14 @@ class AutoOptimizer:
 
     def _evaluate_and_decide(self, now: float) -> dict[str, Any]:
         live = self._engine.get_policy()
-        exploration = float(self._engine.get_service_configuration().get("explorationPercentage", 0.2))
+        config = self._engine.get_service_configuration()
+        mode = config.get("learningMode", "Online")
+        if mode != "Online":  # Apprentice and LoggingOnly serve the baseline: no exploration to evaluate from
+            return {"decision": "skipped", "reason": f"learning mode is {mode}; automatic optimization needs Online"}
+        exploration = float(config.get("explorationPercentage", 0.2))
+        if exploration <= 0:
+            return {"decision": "skipped", "reason": "explorationPercentage is 0: nothing to evaluate other "
+                                                     "policies from"}
         candidates = self._candidate_policies(live["arguments"], exploration)
         if not candidates:
             return {"decision": "kept", "reason": "every candidate equals the live policy"}

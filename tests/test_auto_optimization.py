@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import requests
-from server_fixtures import KEY, ThreadedServer
+from server_fixtures import KEY, ProcessServer, ThreadedServer
 from timing import T0, FakeClock, Ticking
 
 from personalizer import store
@@ -281,8 +281,13 @@ def test_auto_optimization_waits_for_enough_events(tmp_path: Path) -> None:
             run = optimizer.run_due_optimization()
             assert run is not None and run["decision"] == "skipped" and "1000" in run["reason"]
             assert manager.list() == [] and engine.policy_history() == []
-            # With a lower threshold the same log is evaluated, yet the evaluation's own count still decides.
             low = AutoOptimizer(engine, manager, clock=clock, min_events=100)
+            for setting in ({"learningMode": "Apprentice"}, {"explorationPercentage": 0.0}):
+                engine.update_service_configuration(setting)  # logs without exploration: nothing to evaluate
+                assert low.optimize()["decision"] == "skipped"
+                engine.update_service_configuration({"learningMode": "Online", "explorationPercentage": 0.2})
+            assert manager.list() == []
+            # With a lower threshold the same log is evaluated, yet the evaluation's own count still decides.
             assert low.optimize()["decision"] in ("applied", "kept")
     finally:
         engine.close()
@@ -365,3 +370,38 @@ def test_the_server_runs_auto_optimization_on_its_schedule(tmp_path: Path) -> No
             assert evaluations[0]["status"] == "optimalPolicyApplied"
     finally:
         engine.close()
+
+
+def test_the_history_survives_a_server_restart_and_a_kill(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with ProcessServer(data) as srv:
+        base = f"{srv.base}/personalizer/v1.1-preview.1"
+        assert requests.put(f"{base}/configurations/policy", json=LEARNING_RATE, headers=JSON_AUTH,
+                            timeout=30).status_code == 200
+        srv.kill()  # SIGKILL right after the answer: the change was committed before it
+    with ProcessServer(data) as srv:
+        base = f"{srv.base}/personalizer/v1.1-preview.1"
+        history = requests.get(f"{base}/configurations/policy/history", headers=AUTH, timeout=10).json()["value"]
+        assert [c["after"]["name"] for c in history] == ["slower"]
+        back = requests.post(f"{base}/configurations/policy/history/{history[0]['id']}/rollback", headers=AUTH,
+                             timeout=30)
+        assert back.status_code == 200
+    with ProcessServer(data) as srv:  # after a clean stop too
+        base = f"{srv.base}/personalizer/v1.1-preview.1"
+        history = requests.get(f"{base}/configurations/policy/history", headers=AUTH, timeout=10).json()["value"]
+        assert [c["action"] for c in history] == ["rollback", "update"]
+        policy = requests.get(f"{base}/configurations/policy", headers=AUTH, timeout=10).json()
+        assert policy["name"] == DEFAULT_POLICY_NAME and same_arguments(policy["arguments"], DEFAULT_POLICY_ARGUMENTS)
+
+
+def test_openapi_documents_the_history_routes(tmp_path: Path) -> None:
+    engine = LocalPersonalizer(tmp_path / "data")
+    try:
+        with ThreadedServer(engine) as srv:
+            paths = requests.get(f"{srv.base}/openapi.json", timeout=10).json()["paths"]
+    finally:
+        engine.close()
+    for prefix in ("/personalizer/v1.1-preview.1", "/personalizer/v1.1-preview.3", "/personalizer"):
+        assert set(paths[f"{prefix}/configurations/policy/history"]) == {"get"}
+        rollback = paths[f"{prefix}/configurations/policy/history/{{changeId}}/rollback"]["post"]
+        assert "changeId" in {p["name"] for p in rollback["parameters"]}
