@@ -890,7 +890,8 @@ class LocalPersonalizer:
             return change_to_dict(self._policy_change(change_id))
 
     def _policy_change(self, change_id: str | int) -> Any:
-        number = int(change_id) if isinstance(change_id, int) or str(change_id).isdigit() else -1
+        text = str(change_id)
+        number = int(text) if isinstance(change_id, int) or (text.isascii() and text.isdigit()) else -1
         change = self._log.policy_change(number) if 0 < number < 2**63 else None
         if change is None:
             raise PersonalizerError("ResourceNotFound", f"no policy change '{str(change_id)[:64]}'", 404)

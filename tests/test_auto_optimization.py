@@ -98,7 +98,7 @@ def test_rollback_restores_the_previous_arguments_and_exploration(tmp_path: Path
         engine.rollback_policy(rollback["id"])
         assert engine.get_policy()["name"] == "less exploration"
         assert len(engine.policy_history()) == 3
-        for bad in ("999", "x", "-1", "0", "1e3", "9" * 30):
+        for bad in ("999", "x", "-1", "0", "1e3", "9" * 30, "\u0661", " 1"):
             with pytest.raises(PersonalizerError) as info:
                 engine.rollback_policy(bad)
             assert info.value.status == 404
