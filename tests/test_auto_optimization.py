@@ -23,7 +23,7 @@ from personalizer.engine import (
     RETIRED_POLICY_ARGUMENTS,
     LocalPersonalizer,
 )
-from personalizer.evaluation import Evaluations
+from personalizer.evaluation import Evaluations, _engine_events
 from personalizer.optimization import AutoOptimizer, next_due
 from personalizer.policy_history import ChangeNote, same_arguments
 from personalizer.server import API_VERSIONS
@@ -236,6 +236,25 @@ def test_auto_optimization_applies_a_clearly_better_policy(
     assert optimizer.run_due_optimization() is None
     engine.rollback_policy(change["id"])
     assert same_arguments(engine.get_policy()["arguments"], RETIRED_POLICY_ARGUMENTS)
+
+
+def test_a_policy_changed_while_evaluating_is_not_overridden(
+        poor_live_policy: tuple[LocalPersonalizer, FakeClock, Evaluations]) -> None:
+    engine, clock, _ = poor_live_policy
+    reads: list[tuple[float, float]] = []
+
+    def events(start: float, end: float) -> Iterator[Any]:
+        reads.append((start, end))
+        if len(reads) == 2:  # the evaluation's worker reads the log; meanwhile someone sets a policy
+            engine.update_policy(LEARNING_RATE)
+        return _engine_events(engine, start, end)
+
+    with Evaluations(engine, clock=clock, events=events) as manager:
+        enable(engine, clock.now)
+        run = AutoOptimizer(engine, manager, clock=clock).run_due_optimization()
+    assert run is not None and run["decision"] == "kept" and "changed while" in run["reason"], run
+    assert engine.get_policy()["name"] == "slower"
+    assert [c["who"] for c in engine.policy_history()] == ["api"]
 
 
 #: The project default when this was written (cubic context x context x action), spelled out so that a new
