@@ -8,7 +8,7 @@ from typing import Any
 import streamlit as st
 
 from personalizer.contract import PersonalizerError
-from personalizer.dashboard import charts, offline, routing, state, widgets
+from personalizer.dashboard import charts, offline, policy_history, routing, state, widgets
 from personalizer.dashboard.backend import evaluations_for, has_event_log, log_lift
 from personalizer.dashboard.lift import LATER_SLOTS_CAVEAT, from_history
 from personalizer.dashboard.ranking import error_text
@@ -141,7 +141,7 @@ def cancel(manager: Evaluations, evaluation_id: str) -> None:
 def apply(manager: Evaluations, evaluation_id: str, policy: str) -> None:
     """Callback of "Apply": the engine takes the policy's learning settings (and its replay-trained model)."""
     try:
-        applied = manager.apply(evaluation_id, policy)
+        applied = manager.apply(evaluation_id, policy, who="person")
     except PersonalizerError as exc:
         state.flash("error", f"Could not apply {policy}. {error_text(exc)}")
         return
@@ -282,6 +282,7 @@ def main() -> None:
     covered = offline.log_range(backend.log_properties())
     if events < offline.MIN_EVENTS or covered is None:
         empty_state(events)
+        policy_history.section(backend)
         return
     manager = evaluations_for(backend)
     settings(manager, covered, model_start(backend))
@@ -289,6 +290,7 @@ def main() -> None:
     if evaluation_id is not None:
         results(manager, backend, evaluation_id)
     widgets.show_flashes()  # anything the results did not show (a failed apply of a deleted evaluation)
+    policy_history.section(backend)
 
 
 routing.require_app()

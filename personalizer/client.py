@@ -155,6 +155,15 @@ class PersonalizerClient:
         """Back to the default policy; returns it."""
         return _json_of(self._call("DELETE", "/configurations/policy", safe=False))
 
+    def policy_history(self) -> list[dict[str, Any]]:
+        """Extension: every recorded policy change, newest first (as ``LocalPersonalizer.policy_history``)."""
+        return _json_of(self._call("GET", "/configurations/policy/history", safe=True))["value"]
+
+    def rollback_policy(self, change_id: str) -> dict[str, Any]:
+        """Extension: restore the policy a recorded change replaced; returns the new change. Not repeated."""
+        path = f"/configurations/policy/history/{quote(str(change_id), safe='')}/rollback"
+        return _json_of(self._call("POST", path, safe=False))
+
     # ------------------------------------------------------------ model and log
     def export_model(self) -> bytes:
         """The current Vowpal Wabbit model file."""

@@ -12,7 +12,7 @@ import json
 import math
 import re
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -450,8 +450,18 @@ class ServiceConfiguration(_Model):
     @field_validator("auto_optimization_frequency")
     @classmethod
     def _auto_frequency(cls, v: str | None) -> str | None:
+        if v is not None and parse_duration(v) < timedelta(minutes=1):  # also refuses absurd durations
+            raise ValueError(f"autoOptimizationFrequency {v} must be at least 1 minute")
+        return v
+
+    @field_validator("auto_optimization_start_date")
+    @classmethod
+    def _auto_start(cls, v: str | None) -> str | None:
         if v is not None:
-            parse_duration(v)
+            try:
+                datetime.fromisoformat(v.strip())
+            except ValueError:
+                raise ValueError(f"autoOptimizationStartDate '{v[:64]}' is not an ISO-8601 date-time") from None
         return v
 
     @field_validator("reward_aggregation", mode="before")

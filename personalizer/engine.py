@@ -45,6 +45,7 @@ from .contract import (
     ServiceConfiguration,
     parse,
 )
+from .policy_history import ChangeNote, change_to_dict, same_arguments
 from .store import EventLog, StoredEvent, storage_error
 from .vw import budget, encoding, trial
 from .vw import workspace as vw_workspace
@@ -850,34 +851,116 @@ class LocalPersonalizer:
         with self._locked():
             return {"name": self._policy.name, "arguments": self.arguments}
 
-    def update_policy(self, policy: dict[str, Any]) -> dict[str, Any]:
+    def update_policy(self, policy: dict[str, Any], *, exploration_percentage: float | None = None,
+                      note: ChangeNote | None = None) -> dict[str, Any]:
         """Set new learning settings; the model starts fresh with them (the log is kept).
 
         The arguments are parsed (typed allow-list), then tried in a child process on
         examples shaped like live traffic before the live engine builds them: a policy
         that crashes, aborts or freezes VW is a 400 and changes nothing.
+        ``exploration_percentage`` sets the configured exploration in the same step (an
+        evaluation's policy runs with its own ``--epsilon``). The change is recorded in the
+        policy history (``note``: who and why; default an API update) in the same transaction.
         """
+        self._change_policy(policy, exploration_percentage, note or ChangeNote())
+        return self.get_policy()
+
+    def _change_policy(self, policy: dict[str, Any], exploration_percentage: float | None, note: ChangeNote) -> int:
+        """Install a policy (and exploration) after its trial and record the change; returns the change's id."""
         contract = parse(PolicyContract, policy, "InvalidPolicyContract")
         parse_arguments(contract.arguments)
+        if exploration_percentage is not None:
+            parse(ServiceConfiguration, {"explorationPercentage": exploration_percentage},
+                  "InvalidServiceConfiguration")
         with self._locked():
-            args = effective_arguments(contract.arguments, self._config.exploration_percentage)
+            exploration = self._config.exploration_percentage if exploration_percentage is None \
+                else exploration_percentage
+            args = effective_arguments(contract.arguments, exploration)
             examples = self._trial_examples()
         if contract.arguments != DEFAULT_POLICY_ARGUMENTS:  # the shipped default is known to work
             trial.trial_policy(args, examples)  # outside the lock: ranks go on meanwhile
         with self._locked():
-            args = effective_arguments(contract.arguments, self._config.exploration_percentage)
-            vw = self._workspace(arguments=args)
-            self._vw = vw
-            self._policy = contract
-            with self._tx():
-                self._log.set_setting("policy", contract.model_dump(by_alias=True))
-                self._log.set_setting("policy_trial", contract.arguments)
-                self._checkpoint("policy")
-            return self.get_policy()
+            now = self._clock()
+            before = self._policy_snapshot()
+            previous = (self._vw, self._policy, self._config, self._created, self._modified)
+            config = self._config
+            if exploration_percentage is not None and exploration_percentage != config.exploration_percentage:
+                config = config.model_copy(update={"exploration_percentage": float(exploration_percentage),
+                                                   "last_configuration_edit_date": _iso(now)})
+            vw = self._workspace(arguments=effective_arguments(contract.arguments, config.exploration_percentage))
+            self._vw, self._policy, self._config = vw, contract, config
+            try:
+                with self._tx():
+                    if config is not previous[2]:
+                        self._log.set_setting("service", config.model_dump(by_alias=True))
+                    self._log.set_setting("policy", contract.model_dump(by_alias=True))
+                    self._log.set_setting("policy_trial", contract.arguments)
+                    self._checkpoint("policy")
+                    change_id = self._log.add_policy_change(now, note.who, note.action, note.evaluation_id, before,
+                                                            self._policy_snapshot(), note.details)
+            except BaseException:  # nothing was written: the live policy stays as it was
+                self._vw, self._policy, self._config, self._created, self._modified = previous
+                vw.finish()
+                raise
+            return change_id
 
-    def reset_policy(self) -> dict[str, Any]:
+    def reset_policy(self, *, note: ChangeNote | None = None) -> dict[str, Any]:
         """Back to the default policy; returns it."""
-        return self.update_policy({"name": DEFAULT_POLICY_NAME, "arguments": DEFAULT_POLICY_ARGUMENTS})
+        return self.update_policy({"name": DEFAULT_POLICY_NAME, "arguments": DEFAULT_POLICY_ARGUMENTS},
+                                  note=note or ChangeNote(action="reset"))
+
+    # ------------------------------------------------------------ policy history
+    def _policy_snapshot(self) -> dict[str, Any]:
+        return {"name": self._policy.name, "arguments": self.arguments,
+                "explorationPercentage": self._config.exploration_percentage}
+
+    def policy_history(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Recorded policy changes, newest first (see ``personalizer.policy_history``)."""
+        with self._lock:
+            return [change_to_dict(c) for c in self._log.policy_changes(limit)]
+
+    def policy_change(self, change_id: str | int) -> dict[str, Any]:
+        """One recorded policy change; 404 when there is none with this id."""
+        with self._lock:
+            return change_to_dict(self._policy_change(change_id))
+
+    def _policy_change(self, change_id: str | int) -> Any:
+        text = str(change_id)
+        number = int(text) if isinstance(change_id, int) or (text.isascii() and text.isdigit()) else -1
+        change = self._log.policy_change(number) if 0 < number < 2**63 else None
+        if change is None:
+            raise PersonalizerError("ResourceNotFound", f"no policy change '{str(change_id)[:64]}'", 404)
+        return change
+
+    def rollback_policy(self, change_id: str | int, *, who: str = "api") -> dict[str, Any]:
+        """Restore the policy (and exploration) a recorded change replaced; returns the new change.
+
+        Goes through the same parse and trial as any policy change, and is recorded itself.
+        409 when that policy is already the live one.
+        """
+        with self._lock:
+            target = self._policy_change(change_id)
+            live = self._policy_snapshot()
+        before = target.before
+        if same_arguments(before["arguments"], live["arguments"]) and \
+                before.get("explorationPercentage") == live["explorationPercentage"]:
+            raise PersonalizerError("PolicyAlreadyActive", f"the policy before change {target.id} is already the "
+                                    "live policy; nothing to roll back", 409)
+        new_id = self._change_policy({"name": before["name"], "arguments": before["arguments"]},
+                                     before.get("explorationPercentage"),
+                                     ChangeNote(who, "rollback", details={"rollbackOf": str(target.id)}))
+        with self._lock:
+            return change_to_dict(self._log.policy_change(new_id))
+
+    def auto_optimization_state(self) -> dict[str, Any]:
+        """What automatic optimization last did (``personalizer.optimization``); {} before its first run."""
+        with self._lock:
+            return self._log.get_setting("auto_optimization") or {}
+
+    def save_auto_optimization_state(self, state: dict[str, Any]) -> None:
+        """Store automatic optimization's state (JSON) beside the other settings."""
+        with self._lock:
+            self._log.set_setting("auto_optimization", state)
 
     # ------------------------------------------------------------ model
     def export_model(self) -> bytes:

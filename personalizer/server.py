@@ -350,6 +350,22 @@ async def _reset_policy(engine: Any, request: Request, _: str) -> Response:
     return _json(await run_in_threadpool(engine.reset_policy))
 
 
+async def _policy_history(engine: Any, request: Request, _: str) -> Response:
+    top = _int_param(request, "top", minimum=1)
+    value = await run_in_threadpool(engine.policy_history, top)
+    optimizer = getattr(request.app.state, "optimizer", None)
+    status = await run_in_threadpool(optimizer.status) if optimizer is not None else None
+    return _json({"value": value, "autoOptimization": status})
+
+
+async def _policy_change(engine: Any, request: Request, change_id: str) -> Response:
+    return _json(await run_in_threadpool(engine.policy_change, change_id))
+
+
+async def _rollback_policy(engine: Any, request: Request, change_id: str) -> Response:
+    return _json(await run_in_threadpool(engine.rollback_policy, change_id))
+
+
 async def _get_model(engine: Any, request: Request, _: str) -> Response:
     # ``signed=true`` asked the retired service for a signed zip; this server has no signing key and
     # always answers the plain Vowpal Wabbit model (which import_model accepts back).
@@ -583,6 +599,16 @@ _OPERATIONS = (
                PolicyContract, PolicyContract),
     _Operation("Policy_Reset", "DELETE", "/configurations/policy", _reset_policy, 200,
                "Reset the learning policy to the default; returns it.", PolicyContract),
+    # Extension: the policy history (every policy change, who made it, estimated lift) and rollback.
+    _Operation("PolicyHistory_List", "GET", "/configurations/policy/history", _policy_history, 200,
+               "Extension: every change of the learning policy, newest first, and automatic optimization's "
+               "status.", query=(("top", "integer", "At most this many changes (newest first)."),)),
+    _Operation("PolicyHistory_Get", "GET", "/configurations/policy/history/{changeId}", _policy_change, 200,
+               "Extension: one recorded change of the learning policy.", path_param="changeId"),
+    _Operation("PolicyHistory_Rollback", "POST", "/configurations/policy/history/{changeId}/rollback",
+               _rollback_policy, 200,
+               "Extension: restore the policy a recorded change replaced (tried like any new policy); "
+               "answers the new change, 409 when that policy is already live.", path_param="changeId"),
     _Operation("Model_Get", "GET", "/model", _get_model, 200,
                "Export the Vowpal Wabbit model (model.vw).", binary_response=True),
     _Operation("Model_Import", "PUT", "/model", _put_model, 204,
@@ -697,6 +723,9 @@ def _openapi_extra(op: _Operation, check_api_version: bool) -> dict[str, Any]:
     if "{evaluationId}" in op.path:
         params.append({"name": "evaluationId", "in": "path", "required": True,
                        "schema": {"type": "string", "maxLength": 256}, "description": "The evaluation's id."})
+    if "{changeId}" in op.path:
+        params.append({"name": "changeId", "in": "path", "required": True, "schema": {"type": "string"},
+                       "description": "The policy change's id (from the policy history)."})
     if check_api_version:
         params.append({"name": "api-version", "in": "query", "required": True,
                        "schema": {"type": "string", "enum": list(API_VERSIONS)}})
@@ -817,6 +846,7 @@ def create_app(
     evaluations: Evaluations | None = None,
     lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT,
     max_rank_features: int | None | bool = True,
+    auto_optimization: dict[str, Any] | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``engine`` (a ``LocalPersonalizer``) with Personalizer's REST contract.
 
@@ -831,6 +861,9 @@ def create_app(
     Offline evaluations run on an ``Evaluations`` manager over ``engine`` (kept in
     the engine's SQLite database), created here and closed when the app shuts down;
     pass ``evaluations`` to use your own (you close it). It is ``app.state.evaluations``.
+    Automatic optimization (``personalizer.optimization.AutoOptimizer`` over that manager,
+    ``app.state.optimizer``) checks its schedule on a daemon thread while the app runs;
+    ``auto_optimization`` passes it options (``clock``, ``min_events``, ``margin``, ``poll_seconds``).
     """
 
     keys = [key] if isinstance(key, str) else list(key or [])
@@ -848,10 +881,14 @@ def create_app(
 
         evaluations = Evaluations(engine)
     manager = evaluations
+    from .optimization import AutoOptimizer  # automatic optimization: a daemon thread over the manager
+
+    optimizer = AutoOptimizer(engine, manager, **(auto_optimization or {}))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(_process_due_forever(engine, process_interval))
+        optimizer.start()
         try:
             yield
         finally:
@@ -861,6 +898,7 @@ def create_app(
             await run_in_threadpool(engine_calls.close)
             if owns_evaluations:  # cancels a running evaluation; it runs again on the next start
                 await run_in_threadpool(manager.close)
+            await run_in_threadpool(optimizer.close)
 
     app = FastAPI(
         title="Personalizer Studio",
@@ -875,6 +913,7 @@ def create_app(
     app.state.evaluations = manager
     app.state.engine_calls = engine_calls
     app.state.model_uploads = asyncio.Lock()
+    app.state.optimizer = optimizer
     prefixes = [(f"/personalizer/{v}", v, False) for v in VERSIONED_PREFIXES] + [
         ("/personalizer", _API_VERSION_TAG, True)]
     for op in _OPERATIONS:

@@ -84,6 +84,20 @@ _MIGRATIONS: tuple[str, ...] = (
         record      TEXT NOT NULL      -- the evaluation as JSON
     );
     """,
+    # 2: every change of the learning policy (manual, from an evaluation, automatic, rollback),
+    #    so it can be listed and rolled back after a restart.
+    """
+    CREATE TABLE IF NOT EXISTS policy_changes (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        created     REAL NOT NULL,
+        who         TEXT NOT NULL,     -- auto | person | api
+        action      TEXT NOT NULL,     -- update | reset | evaluation | auto | rollback
+        evaluation_id TEXT,            -- the evaluation it came from, if any
+        before      TEXT NOT NULL,     -- {name, arguments, explorationPercentage} before (JSON)
+        after       TEXT NOT NULL,     -- the same, after (JSON)
+        details     TEXT               -- estimated lift with its interval, rolled-back change... (JSON)
+    );
+    """,
 )
 #: The schema version this code writes.
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -118,6 +132,20 @@ class Checkpoint:
     reason: str
     arguments: str
     model: bytes
+
+
+@dataclass
+class PolicyChange:
+    """One recorded change of the learning policy (``before``/``after``: name, arguments, exploration)."""
+
+    id: int
+    created: float
+    who: str
+    action: str
+    evaluation_id: str | None
+    before: dict[str, Any]
+    after: dict[str, Any]
+    details: dict[str, Any] | None
 
 
 def default_home() -> Path:
@@ -382,6 +410,29 @@ class EventLog:
         """(id, record JSON text) of every stored evaluation, oldest first."""
         return self._db.execute("SELECT id, record FROM evaluations ORDER BY created, id").fetchall()
 
+    # ------------------------------------------------------------ policy changes
+    def add_policy_change(self, created: float, who: str, action: str, evaluation_id: str | None,
+                          before: dict[str, Any], after: dict[str, Any], details: dict[str, Any] | None) -> int:
+        """Record one change of the learning policy; returns its id."""
+        cur = self._write(
+            "INSERT INTO policy_changes (created, who, action, evaluation_id, before, after, details)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (created, who, action, evaluation_id, json.dumps(before), json.dumps(after),
+             None if details is None else json.dumps(details)))
+        return int(cur.lastrowid or 0)
+
+    def policy_changes(self, limit: int | None = None) -> list[PolicyChange]:
+        """Recorded policy changes, newest first (at most ``limit``)."""
+        rows = self._db.execute(f"SELECT {_CHANGE_COLUMNS} FROM policy_changes ORDER BY id DESC LIMIT ?",
+                                (-1 if limit is None else limit,)).fetchall()
+        return [_change(row) for row in rows]
+
+    def policy_change(self, change_id: int) -> PolicyChange | None:
+        """One recorded policy change, or None."""
+        row = self._db.execute(f"SELECT {_CHANGE_COLUMNS} FROM policy_changes WHERE id = ?",
+                               (change_id,)).fetchone()
+        return _change(row) if row else None
+
     # ------------------------------------------------------------ transactions
     def transaction(self) -> _Transaction:
         """Context manager grouping writes into one commit."""
@@ -459,3 +510,12 @@ def _event(row: tuple[Any, ...]) -> StoredEvent:
         response=json.loads(row[5]), mode=row[6], deferred=bool(row[7]), activated=row[8], status=row[9],
         closed=row[10], learn_seq=row[11], labels=json.loads(row[12]) if row[12] else None,
     )
+
+
+_CHANGE_COLUMNS = "id, created, who, action, evaluation_id, before, after, details"
+
+
+def _change(row: tuple[Any, ...]) -> PolicyChange:
+    return PolicyChange(id=row[0], created=row[1], who=row[2], action=row[3], evaluation_id=row[4],
+                        before=json.loads(row[5]), after=json.loads(row[6]),
+                        details=json.loads(row[7]) if row[7] else None)

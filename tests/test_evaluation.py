@@ -353,7 +353,7 @@ def test_the_log_is_read_in_chunks_without_losing_events(sim: SimpleNamespace) -
     assert [e.event_id for e in ev._engine_events(sim.engine, chunk=40)] == ids
     part = [e.event_id for e in ev._engine_events(sim.engine, T0 + 100 * 60, T0 + 700 * 60, chunk=40)]
     assert part == [e.event_id for e in sim.engine.events(T0 + 100 * 60, T0 + 700 * 60)] and len(part) == 600
-    recent = ev._recent_events(sim.engine, 250, lambda e: e.event_id[-1] != "7")
+    recent = ev.recent_events(sim.engine, 250, lambda e: e.event_id[-1] != "7")
     assert [e.event_id for e in recent] == [i for i in ids if i[-1] != "7"][-250:]
 
 
