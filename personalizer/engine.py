@@ -176,7 +176,8 @@ class LocalPersonalizer:
         self._deadlines: list[tuple[float, str]] = []
         self._catalogs = CatalogCache()
         self._counts: dict[str, int] | None = None  # events by status and rewards; None: read the log
-        self._explainer: tuple[Workspace, str, vw_explain.Explainer] | None = None  # built on first explain
+        # Built by the first rank that asks for explanations (with the workspace and settings it explains).
+        self._explainer: tuple[Workspace, tuple[str, float], vw_explain.Explainer] | None = None
         try:
             with self._lock:
                 self._load_settings(policy_arguments, configuration)
@@ -616,8 +617,9 @@ class LocalPersonalizer:
                 slot["explanation"] = {"available": False, "explored": None, "reason": why}
             return
         cached = self._explainer
-        if cached is None or cached[0] is not self._vw or cached[1] != self.arguments:
-            cached = self._explainer = (self._vw, self.arguments, vw_explain.Explainer(self._vw, self.arguments))
+        settings = (self._policy.arguments, self._config.exploration_percentage)  # what self.arguments derives from
+        if cached is None or cached[0] is not self._vw or cached[1] != settings:
+            cached = self._explainer = (self._vw, settings, vw_explain.Explainer(self._vw, self.arguments))
         explanations = vw_explain.explain_page(self._vw, cached[2], head, bodies, allowed, chosen,
                                                [a["id"] for a in canonical["actions"]])
         for slot, explanation in zip(answer["slots"], explanations, strict=True):

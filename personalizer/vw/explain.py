@@ -46,6 +46,8 @@ _ROLES = {CONTEXT_NAMESPACE: "context", ACTION_NAMESPACE: "action", SLOT_NAMESPA
 _PRINTABLE = (CONTEXT_NAMESPACE, ACTION_NAMESPACE, SLOT_NAMESPACE)  # sorted by code: VW's wildcard order
 _INTERACTION_OPTIONS = ("--quadratic", "-q", "--cubic", "--interactions")
 _PERCENT = re.compile(r"%([0-9A-F]{2})")
+#: Feature sets whose terms are memoized per explainer (a few KB each).
+_MAX_STRUCTURES = 2048
 #: Largest |VW score - sum of terms| accepted as "the same" (float32 sums over a few hundred terms).
 TOLERANCE = 1e-4
 
@@ -77,8 +79,24 @@ class Feature:
         return f"{self.name}={value}"
 
 
+_PARSED: dict[str, list[Feature]] = {}
+_MAX_PARSED = 4096
+
+
 def parse_features(namespace_text: str) -> list[Feature]:
-    """The features of one encoded namespace (``|@ time=evening price:20``), in order."""
+    """The features of one encoded namespace (``|@ time=evening price:20``), in order (memoized; do not mutate)."""
+    hit = _PARSED.get(namespace_text)
+    if hit is not None:
+        return hit
+    out = _parse_features(namespace_text)
+    if len(namespace_text) <= 4096:
+        if len(_PARSED) >= _MAX_PARSED:
+            _PARSED.clear()
+        _PARSED[namespace_text] = out
+    return out
+
+
+def _parse_features(namespace_text: str) -> list[Feature]:
     body = namespace_text[namespace_text.index("|") + 1:]
     ns = body[:1]
     role = _ROLES.get(ns, ns)
@@ -164,6 +182,8 @@ class Explainer:
         # index, and each namespace x the slot index; "#" stands for the index namespace.
         self._interactions = _expand([*user, *(u + "#" for u in user), ":#"], self._active)
         self._index_hash: dict[int, int] = {}
+        self._structures: dict[tuple, list[tuple[tuple[int, ...], int, float]]] = {}
+        self._grouped: dict[tuple, tuple] = {}  # by the identity of memoized feature lists (parse_features)
 
     def _hash(self, ns: str, token: str) -> int:
         key = (ns, token)
@@ -187,25 +207,68 @@ class Explainer:
         ``with_action_only``: only the terms holding an action feature (the others are the
         same for every action of the slot, so they cancel in a difference).
         """
-        by_ns: dict[str, list[tuple[Feature | None, int, float]]] = {
-            CONTEXT_NAMESPACE: [(f, self._hash(CONTEXT_NAMESPACE, f.token), f.x) for f in context],
-            ACTION_NAMESPACE: [(f, self._hash(ACTION_NAMESPACE, f.token), f.x) for f in action],
-            SLOT_NAMESPACE: [(f, self._hash(SLOT_NAMESPACE, f.token), f.x) for f in slot],
-            "#": [(None, self._slot_index(position), 1.0)],
+        players = [*context, *action, *slot]
+        structure = self._structure(context, action, slot, position, with_action_only)
+        vw, get_weight = self._vw, pylibvw.vw.get_weight
+        return [(tuple(players[i] for i in who), get_weight(vw, h, 0) * x) for who, h, x in structure]
+
+    def grouped(self, context: Sequence[Feature], action: Sequence[Feature], slot: Sequence[Feature],
+                position: int) -> list[tuple[tuple[tuple[str, str], ...], tuple[Feature, ...], float]]:
+        """The action-holding terms of one action's score as (group key, players, weight x value), zeros left out.
+
+        The group key is the sorted (role, name) of the players: the same crossing of features
+        in any action, so two actions' terms can be set against each other.
+        """
+        key = (id(context), id(action), id(slot), position)
+        shaped = self._grouped.get(key)
+        if shaped is None or shaped[0] is not context or shaped[1] is not action or shaped[2] is not slot:
+            players = [*context, *action, *slot]
+            rows = []
+            for who, h, x in self._structure(context, action, slot, position, True):
+                if who:
+                    chosen = tuple(players[i] for i in who)
+                    rows.append((tuple(sorted(f.key for f in chosen)), chosen, h, x))
+            if len(self._grouped) >= _MAX_STRUCTURES:
+                self._grouped.clear()
+            shaped = self._grouped[key] = (context, action, slot, rows)
+        vw, get_weight = self._vw, pylibvw.vw.get_weight
+        out = []
+        for gkey, players, h, x in shaped[3]:
+            value = get_weight(vw, h, 0) * x
+            if value != 0.0:
+                out.append((gkey, players, value))
+        return out
+
+    def _structure(self, context: Sequence[Feature], action: Sequence[Feature], slot: Sequence[Feature],
+                   position: int, with_action_only: bool) -> list[tuple[tuple[int, ...], int, float]]:
+        """The terms' (player indices, masked weight index, value product): what depends on the features only.
+
+        Memoized: the weights change as the model learns, the terms of a feature set never do.
+        """
+        key = (tuple(f.token for f in context), tuple(f.token for f in action), tuple(f.token for f in slot),
+               tuple(f.x for f in (*context, *action, *slot)), position, with_action_only)
+        hit = self._structures.get(key)
+        if hit is not None:
+            return hit
+        nc, na = len(context), len(action)
+        by_ns: dict[str, list[tuple[int, int, float]]] = {
+            CONTEXT_NAMESPACE: [(i, self._hash(CONTEXT_NAMESPACE, f.token), f.x) for i, f in enumerate(context)],
+            ACTION_NAMESPACE: [(nc + i, self._hash(ACTION_NAMESPACE, f.token), f.x) for i, f in enumerate(action)],
+            SLOT_NAMESPACE: [(nc + na + i, self._hash(SLOT_NAMESPACE, f.token), f.x) for i, f in enumerate(slot)],
+            "#": [(-1, self._slot_index(position), 1.0)],
         }
         for ns in _PRINTABLE:
             if ns not in self._active:
                 by_ns[ns] = []
-        get_weight, mask = self._vw.get_weight, self._mask
-        out: list[tuple[tuple[Feature, ...], float]] = []
-        linear = [ns for ns in self._active if ns not in self._no_linear] + ["#"]
-        for ns in linear:
+        mask = self._mask
+        out: list[tuple[tuple[int, ...], int, float]] = []
+        for ns in [ns for ns in self._active if ns not in self._no_linear] + ["#"]:
             if with_action_only and ns != ACTION_NAMESPACE:
                 continue
-            for f, h, x in by_ns[ns]:
-                out.append(((f,) if f is not None else (), get_weight(h & mask, 0) * x))
+            for i, h, x in by_ns[ns]:
+                out.append(((i,) if i >= 0 else (), h & mask, x))
         if self._constant and not with_action_only:
-            out.append(((), get_weight(_CONSTANT_HASH & mask, 0)))
+            out.append(((), _CONSTANT_HASH & mask, 1.0))
         for term in self._interactions:
             if with_action_only and ACTION_NAMESPACE not in term:
                 continue
@@ -215,11 +278,14 @@ class Explainer:
                 for _, hk, xk in combo[1:]:
                     h = ((_FNV * h) & _MASK64) ^ hk
                     x *= xk
-                players: list[Feature] = []
-                for f, _, _ in combo:
-                    if f is not None and f not in players:
-                        players.append(f)
-                out.append((tuple(players), get_weight(h & mask, 0) * x))
+                who: list[int] = []
+                for i, _, _ in combo:
+                    if i >= 0 and i not in who:
+                        who.append(i)
+                out.append((tuple(who), h & mask, x))
+        if len(self._structures) >= _MAX_STRUCTURES:
+            self._structures.clear()  # clear-on-budget, as the encoder's memo
+        self._structures[key] = out
         return out
 
 
@@ -318,39 +384,39 @@ def _explain_slot(explainer: Explainer, costs: dict[int, float], pick: int, posi
                           f"'{action_ids[pick]}' to keep learning about it"}
     runner = next(a for a in ranked if a != pick)
     margin = costs[runner] - costs[pick]
-    groups: dict[frozenset[tuple[str, str]], list] = {}   # key -> [chosen's features, runner's, value]
-    per_feature: dict[tuple[str, str], list] = {}          # key -> [chosen's value, runner's value, contribution]
-    for action, sign in ((pick, -1.0), (runner, 1.0)):   # reward = -cost: the chosen's terms count for it
-        for players, value in explainer.terms(context, actions[action], slot, position, with_action_only=True):
-            if not players or value == 0.0:
-                continue
-            key = frozenset(f.key for f in players)
-            group = groups.setdefault(key, [None, None, 0.0])
-            group[0 if action == pick else 1] = group[0 if action == pick else 1] or players
+    groups: dict[tuple[tuple[str, str], ...], list] = {}   # key -> [chosen's features, runner's, value]
+    per_feature: dict[tuple[str, str], list] = {}          # key -> [chosen's feature, runner's, contribution]
+    for action, sign, side in ((pick, -1.0, 0), (runner, 1.0, 1)):  # reward = -cost: the chosen's terms count for it
+        for key, players, value in explainer.grouped(context, actions[action], slot, position):
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = [None, None, 0.0]
+            if group[side] is None:
+                group[side] = players
             group[2] += sign * value
             share = sign * value / len(players)
             for f in players:
-                entry = per_feature.setdefault(f.key, [None, None, 0.0])
-                if action == pick and entry[0] is None:
-                    entry[0] = f
-                elif action == runner and entry[1] is None:
-                    entry[1] = f
+                entry = per_feature.get(f.key)
+                if entry is None:
+                    entry = per_feature[f.key] = [None, None, 0.0]
+                if entry[side] is None:
+                    entry[side] = f
                 entry[2] += share
     explained = sum(g[2] for g in groups.values())
     if abs(explained - margin) > TOLERANCE * max(1.0, abs(margin)):
         return {"available": False, "explored": False, "chosen": chosen,
                 "reason": "this policy's scores could not be split by feature (its terms did not add up to "
                           "the model's score)"}
-    reasons = []
-    for _key, (mine, theirs, value) in sorted(groups.items(), key=lambda kv: -abs(kv[1][2])):
+    ordered = sorted(groups.values(), key=lambda g: -abs(g[2]))
+    shown_reasons = []
+    for mine, theirs, value in ordered[:top]:  # words only for the reasons shown
         shown = mine or theirs
         text = " x ".join(f.text() for f in shown)
         if mine is None:
             text += f" (of '{action_ids[runner]}')"
-        reasons.append({"features": [_feature_dict(f) for f in shown], "text": f"{text}: {value:+.2f}",
-                        "contribution": value})
-    shown_reasons = reasons[:top]
-    rest = sum(r["contribution"] for r in reasons[top:])
+        shown_reasons.append({"features": [_feature_dict(f) for f in shown], "text": f"{text}: {value:+.2f}",
+                              "contribution": value})
+    rest = sum(g[2] for g in ordered[top:])
     features = []
     for (role, name), (mine, theirs, value) in sorted(per_feature.items(), key=lambda kv: -abs(kv[1][2])):
         features.append({"namespace": role, "featureName": name,
@@ -360,6 +426,6 @@ def _explain_slot(explainer: Explainer, costs: dict[int, float], pick: int, posi
         "available": True, "explored": False, "chosen": chosen,
         "runnerUp": {"actionId": action_ids[runner], "score": -costs[runner]},
         "margin": margin, "reasons": shown_reasons, "rest": rest,
-        "text": [r["text"] for r in shown_reasons] + ([f"everything else: {rest:+.2f}"] if reasons[top:] else []),
+        "text": [r["text"] for r in shown_reasons] + ([f"everything else: {rest:+.2f}"] if ordered[top:] else []),
         "features": features,
     }
