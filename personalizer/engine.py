@@ -48,6 +48,7 @@ from .contract import (
 from .policy_history import ChangeNote, change_to_dict, same_arguments
 from .store import EventLog, StoredEvent, storage_error
 from .vw import budget, encoding, trial
+from .vw import explain as vw_explain
 from .vw import workspace as vw_workspace
 from .vw.arguments import effective_arguments, parse_arguments
 from .vw.encoding import CatalogCache, encode_request
@@ -216,6 +217,8 @@ class LocalPersonalizer:
         self.lock_timeout: float | None = None
         #: Largest estimated feature count of a rank request (budget.py); None: no limit.
         self.max_rank_features: int | None = budget.DEFAULT_MAX_RANK_FEATURES
+        # Built by the first rank that asks for explanations (with the workspace and settings it explains).
+        self._explainer: tuple[Workspace, tuple[str, float], vw_explain.Explainer] | None = None
         try:
             with self._lock:
                 self._load_settings(policy_arguments, configuration)
@@ -398,18 +401,20 @@ class LocalPersonalizer:
         return shared
 
     # ------------------------------------------------------------ rank
-    def rank(self, request: dict[str, Any]) -> dict[str, Any]:
+    def rank(self, request: dict[str, Any], *, explain: bool = False) -> dict[str, Any]:
         """Multi-slot rank: ``MultiSlotRankRequest`` dict -> ``MultiSlotRankResponse`` dict.
 
         Each slot's ``probability`` (the chance its action was chosen) rides along as a
         documented extension. The same eventId with the same body answers the same and
-        logs nothing new; with a different body it is a 409 error.
+        logs nothing new; with a different body it is a 409 error. ``explain``: each slot
+        also carries an ``explanation`` (see ``explain_rank``); never computed otherwise.
         """
         req = parse(MultiSlotRankRequest, request, "InvalidRankRequest")
         _check_rank(req)
-        return self._rank(req)
+        return self._rank(req, explain=explain)
 
-    def _rank(self, req: MultiSlotRankRequest, extra: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+    def _rank(self, req: MultiSlotRankRequest, extra: Callable[[Any], dict[str, Any]] | None = None,
+              *, explain: bool = False) -> dict[str, Any]:
         budget.check_rank(req, self._policy.arguments, self.max_rank_features)  # before any VW work
         # The validated request as the log stores it; live ranking encodes the very same
         # structure replay will read back, so both build identical VW examples.
@@ -423,13 +428,19 @@ class LocalPersonalizer:
             if given is not None:
                 previous = self._previous_answer(given, request_hash)
                 if previous is not None:
+                    if explain:
+                        self._attach_explanations(canonical, given, previous)
                     return previous
             event_id = given or new_event_id()
             head, bodies, allowed, index = self._catalogs.encode(canonical, event_id, canonical_json)
             mode = self._config.learning_mode
+            last_scores = None
             if mode == "Online":
                 lines = head + [encoding.slot_line(b, a) for b, a in zip(bodies, allowed, strict=True)]
-                prediction = vw_workspace.predict(self._vw, lines)
+                if explain:  # the same prediction, keeping VW's scores of the last slot for the explanation
+                    prediction, last_scores = vw_explain.predict_with_last_scores(self._vw, lines, allowed)
+                else:
+                    prediction = vw_workspace.predict(self._vw, lines)
                 chosen = [slot[0][0] for slot in prediction]
                 probs = [float(slot[0][1]) for slot in prediction]
             else:  # Apprentice and LoggingOnly serve the application's own baseline.
@@ -455,7 +466,10 @@ class LocalPersonalizer:
                 if len(self._recent) >= _RECENT_EXAMPLES:
                     self._recent.pop(next(iter(self._recent)))
                 self._recent[event_id] = (head, bodies, allowed, chosen, probs)
-            return _copy(response)
+            answer = _copy(response)
+            if explain:  # after logging: the log never holds explanations
+                self._attach_explanations(canonical, event_id, answer, (head, bodies, allowed, index), last_scores)
+            return answer
 
     def _previous_answer(self, event_id: str, request_hash: str) -> dict[str, Any] | None:
         stored = self._log.event_answer(event_id)
@@ -734,6 +748,44 @@ class LocalPersonalizer:
             if contrast is not None:
                 vw_workspace.learn(self._vw, labeled_example(head, bodies, allowed, contrast,
                                                              [1.0] * len(contrast), [None] * len(contrast)))
+
+    # ------------------------------------------------------------ explanations
+    def _attach_explanations(self, canonical: dict[str, Any], event_id: str, answer: dict[str, Any],
+                             encoded: encoding.Encoded | None = None,
+                             last_scores: vw_explain.SlotScores | None = None) -> None:
+        """Add each slot's ``explanation`` to a rank answer (the caller holds the lock)."""
+        head, bodies, allowed, index = encoded or encode_request(canonical, event_id)
+        chosen = [index[s["rewardActionId"]] for s in answer["slots"]]
+        if self._config.learning_mode != "Online" and all(
+                s["rewardActionId"] == c["baselineAction"] for s, c in zip(answer["slots"], canonical["slots"],
+                                                                           strict=True)):
+            why = f"{self._config.learning_mode} mode serves each slot's baselineAction, not the model's choice"
+            for slot in answer["slots"]:
+                slot["explanation"] = {"available": False, "explored": None, "reason": why}
+            return
+        cached = self._explainer
+        settings = (self._policy.arguments, self._config.exploration_percentage)  # what self.arguments derives from
+        if cached is None or cached[0] is not self._vw or cached[1] != settings:
+            cached = self._explainer = (self._vw, settings, vw_explain.Explainer(self._vw, self.arguments))
+        explanations = vw_explain.explain_page(self._vw, cached[2], head, bodies, allowed, chosen,
+                                               [a["id"] for a in canonical["actions"]], last=last_scores)
+        for slot, explanation in zip(answer["slots"], explanations, strict=True):
+            slot["explanation"] = explanation
+
+    def explain_event(self, event_id: str) -> dict[str, Any]:
+        """Why each slot of a logged event got its action, by the model as it is now (it may have learned since).
+
+        Returns ``{"eventId", "slots": [{"id", "rewardActionId", "explanation"}]}``; 404 for an unknown event.
+        """
+        with self._lock:
+            stored = self._log.get_event(event_id)
+            if stored is None:
+                raise _unknown_event(event_id)
+            request, response = stored.request, stored.response
+            answer = {"eventId": event_id, "slots": [{"id": s["id"], "rewardActionId": s["rewardActionId"]}
+                                                      for s in response["slots"]]}
+            self._attach_explanations(request, event_id, answer)
+            return answer
 
     # ------------------------------------------------------------ inspection
     def greedy(self, request: dict[str, Any]) -> dict[str, str]:

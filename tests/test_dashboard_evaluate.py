@@ -64,7 +64,7 @@ def test_evaluate_after_a_simulator_run_table_chart_sentence_and_apply(app: AppT
     chart = charts(app)[0]
     layers = spec(chart)["layer"]
     assert {layer["mark"]["type"] for layer in layers} == {"rule", "point", "text"}
-    assert spec(chart)["height"] == 100 + 36 * 7
+    assert spec(chart)["height"] == 100 + 36 * (len(REFERENCES) + len(PRESET_POLICIES))
     data = chart_data(chart).dropna(subset=["policy"])
     assert set(data["policy"]) == set(REFERENCES) | set(PRESET_POLICIES)
     assert (data["low"] <= data["estimate"]).all() and (data["estimate"] <= data["high"]).all()
