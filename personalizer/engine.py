@@ -855,21 +855,22 @@ class LocalPersonalizer:
         with self._locked():
             return self._log.get_event(event_id)
 
-    # ------------------------------------------------------------ evaluation records
-    def save_evaluation_record(self, evaluation_id: str, created: float, record_json: str) -> None:
-        """Store one offline evaluation (JSON text) in the event log's database: one store, one backup."""
+    # ------------------------------------------------------------ job records
+    def save_record(self, kind: str, record_id: str, created: float, record_json: str) -> None:
+        """Store one background job (``kind``: ``evaluation`` or ``featureImportance``; JSON text) in the
+        event log's database: one store, one backup."""
         with self._locked():
-            self._log.put_evaluation(evaluation_id, created, record_json)
+            self._log.put_record(kind, record_id, created, record_json)
 
-    def delete_evaluation_record(self, evaluation_id: str) -> bool:
-        """Delete one stored evaluation; True when there was one."""
+    def delete_record(self, kind: str, record_id: str) -> bool:
+        """Delete one stored job; True when there was one."""
         with self._locked():
-            return self._log.delete_evaluation(evaluation_id)
+            return self._log.delete_record(kind, record_id)
 
-    def evaluation_records(self) -> list[tuple[str, str]]:
-        """(id, JSON text) of every stored evaluation, oldest first."""
+    def records(self, kind: str) -> list[tuple[str, str]]:
+        """(id, JSON text) of every stored job of ``kind``, oldest first."""
         with self._locked():
-            return self._log.evaluation_records()
+            return self._log.records(kind)
 
     # ------------------------------------------------------------ configuration
     def get_service_configuration(self) -> dict[str, Any]:

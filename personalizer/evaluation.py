@@ -1621,7 +1621,7 @@ class Evaluations:
     """Offline evaluations of an engine's log, run one at a time on a background thread.
 
     Thread-safe. Results live in memory and, with ``persist`` (default), in the engine's
-    SQLite database, one row per evaluation (``engine.evaluation_records``), so the log,
+    SQLite database, one row per evaluation (``engine.records("evaluation")``), so the log,
     the model and the evaluations are one store with one backup; evaluations interrupted
     by a restart run again. A stored record that cannot be loaded or shown is left out of
     the listing (logged once) and can still be deleted by its id. An ``evaluations.json``
@@ -1641,7 +1641,7 @@ class Evaluations:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._closed = False
-        self._store = engine if persist and hasattr(engine, "evaluation_records") else None
+        self._store = engine if persist and hasattr(engine, "records") else None
         self._unreadable: set[str] = set()  # stored ids that failed to load or render (logged once each)
         self._load()
 
@@ -1727,12 +1727,12 @@ class Evaluations:
         with self._lock:
             if evaluation_id in self._unreadable and evaluation_id not in self._records:
                 if self._store is not None:
-                    self._store.delete_evaluation_record(evaluation_id)
+                    self._store.delete_record("evaluation", evaluation_id)
                 self._unreadable.discard(evaluation_id)
                 return
             rec = self._get(evaluation_id)
             if self._store is not None:
-                self._store.delete_evaluation_record(evaluation_id)
+                self._store.delete_record("evaluation", evaluation_id)
             rec.cancel.set()
             del self._records[evaluation_id]
             self._unreadable.discard(evaluation_id)
@@ -1979,7 +1979,7 @@ class Evaluations:
     def _save(self, rec: _Record) -> None:
         """Write one evaluation's row (raises the store's error, e.g. 507 on a full disk)."""
         if self._store is not None:
-            self._store.save_evaluation_record(rec.id, rec.created, json.dumps(_record_item(rec)))
+            self._store.save_record("evaluation", rec.id, rec.created, json.dumps(_record_item(rec)))
 
     def _save_quietly(self, rec: _Record) -> None:
         """Write a status change the caller cannot undo; a failed write is logged (a restart re-runs it)."""
@@ -1999,7 +1999,7 @@ class Evaluations:
             return
         self._import_json_file()
         rerun = []
-        for evaluation_id, text in self._store.evaluation_records():
+        for evaluation_id, text in self._store.records("evaluation"):
             try:
                 item = json.loads(text)
                 _check_encodable(item)
@@ -2028,11 +2028,11 @@ class Evaluations:
             _evaluations_log.warning("%s is unreadable and was not imported: %s", path, exc)
             path.replace(path.with_name(path.name + ".unreadable"))
             return
-        known = {evaluation_id for evaluation_id, _ in self._store.evaluation_records()}
+        known = {evaluation_id for evaluation_id, _ in self._store.records("evaluation")}
         for item in items:
             try:
                 if item["id"] not in known:
-                    self._store.save_evaluation_record(str(item["id"]), float(item["created"]), json.dumps(item))
+                    self._store.save_record("evaluation", str(item["id"]), float(item["created"]), json.dumps(item))
             except (KeyError, TypeError, ValueError) as exc:
                 _evaluations_log.warning("an evaluation in %s was not imported: %s", path, exc)
         path.replace(path.with_name(path.name + ".migrated"))

@@ -31,19 +31,16 @@ keeps them behind a small ``JobStore`` (a JSON file now; any store with ``load``
 
 from __future__ import annotations
 
-import contextlib
 import json
+import logging
 import math
-import os
 import queue
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from statistics import NormalDist
 from typing import Any, Protocol
 
@@ -53,7 +50,9 @@ from .contract import FeatureImportanceContract, PersonalizerError, parse
 from .evaluation import EvaluationCancelled, LoggedData, LoggedEvent, _engine_events, prepare, replay
 from .vw import encoding
 
-__all__ = ["FeatureImportances", "ImportanceResult", "JobStore", "JsonJobStore", "FeatureScore",
+log = logging.getLogger(__name__)
+
+__all__ = ["FeatureImportances", "ImportanceResult", "JobStore", "EngineJobStore", "FeatureScore",
            "feature_importances", "logged_features"]
 
 _ROLE_OF_NAMESPACE = {encoding.CONTEXT_NAMESPACE: "context", encoding.ACTION_NAMESPACE: "action",
@@ -273,40 +272,28 @@ class JobStore(Protocol):
         ...
 
 
-class JsonJobStore:
-    """A ``JobStore`` in one JSON file, replaced atomically on every change."""
+class EngineJobStore:
+    """A ``JobStore`` in the engine's own database (one row per job), beside the log and the evaluations."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self._jobs: dict[str, dict[str, Any]] = {}
-        if self.path.exists():
-            try:
-                items = json.loads(self.path.read_text(encoding="utf-8")).get("jobs", [])
-                self._jobs = {item["id"]: item for item in items}
-            except (OSError, ValueError, AttributeError, KeyError, TypeError):
-                self.path.replace(self.path.with_suffix(".json.unreadable"))  # keep it aside, start empty
+    KIND = "featureImportance"
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
 
     def load(self) -> list[dict[str, Any]]:
-        return list(self._jobs.values())
+        jobs = []
+        for job_id, text in self._engine.records(self.KIND):
+            try:
+                jobs.append(json.loads(text))
+            except ValueError:  # one unreadable row never hides the others
+                log.warning("feature importance '%s' is unreadable in the store; left out", job_id)
+        return jobs
 
     def put(self, job: dict[str, Any]) -> None:
-        self._jobs[job["id"]] = job
-        self._write()
+        self._engine.save_record(self.KIND, job["id"], float(job["created"]), json.dumps(job))
 
     def delete(self, job_id: str) -> None:
-        if self._jobs.pop(job_id, None) is not None:
-            self._write()
-
-    def _write(self) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".feature-importances-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"version": 1, "jobs": list(self._jobs.values())}, fh)
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        self._engine.delete_record(self.KIND, job_id)
 
 
 _STATUS = {"pending": "Running", "running": "Running", "succeeded": "Succeeded", "failed": "Failed",
@@ -341,8 +328,8 @@ def _iso(ts: float) -> str:
 class FeatureImportances:
     """Feature-importance jobs over an engine's log, run one at a time on a background thread.
 
-    Thread-safe. ``store`` keeps the jobs (default: ``<engine home>/feature_importances.json``;
-    None with ``persist=False``); jobs interrupted by a restart run again. ``events``
+    Thread-safe. ``store`` keeps the jobs (default: the engine's database, ``EngineJobStore``;
+    none with ``persist=False``); jobs interrupted by a restart run again. ``events``
     overrides where events come from: ``events(start, end) -> iterable``.
     """
 
@@ -357,9 +344,8 @@ class FeatureImportances:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._closed = False
-        home = getattr(engine, "home", None)
-        if store is None and persist and home is not None:
-            store = JsonJobStore(Path(home) / "feature_importances.json")
+        if store is None and persist:
+            store = EngineJobStore(engine)
         self._store = store
         self._load()
 

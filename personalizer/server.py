@@ -951,7 +951,7 @@ def create_app(
     ``app.state.optimizer``) checks its schedule on a daemon thread while the app runs;
     ``auto_optimization`` passes it options (``clock``, ``min_events``, ``margin``, ``poll_seconds``).
     Feature-importance jobs likewise (``feature_importances``, ``app.state.feature_importances``;
-    kept in ``<engine home>/feature_importances.json``).
+    kept in the engine's database like the evaluations).
     """
 
     keys = [key] if isinstance(key, str) else list(key or [])

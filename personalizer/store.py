@@ -98,7 +98,17 @@ _MIGRATIONS: tuple[str, ...] = (
         details     TEXT               -- estimated lift with its interval, rolled-back change... (JSON)
     );
     """,
+    # 3: feature-importance jobs live in the database too, one row each, like evaluations.
+    """
+    CREATE TABLE IF NOT EXISTS feature_importances (
+        id          TEXT PRIMARY KEY,
+        created     REAL NOT NULL,
+        record      TEXT NOT NULL      -- the job as JSON
+    );
+    """,
 )
+#: Background-job records kept beside the log, one table per kind (table names fixed here, never a caller's).
+RECORD_TABLES = {"evaluation": "evaluations", "featureImportance": "feature_importances"}
 #: The schema version this code writes.
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -396,19 +406,19 @@ class EventLog:
         ).fetchone()
         return Checkpoint(*row[:5], bytes(row[5])) if row else None
 
-    # ------------------------------------------------------------ evaluations
-    def put_evaluation(self, evaluation_id: str, created: float, record_json: str) -> None:
-        """Insert or replace one evaluation record (JSON text)."""
-        self._write("INSERT OR REPLACE INTO evaluations (id, created, record) VALUES (?, ?, ?)",
-                         (evaluation_id, created, record_json))
+    # ------------------------------------------------------------ job records (evaluations, feature importances)
+    def put_record(self, kind: str, record_id: str, created: float, record_json: str) -> None:
+        """Insert or replace one job record (JSON text) of ``kind`` (a key of ``RECORD_TABLES``)."""
+        self._write(f"INSERT OR REPLACE INTO {RECORD_TABLES[kind]} (id, created, record) VALUES (?, ?, ?)",
+                    (record_id, created, record_json))
 
-    def delete_evaluation(self, evaluation_id: str) -> bool:
-        """Delete one evaluation record; True when there was one."""
-        return self._write("DELETE FROM evaluations WHERE id = ?", (evaluation_id,)).rowcount > 0
+    def delete_record(self, kind: str, record_id: str) -> bool:
+        """Delete one job record; True when there was one."""
+        return self._write(f"DELETE FROM {RECORD_TABLES[kind]} WHERE id = ?", (record_id,)).rowcount > 0
 
-    def evaluation_records(self) -> list[tuple[str, str]]:
-        """(id, record JSON text) of every stored evaluation, oldest first."""
-        return self._db.execute("SELECT id, record FROM evaluations ORDER BY created, id").fetchall()
+    def records(self, kind: str) -> list[tuple[str, str]]:
+        """(id, record JSON text) of every stored job of ``kind``, oldest first."""
+        return self._db.execute(f"SELECT id, record FROM {RECORD_TABLES[kind]} ORDER BY created, id").fetchall()
 
     # ------------------------------------------------------------ policy changes
     def add_policy_change(self, created: float, who: str, action: str, evaluation_id: str | None,

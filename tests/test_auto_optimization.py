@@ -120,17 +120,18 @@ def test_a_refused_policy_records_nothing(engine: LocalPersonalizer) -> None:
 def test_a_version_1_database_is_migrated_with_its_rows(tmp_path: Path, clock: FakeClock) -> None:
     home = tmp_path / "data"
     with LocalPersonalizer(home, clock=clock) as engine:
-        engine.save_evaluation_record("kept", 1.0, "{}")
-    db = sqlite3.connect(home / "personalizer.sqlite3")  # as version 1 left it: no policy_changes
+        engine.save_record("evaluation", "kept", 1.0, "{}")
+    db = sqlite3.connect(home / "personalizer.sqlite3")  # as version 1 left it: no later tables
     try:
         with db:
             db.execute("DROP TABLE policy_changes")
+            db.execute("DROP TABLE feature_importances")
             db.execute("PRAGMA user_version = 1")
     finally:
         db.close()
     with LocalPersonalizer(home, clock=clock) as engine:
-        assert engine._log.schema_version() == store.SCHEMA_VERSION == 2
-        assert engine.evaluation_records() == [("kept", "{}")]
+        assert engine._log.schema_version() == store.SCHEMA_VERSION == 3
+        assert engine.records("evaluation") == [("kept", "{}")]
         engine.update_policy(LEARNING_RATE)
         assert len(engine.policy_history()) == 1
 

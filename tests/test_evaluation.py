@@ -450,7 +450,7 @@ def test_evaluations_persist_and_apply(tmp_path: Path) -> None:
         first = evals.wait("e", timeout=60)
         assert first["status"] == "completed"
         evals.close()
-        assert [i for i, _ in engine.evaluation_records()] == ["e"]  # in the engine's database
+        assert [i for i, _ in engine.records("evaluation")] == ["e"]  # in the engine's database
 
         again = ev.Evaluations(engine)
         assert again.get("e") == first  # reloaded from the engine's home

@@ -132,6 +132,9 @@ def test_finished_jobs_survive_a_restart(tmp_path: Path) -> None:
         with FeatureImportances(engine) as jobs:
             jobs.create("kept", contract)
             before = jobs.wait("kept", timeout=60)
+        engine.close()
+        engine = LocalPersonalizer(tmp_path / "data")  # the jobs live in the engine's database
+        assert [job_id for job_id, _ in engine.records("featureImportance")] == ["kept"]
         with FeatureImportances(engine) as again:
             assert again.get("kept") == before
     finally:

@@ -342,7 +342,7 @@ def test_evaluations_outlive_a_restart_and_close_with_the_app(tmp_path: Path) ->
             done = finished(resp.headers["Location"])
             manager = srv._server.config.app.state.evaluations
         assert manager._worker is None or not manager._worker.is_alive()  # closed with the app
-        assert [i for i, _ in engine.evaluation_records()] == [done["id"]]  # in the engine's database
+        assert [i for i, _ in engine.records("evaluation")] == [done["id"]]  # in the engine's database
         with ThreadedServer(engine) as again:
             assert get(f"{v1(again)}/evaluations/{done['id']}").json() == done
     finally:

@@ -432,7 +432,7 @@ def test_a_version_0_database_migrates_in_place(tmp_path: Path) -> None:
         assert engine.event(learned).status == "learned"
         assert engine._pending[event_id].rewards == {"BigHeroPosition": 1.0}
         assert engine.reward(event_id, SIDE)["status"] == "learned"
-        assert engine.evaluation_records() == []  # the table the migration added
+        assert engine.records("evaluation") == []  # the table the migration added
     finally:
         engine.close()
 
@@ -514,7 +514,7 @@ def test_evaluations_live_in_the_database_and_survive_a_restart(tmp_path: Path) 
         with ev.Evaluations(engine) as evals:
             assert evals.get("kept") == done
             evals.delete("kept")
-        assert engine.evaluation_records() == []
+        assert engine.records("evaluation") == []
     finally:
         engine.close()
 
@@ -526,11 +526,11 @@ def test_a_bad_evaluation_record_is_left_out_of_the_listing_and_logged_once(
         with ev.Evaluations(engine) as evals:
             evals.create("good", "good", START, END)
             good = evals.wait("good", timeout=60)
-        surrogate = json.loads(engine.evaluation_records()[0][1])
+        surrogate = json.loads(engine.records("evaluation")[0][1])
         surrogate.update(id="surrogate", name="\ud800", created=surrogate["created"] + 1)
-        engine.save_evaluation_record("surrogate", surrogate["created"], json.dumps(surrogate))
-        engine.save_evaluation_record("garbage", 1.0, "{not json")
-        engine.save_evaluation_record("missing-fields", 2.0, json.dumps({"id": "missing-fields"}))
+        engine.save_record("evaluation", "surrogate", surrogate["created"], json.dumps(surrogate))
+        engine.save_record("evaluation", "garbage", 1.0, "{not json")
+        engine.save_record("evaluation", "missing-fields", 2.0, json.dumps({"id": "missing-fields"}))
         with caplog.at_level(logging.WARNING, logger="personalizer.evaluation"), ThreadedServer(engine) as srv:
             for _ in range(2):
                 listing = requests.get(f"{srv.base}/personalizer/v1.1-preview.1/evaluations", headers=AUTH,
@@ -544,7 +544,7 @@ def test_a_bad_evaluation_record_is_left_out_of_the_listing_and_logged_once(
         warnings = [r for r in caplog.records if "left out of the listing" in r.getMessage()]
         assert sorted(w.getMessage().split()[1] for w in warnings) == ["'garbage'", "'missing-fields'",
                                                                         "'surrogate'"]
-        assert sorted(i for i, _ in engine.evaluation_records()) == ["good", "missing-fields", "surrogate"]
+        assert sorted(i for i, _ in engine.records("evaluation")) == ["good", "missing-fields", "surrogate"]
     finally:
         engine.close()
 
@@ -559,7 +559,7 @@ def test_an_evaluations_json_file_of_earlier_versions_is_imported_once(tmp_path:
             assert [e["id"] for e in evals.list()] == ["old"]
         assert (tmp_path / "data" / "evaluations.json.migrated").exists()
         assert not (tmp_path / "data" / "evaluations.json").exists()
-        assert [i for i, _ in engine.evaluation_records()] == ["old"]
+        assert [i for i, _ in engine.records("evaluation")] == ["old"]
     finally:
         engine.close()
 
@@ -572,7 +572,7 @@ def test_an_evaluation_that_cannot_be_saved_is_not_created(small_disk: Path) -> 
             with pytest.raises(PersonalizerError) as exc:
                 evals.create(uuid.uuid4().hex, "no room", START, END)
             assert exc.value.status == 507
-            assert evals.list() == [] and engine.evaluation_records() == []
+            assert evals.list() == [] and engine.records("evaluation") == []
             filler.unlink()
             evals.create("roomy", "room again", START, END)
             assert evals.wait("roomy", timeout=60)["status"] == "completed"
