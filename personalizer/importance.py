@@ -344,7 +344,7 @@ class FeatureImportances:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._closed = False
-        if store is None and persist:
+        if store is None and persist and hasattr(engine, "records"):  # as Evaluations: a store-less engine
             store = EngineJobStore(engine)
         self._store = store
         self._load()
