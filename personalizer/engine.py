@@ -110,8 +110,50 @@ class _Pending:
 #: What learning one event needs: head lines, slot bodies, allowed indices, chosen indices, probabilities.
 _Example = tuple[list[str], list[str], list[list[int]], list[int], list[float]]
 #: Examples of the most recent ranks kept ready (rewards usually follow a rank within seconds);
-#: older events rebuild theirs from the log. Bounds the memory of this shortcut.
+#: older events rebuild theirs from the log. Bounds the memory of this shortcut, by count and by
+#: the size of the example text (a caller's feature values can be a megabyte each).
 _RECENT_EXAMPLES = 1024
+_RECENT_BYTES = 16 * 1024 * 1024
+
+
+class _RecentExamples:
+    """The newest ranks' examples, oldest evicted first, within ``_RECENT_EXAMPLES`` and ``_RECENT_BYTES``."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, tuple[_Example, int]] = {}
+        self._bytes = 0
+
+    def put(self, event_id: str, example: _Example) -> None:
+        size = sum(map(len, example[0])) + sum(map(len, example[1]))
+        if size > _RECENT_BYTES // 16:
+            return  # a huge example is rebuilt from the log when its event closes
+        while self._items and (len(self._items) >= _RECENT_EXAMPLES or self._bytes + size > _RECENT_BYTES):
+            self._bytes -= self._items.pop(next(iter(self._items)))[1]
+        self._items[event_id] = (example, size)
+        self._bytes += size
+
+    def pop(self, event_id: str) -> _Example | None:
+        item = self._items.pop(event_id, None)
+        if item is None:
+            return None
+        self._bytes -= item[1]
+        return item[0]
+
+    def clear(self) -> None:
+        """Forget every kept example (closing events then rebuild theirs from the log)."""
+        self._items.clear()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._items
+
+    @property
+    def bytes(self) -> int:
+        """The size of the kept example text."""
+        return self._bytes
 _SLOT_ID_SETS = 256
 
 
@@ -210,7 +252,7 @@ class LocalPersonalizer:
         self._pending: dict[str, _Pending] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._catalogs = CatalogCache()
-        self._recent: dict[str, _Example] = {}
+        self._recent = _RecentExamples()
         self._slot_id_sets: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._counts: dict[str, int] | None = None  # events by status and rewards; None: read the log
         #: Seconds a public call waits for the engine lock before a 503 (None: as long as it takes).
@@ -463,9 +505,7 @@ class LocalPersonalizer:
             self._pending[event_id] = p
             heapq.heappush(self._deadlines, (p.deadline, event_id))
             if mode != "LoggingOnly":
-                if len(self._recent) >= _RECENT_EXAMPLES:
-                    self._recent.pop(next(iter(self._recent)))
-                self._recent[event_id] = (head, bodies, allowed, chosen, probs)
+                self._recent.put(event_id, (head, bodies, allowed, chosen, probs))
             answer = _copy(response)
             if explain:  # after logging: the log never holds explanations
                 self._attach_explanations(canonical, event_id, answer, (head, bodies, allowed, index), last_scores)
@@ -658,7 +698,7 @@ class LocalPersonalizer:
                 self._log.close_event(event_id, "discarded", now, None, None)  # one statement: its own commit
                 heapq.heappop(self._deadlines)
                 del self._pending[event_id]
-                self._recent.pop(event_id, None)
+                self._recent.pop(event_id)
                 self._count("discarded")
             else:
                 self._close(p, p.rewards, now)
@@ -696,7 +736,7 @@ class LocalPersonalizer:
         """
         status, learn_seq, labels = closing
         del self._pending[p.event_id]
-        example = self._recent.pop(p.event_id, None)
+        example = self._recent.pop(p.event_id)
         self._count(status)
         if status != "learned" or learn_seq is None:
             return

@@ -26,7 +26,7 @@ from timing import FakeClock, Ticking
 from personalizer import evaluation as ev
 from personalizer import store
 from personalizer.contract import PersonalizerError
-from personalizer.engine import _RECENT_EXAMPLES, LocalPersonalizer, _Pending
+from personalizer.engine import _RECENT_BYTES, _RECENT_EXAMPLES, LocalPersonalizer, _Pending
 from personalizer.simulation import load_scenario, simulate
 
 HERO = {"reward": [{"slotId": "BigHeroPosition", "value": 1.0}]}
@@ -275,6 +275,22 @@ def test_a_pending_event_holds_only_what_closing_it_needs(tmp_path: Path) -> Non
         oldest = ids[0]
         assert oldest not in engine._recent
         assert engine.reward(oldest, SIDE)["status"] == "learned"
+    finally:
+        engine.close()
+
+
+def test_recent_examples_are_bounded_by_bytes_too(tmp_path: Path) -> None:
+    """Finding 6: ranks carrying unique 1 MB features must not pin their examples in memory."""
+    engine = LocalPersonalizer(tmp_path / "data", clock=FakeClock())
+    try:
+        big = [engine.rank({**seed_request("evening"), "contextFeatures": [{"note": f"{i}" + "x" * 400_000}]})
+               for i in range(60)]
+        assert engine._recent.bytes <= _RECENT_BYTES
+        small = [engine.rank(seed_request("morning"))["eventId"] for _ in range(5)]
+        assert all(event_id in engine._recent for event_id in small)
+        assert engine._recent.bytes <= _RECENT_BYTES
+        assert engine.reward(big[0]["eventId"], HERO)["status"] == "pending"  # rebuilt from the log on close
+        assert engine.reward(big[0]["eventId"], SIDE)["status"] == "learned"
     finally:
         engine.close()
 
