@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from server_fixtures import HEADERS, KEY, ProcessServer, rank_request  # noqa: E402
+from server_fixtures import HEADERS, KEY, ProcessServer, rank_request, shaped_request  # noqa: E402
 
 from personalizer.contract import MultiSlotRankRequest  # noqa: E402
 from personalizer.engine import DEFAULT_POLICY_ARGUMENTS  # noqa: E402
@@ -43,16 +43,6 @@ MODEL = "/personalizer/v1.1-preview.3/model"
 #: bench/server.py's numbers in the README (lean driver, 1 client): rank p50 ms and requests/s.
 README_RANK_P50_MS = 1.117
 README_RANK_RPS = 862
-
-
-def shaped_request(n_context: int, n_actions: int = 50, n_slots: int = 10, per_item: int = 20) -> dict[str, Any]:
-    return {
-        "contextFeatures": [{f"c{j}": f"x{j % 7}" for j in range(n_context)}],
-        "actions": [{"id": f"item-{i}", "features": [{f"a{j}": f"v{(i + j) % 9}" for j in range(per_item)}]}
-                    for i in range(n_actions)],
-        "slots": [{"id": f"slot-{k}", "features": [{f"s{j}": f"p{j % 5}" for j in range(per_item)}],
-                   "baselineAction": f"item-{k}"} for k in range(n_slots)],
-    }
 
 
 def heaviest_admitted() -> tuple[dict[str, Any], int]:

@@ -186,3 +186,14 @@ def open_server_fixture(server_engine: Any) -> Iterator[ThreadedServer]:
     """The real server without a key."""
     with ThreadedServer(server_engine, key=None) as server:
         yield server
+
+
+def shaped_request(n_context: int, n_actions: int = 50, n_slots: int = 10, per_item: int = 20) -> dict[str, Any]:
+    """A rank request of a given shape (string features, one object each): budget tests and benchmarks."""
+    return {
+        "contextFeatures": [{f"c{j}": f"x{j % 7}" for j in range(n_context)}],
+        "actions": [{"id": f"item-{i}", "features": [{f"a{j}": f"v{(i + j) % 9}" for j in range(per_item)}]}
+                    for i in range(n_actions)],
+        "slots": [{"id": f"slot-{k}", "features": [{f"s{j}": f"p{j % 5}" for j in range(per_item)}],
+                   "baselineAction": f"item-{k}"} for k in range(n_slots)],
+    }

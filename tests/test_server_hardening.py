@@ -33,6 +33,7 @@ from server_fixtures import (  # noqa: F401  (fixtures are used by name)
     live_server_fixture,
     rank_request,
     server_engine_fixture,
+    shaped_request,
 )
 
 from personalizer.contract import MultiSlotRankRequest
@@ -45,17 +46,6 @@ V3 = "/personalizer/v1.1-preview.3"
 RANK = f"{V3}/multislot/rank"
 SDK = "/personalizer"
 SDK_Q = "?api-version=2022-09-01-preview"
-
-
-def shaped_request(n_context: int, n_actions: int = 50, n_slots: int = 10, per_item: int = 20) -> dict[str, Any]:
-    """A rank request of a given shape (string features, one object each)."""
-    return {
-        "contextFeatures": [{f"c{j}": f"x{j % 7}" for j in range(n_context)}],
-        "actions": [{"id": f"item-{i}", "features": [{f"a{j}": f"v{(i + j) % 9}" for j in range(per_item)}]}
-                    for i in range(n_actions)],
-        "slots": [{"id": f"slot-{k}", "features": [{f"s{j}": f"p{j % 5}" for j in range(per_item)}],
-                   "baselineAction": f"item-{k}"} for k in range(n_slots)],
-    }
 
 
 def heaviest_admitted(limit: int = budget.DEFAULT_MAX_RANK_FEATURES) -> dict[str, Any]:
