@@ -105,10 +105,14 @@ class PersonalizerClient:
         return f"PersonalizerClient({self.endpoint!r}, key={'***' if self._key else None})"
 
     # ------------------------------------------------------------ the loop
-    def rank(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Multi-slot rank: ``MultiSlotRankRequest`` dict -> ``MultiSlotRankResponse`` dict (201)."""
+    def rank(self, request: dict[str, Any], *, explain: bool = False) -> dict[str, Any]:
+        """Multi-slot rank: ``MultiSlotRankRequest`` dict -> ``MultiSlotRankResponse`` dict (201).
+
+        ``explain``: each slot also carries an ``explanation`` (this project's server extension).
+        """
         body = self._with_event_id(request)
-        return _json_of(self._call("POST", "/multislot/rank", json_body=body, safe=True))
+        return _json_of(self._call("POST", "/multislot/rank", json_body=body, safe=True,
+                                   query="&explain=true" if explain else ""))
 
     def reward(self, event_id: str, reward: dict[str, Any]) -> dict[str, Any]:
         """Per-slot rewards ``{"reward": [{"slotId", "value"}]}``; returns the receipt ``{"eventId", "status"}``.
@@ -188,6 +192,35 @@ class PersonalizerClient:
         """Event counts and settings (this project's server extension)."""
         return _json_of(self._call("GET", "/stats", safe=True))
 
+    # ------------------------------------------------------------ insight (feature importances, explanations)
+    def explain_event(self, event_id: str) -> dict[str, Any]:
+        """Why each slot of a logged event got its action, by the current model (server extension)."""
+        return _json_of(self._call("GET", f"/multislot/events/{_quote(event_id)}/explanation", safe=True))
+
+    def create_feature_importance(self, feature_importance_id: str, contract: dict[str, Any]) -> dict[str, Any]:
+        """Start a feature-importance job ``{"name", "startTime", "endTime"}``; returns it (status Running)."""
+        return _json_of(self._call("PUT", f"/featureImportances/{_quote(feature_importance_id)}",
+                                   json_body=contract, safe=False))
+
+    def get_feature_importance(self, feature_importance_id: str) -> dict[str, Any]:
+        """A feature-importance job: status, progress and ``featureScores`` (most important first)."""
+        return _json_of(self._call("GET", f"/featureImportances/{_quote(feature_importance_id)}", safe=True))
+
+    def list_feature_importances(self) -> list[dict[str, Any]]:
+        """Every feature-importance job (without scores), following ``nextLink`` pages."""
+        items: list[dict[str, Any]] = []
+        skip = 0
+        while True:
+            page = _json_of(self._call("GET", "/featureImportances", safe=True, query=f"&skip={skip}"))
+            items.extend(page.get("value", []))
+            if not page.get("nextLink") or not page.get("value"):
+                return items
+            skip = len(items)
+
+    def delete_feature_importance(self, feature_importance_id: str) -> None:
+        """Delete a feature-importance job (a running one is cancelled)."""
+        self._call("DELETE", f"/featureImportances/{_quote(feature_importance_id)}", safe=True)
+
     def health(self) -> dict[str, Any]:
         """The server's health answer (``{"status": "ok", ...}``); needs no key."""
         return _json_of(self._call("GET", "/health", safe=True, api_version=False))
@@ -214,7 +247,8 @@ class PersonalizerClient:
         return request
 
     def _call(self, method: str, path: str, *, json_body: Any = _NO_BODY, data: bytes | None = None,
-              content_type: str | None = None, safe: bool, api_version: bool = True) -> requests.Response:
+              content_type: str | None = None, safe: bool, api_version: bool = True,
+              query: str = "") -> requests.Response:
         """One call with bounded retries; raises PersonalizerError for every failure."""
         headers = {"Accept": "application/json"}
         if self._key:
@@ -224,7 +258,7 @@ class PersonalizerClient:
             content_type = "application/json"
         if content_type:
             headers["Content-Type"] = content_type
-        url = self._base + path + (_API_QUERY if api_version else "")
+        url = self._base + path + (_API_QUERY if api_version else "") + query
         session = self.session if safe else self._unsafe_session
         try:
             resp = session.request(method, url, data=data, headers=headers, timeout=self.timeout)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -429,3 +429,51 @@ def describe_validation_error(exc: ValidationError) -> str:
     if more > 0:
         lines.append(f"... and {more} more problem(s)")
     return "; ".join(lines)
+
+
+# ---------------------------------------------------------------- feature importances (2022-09-01-preview)
+
+class FeatureImportanceContract(_Model):
+    """A feature-importance job to run (the body of PUT /featureImportances/{featureImportanceId})."""
+
+    name: str = Field(min_length=1, max_length=256, description="The feature importance's name.")
+    start_time: datetime = Field(alias="startTime", description="Start of the logged events (ISO-8601; naive: UTC).")
+    end_time: datetime = Field(alias="endTime", description="End (exclusive) of the logged events; after startTime.")
+
+
+class FeatureScore(_Model):
+    """One feature's normalized importance; the drop in reward without it rides along (extensions)."""
+
+    namespace: str = Field(description="context, action or slot.")
+    feature_name: str = Field(alias="featureName", description="The feature's key path; _id: the ids of actions/slots.")
+    score: float = Field(description="Share of the estimated reward lost without the feature (0..1, sums to 1).")
+    reward_drop: float | None = Field(default=None, alias="rewardDrop",
+                                      description="Extension: estimated reward per event lost without the feature.")
+    reward_drop_interval: list[float] | None = Field(default=None, alias="rewardDropInterval",
+                                                     description="Extension: confidence interval of rewardDrop.")
+
+
+class FeatureImportanceDetails(_Model):
+    """A feature-importance job without its scores (the items of the list)."""
+
+    id: str = Field(max_length=256)
+    name: str = Field(max_length=256)
+    start_time: str = Field(alias="startTime")
+    end_time: str = Field(alias="endTime")
+    creation_time: str = Field(alias="creationTime")
+    status: Literal["Succeeded", "Running", "Failed", "NotSubmitted", "Timeout", "Canceled"]
+    progress: float | None = Field(default=None, description="Extension: share of the work done (0..1).")
+
+
+class FeatureImportance(FeatureImportanceDetails):
+    """A feature-importance job with its scores, sorted in descending order once it succeeded."""
+
+    feature_scores: list[FeatureScore] = Field(default_factory=list, alias="featureScores")
+    description: str = ""
+
+
+class FeatureImportances(_Model):
+    """A page of feature-importance jobs."""
+
+    value: list[FeatureImportanceDetails]
+    next_link: str | None = Field(default=None, alias="nextLink")

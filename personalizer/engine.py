@@ -47,6 +47,7 @@ from .contract import (
 )
 from .store import EventLog, StoredEvent, storage_error
 from .vw import encoding, trial
+from .vw import explain as vw_explain
 from .vw import workspace as vw_workspace
 from .vw.arguments import effective_arguments, parse_arguments
 from .vw.encoding import CatalogCache, encode_request
@@ -188,6 +189,8 @@ class LocalPersonalizer:
         self._recent: dict[str, _Example] = {}
         self._slot_id_sets: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._counts: dict[str, int] | None = None  # events by status and rewards; None: read the log
+        # Built by the first rank that asks for explanations (with the workspace and settings it explains).
+        self._explainer: tuple[Workspace, tuple[str, float], vw_explain.Explainer] | None = None
         try:
             with self._lock:
                 self._load_settings(policy_arguments, configuration)
@@ -363,18 +366,20 @@ class LocalPersonalizer:
         return shared
 
     # ------------------------------------------------------------ rank
-    def rank(self, request: dict[str, Any]) -> dict[str, Any]:
+    def rank(self, request: dict[str, Any], *, explain: bool = False) -> dict[str, Any]:
         """Multi-slot rank: ``MultiSlotRankRequest`` dict -> ``MultiSlotRankResponse`` dict.
 
         Each slot's ``probability`` (the chance its action was chosen) rides along as a
         documented extension. The same eventId with the same body answers the same and
-        logs nothing new; with a different body it is a 409 error.
+        logs nothing new; with a different body it is a 409 error. ``explain``: each slot
+        also carries an ``explanation`` (see ``explain_rank``); never computed otherwise.
         """
         req = parse(MultiSlotRankRequest, request, "InvalidRankRequest")
         _check_rank(req)
-        return self._rank(req)
+        return self._rank(req, explain=explain)
 
-    def _rank(self, req: MultiSlotRankRequest, extra: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+    def _rank(self, req: MultiSlotRankRequest, extra: Callable[[Any], dict[str, Any]] | None = None,
+              *, explain: bool = False) -> dict[str, Any]:
         # The validated request as the log stores it; live ranking encodes the very same
         # structure replay will read back, so both build identical VW examples.
         canonical_json = req.model_dump_json(by_alias=True, exclude={"event_id"})
@@ -387,6 +392,8 @@ class LocalPersonalizer:
             if given is not None:
                 previous = self._previous_answer(given, request_hash)
                 if previous is not None:
+                    if explain:
+                        self._attach_explanations(canonical, given, previous)
                     return previous
             event_id = given or new_event_id()
             head, bodies, allowed, index = self._catalogs.encode(canonical, event_id, canonical_json)
@@ -419,7 +426,10 @@ class LocalPersonalizer:
                 if len(self._recent) >= _RECENT_EXAMPLES:
                     self._recent.pop(next(iter(self._recent)))
                 self._recent[event_id] = (head, bodies, allowed, chosen, probs)
-            return _copy(response)
+            answer = _copy(response)
+            if explain:  # after logging: the log never holds explanations
+                self._attach_explanations(canonical, event_id, answer, (head, bodies, allowed, index))
+            return answer
 
     def _previous_answer(self, event_id: str, request_hash: str) -> dict[str, Any] | None:
         stored = self._log.event_answer(event_id)
@@ -698,6 +708,43 @@ class LocalPersonalizer:
             if contrast is not None:
                 vw_workspace.learn(self._vw, labeled_example(head, bodies, allowed, contrast,
                                                              [1.0] * len(contrast), [None] * len(contrast)))
+
+    # ------------------------------------------------------------ explanations
+    def _attach_explanations(self, canonical: dict[str, Any], event_id: str, answer: dict[str, Any],
+                             encoded: encoding.Encoded | None = None) -> None:
+        """Add each slot's ``explanation`` to a rank answer (the caller holds the lock)."""
+        head, bodies, allowed, index = encoded or encode_request(canonical, event_id)
+        chosen = [index[s["rewardActionId"]] for s in answer["slots"]]
+        if self._config.learning_mode != "Online" and all(
+                s["rewardActionId"] == c["baselineAction"] for s, c in zip(answer["slots"], canonical["slots"],
+                                                                           strict=True)):
+            why = f"{self._config.learning_mode} mode serves each slot's baselineAction, not the model's choice"
+            for slot in answer["slots"]:
+                slot["explanation"] = {"available": False, "explored": None, "reason": why}
+            return
+        cached = self._explainer
+        settings = (self._policy.arguments, self._config.exploration_percentage)  # what self.arguments derives from
+        if cached is None or cached[0] is not self._vw or cached[1] != settings:
+            cached = self._explainer = (self._vw, settings, vw_explain.Explainer(self._vw, self.arguments))
+        explanations = vw_explain.explain_page(self._vw, cached[2], head, bodies, allowed, chosen,
+                                               [a["id"] for a in canonical["actions"]])
+        for slot, explanation in zip(answer["slots"], explanations, strict=True):
+            slot["explanation"] = explanation
+
+    def explain_event(self, event_id: str) -> dict[str, Any]:
+        """Why each slot of a logged event got its action, by the model as it is now (it may have learned since).
+
+        Returns ``{"eventId", "slots": [{"id", "rewardActionId", "explanation"}]}``; 404 for an unknown event.
+        """
+        with self._lock:
+            stored = self._log.get_event(event_id)
+            if stored is None:
+                raise _unknown_event(event_id)
+            request, response = stored.request, stored.response
+            answer = {"eventId": event_id, "slots": [{"id": s["id"], "rewardActionId": s["rewardActionId"]}
+                                                      for s in response["slots"]]}
+            self._attach_explanations(request, event_id, answer)
+            return answer
 
     # ------------------------------------------------------------ inspection
     def greedy(self, request: dict[str, Any]) -> dict[str, str]:

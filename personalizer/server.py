@@ -54,6 +54,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .contract import (
     ErrorResponse,
+    FeatureImportance,
+    FeatureImportanceContract,
+    FeatureImportances,
     LogsProperties,
     ModelProperties,
     MultiSlotRankRequest,
@@ -69,6 +72,7 @@ from .contract import (
 
 if TYPE_CHECKING:  # the manager loads Vowpal Wabbit; create_app imports it when an app is built
     from .evaluation import Evaluations
+    from .importance import FeatureImportances
 
 __all__ = [
     "API_VERSIONS",
@@ -101,7 +105,7 @@ _STATUS_CODES = {400: "BadRequest", 401: "Unauthorized", 404: "ResourceNotFound"
                  429: "TooManyRequests", 500: "InternalServerError", 501: "OperationNotAllowed",
                  503: "ServiceUnavailable"}
 # Contract operations this server does not implement (feature importances, log exports): a clear 501.
-_UNSUPPORTED = ("/featureImportances", "/logs/interactions", "/logs/observations")
+_UNSUPPORTED = ("/logs/interactions", "/logs/observations")
 #: Route tag of the unversioned paths (``?api-version=...``); the versioned ones are tagged by their version.
 _API_VERSION_TAG = "api-version"
 # The evaluations manager's names for the two wire shapes of an evaluation: every v1.x path
@@ -205,7 +209,10 @@ def _receipt(receipt: dict[str, Any] | None) -> Response:
 
 
 async def _rank(engine: Any, request: Request, _: str) -> Response:
-    return _json(engine.rank(await _json_body(request)), 201)
+    body = await _json_body(request)
+    if _flag(request, "explain"):  # extension: why each slot got its action (never computed unless asked)
+        return _json(engine.rank(body, explain=True), 201)
+    return _json(engine.rank(body), 201)
 
 
 async def _reward(engine: Any, request: Request, event_id: str) -> Response:
@@ -439,7 +446,8 @@ _EVENT = "/events/{eventId:path}"
 _OPERATIONS = (
     _Operation("MultiSlot_Rank", "POST", "/multislot/rank", _rank, 201,
                "Rank actions for every slot (multi-slot).", MultiSlotRankResponse, MultiSlotRankRequest,
-               multislot=True),
+               multislot=True, query=(("explain", "boolean", "Extension: each slot also carries an 'explanation' "
+                                       "(why the model chose its action; computed only when asked)."),)),
     _Operation("MultiSlotEvents_Reward", "POST", f"/multislot{_EVENT}/reward", _reward, 204,
                "Reward some slots of an event.", None, MultiSlotRewardRequest, multislot=True),
     _Operation("MultiSlotEvents_Activate", "POST", f"/multislot{_EVENT}/activate", _activate, 204,
@@ -519,6 +527,81 @@ _OPERATIONS = (
                served=(*(v for v in VERSIONED_PREFIXES if v != "v1.0"), _API_VERSION_TAG)),
 )
 
+
+
+# ---------------------------------------------------------------- feature importances and explanations
+
+def _flag(request: Request, name: str) -> bool:
+    """A boolean query parameter (true/false/1/0, absent: false); anything else is a 400."""
+    value = request.query_params.get(name)
+    if value is None or value.lower() in ("false", "0", ""):
+        return False
+    if value.lower() in ("true", "1"):
+        return True
+    raise PersonalizerError("BadRequest", f"{name} must be true or false, not '{value[:32]}'")
+
+
+def _importances(request: Request) -> FeatureImportances:
+    return request.app.state.feature_importances  # type: ignore[no-any-return]
+
+
+async def _create_feature_importance(engine: Any, request: Request, job_id: str) -> Response:
+    body = await _json_body(request)
+    jobs = _importances(request)
+    return _json(await run_in_threadpool(jobs.create, job_id, body))
+
+
+async def _get_feature_importance(engine: Any, request: Request, job_id: str) -> Response:
+    return _json(_importances(request).get(job_id))
+
+
+async def _list_feature_importances(engine: Any, request: Request, _: str) -> Response:
+    """``{"value": [FeatureImportanceDetails], "nextLink"}`` after ``skip``/``top``, in pages of ``maxpagesize``."""
+    skip = _int_param(request, "skip", minimum=0) or 0
+    top = _int_param(request, "top", minimum=0)
+    page_size = _int_param(request, "maxpagesize", minimum=1) or 100
+    items = _importances(request).list()
+    wanted = items[skip:] if top is None else items[skip:skip + top]
+    page = wanted[:page_size]
+    body: dict[str, Any] = {"value": page}
+    if len(wanted) > len(page):
+        rest = {"skip": skip + len(page)} | ({} if top is None else {"top": top - len(page)})
+        body["nextLink"] = str(request.url.include_query_params(**rest))
+    return _json(body)
+
+
+async def _delete_feature_importance(engine: Any, request: Request, job_id: str) -> Response:
+    await run_in_threadpool(_importances(request).delete, job_id)
+    return Response(status_code=204)
+
+
+async def _explain_event(engine: Any, request: Request, event_id: str) -> Response:
+    return _json(await run_in_threadpool(engine.explain_event, event_id))
+
+
+_OPERATIONS = (*_OPERATIONS,
+    _Operation("FeatureImportances_Create", "PUT", "/featureImportances/{featureImportanceId}",
+               _create_feature_importance, 200,
+               "Start a feature-importance job over the logged events (runs in the background); 409 if the id exists.",
+               request_model=FeatureImportanceContract, served=(_API_VERSION_TAG,),
+               path_param="featureImportanceId"),
+    _Operation("FeatureImportances_List", "GET", "/featureImportances", _list_feature_importances, 200,
+               "Feature-importance jobs (without scores), oldest first, paged with nextLink.", FeatureImportances,
+               served=(_API_VERSION_TAG,), query=(
+                   ("top", "integer", "At most this many jobs."), ("skip", "integer", "Skip this many jobs first."),
+                   ("maxpagesize", "integer", "Jobs per page (default 100)."))),
+    _Operation("FeatureImportances_Get", "GET", "/featureImportances/{featureImportanceId}",
+               _get_feature_importance, 200,
+               "A feature-importance job: status, progress and featureScores (sorted, most important first).",
+               FeatureImportance, served=(_API_VERSION_TAG,), path_param="featureImportanceId"),
+    _Operation("FeatureImportances_Delete", "DELETE", "/featureImportances/{featureImportanceId}",
+               _delete_feature_importance, 204, "Delete a feature-importance job (a running one is cancelled).",
+               served=(_API_VERSION_TAG,), path_param="featureImportanceId"),
+    _Operation("MultiSlotEvents_Explain", "GET", f"/multislot{_EVENT}/explanation", _explain_event, 200,
+               "Extension: why each slot of a logged event got its action, by the current model.",
+               multislot=True),
+)
+
 # Declared by reference (not ``model=``): FastAPI would build a pydantic field per route and status.
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"description": code, "content": {_JSON: {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
@@ -574,6 +657,9 @@ def _openapi_extra(op: _Operation, check_api_version: bool) -> dict[str, Any]:
     if "{eventId" in op.path:
         params.append({"name": "eventId", "in": "path", "required": True, "schema": {"type": "string"},
                        "description": "The event id returned by rank (or given to it)."})
+    if "{featureImportanceId}" in op.path:
+        params.append({"name": "featureImportanceId", "in": "path", "required": True,
+                       "schema": {"type": "string", "maxLength": 256}, "description": "The feature importance's id."})
     if "{evaluationId}" in op.path:
         params.append({"name": "evaluationId", "in": "path", "required": True,
                        "schema": {"type": "string", "maxLength": 256}, "description": "The evaluation's id."})
@@ -683,6 +769,7 @@ def create_app(
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
     process_interval: float = 1.0,
     evaluations: Evaluations | None = None,
+    feature_importances: FeatureImportances | None = None,
 ) -> FastAPI:
     """A FastAPI app serving ``engine`` (a ``LocalPersonalizer``) with Personalizer's REST contract.
 
@@ -694,6 +781,8 @@ def create_app(
     Offline evaluations run on an ``Evaluations`` manager over ``engine`` (kept in
     the engine's SQLite database), created here and closed when the app shuts down;
     pass ``evaluations`` to use your own (you close it). It is ``app.state.evaluations``.
+    Feature-importance jobs likewise (``feature_importances``, ``app.state.feature_importances``;
+    kept in ``<engine home>/feature_importances.json``).
     """
 
     if key is not None and (not key or not key.isascii() or not key.isprintable() or key != key.strip()):
@@ -704,6 +793,12 @@ def create_app(
 
         evaluations = Evaluations(engine)
     manager = evaluations
+    owns_importances = feature_importances is None
+    if feature_importances is None:
+        from .importance import FeatureImportances
+
+        feature_importances = FeatureImportances(engine)
+    importances = feature_importances
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -716,6 +811,8 @@ def create_app(
                 await task
             if owns_evaluations:  # cancels a running evaluation; it runs again on the next start
                 await run_in_threadpool(manager.close)
+            if owns_importances:  # likewise for a running feature-importance job
+                await run_in_threadpool(importances.close)
 
     app = FastAPI(
         title="Personalizer Studio",
@@ -728,6 +825,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.evaluations = manager
+    app.state.feature_importances = importances
     prefixes = [(f"/personalizer/{v}", v, False) for v in VERSIONED_PREFIXES] + [
         ("/personalizer", _API_VERSION_TAG, True)]
     for op in _OPERATIONS:
