@@ -36,6 +36,7 @@ from ..contract import PersonalizerError
 from ..engine import LocalPersonalizer
 from ..evaluation import Evaluations
 from .lift import LiftReport, from_events
+from .log_trends import LogRows
 from .ranking import Backend
 from .remote import RemoteSettings, endpoint_problem, remote_settings
 
@@ -202,5 +203,20 @@ def clear_caches() -> None:
     """Drop every cached backend, evaluations manager and lift (managers first: they use the engines)."""
     _evaluations.clear()
     _log_lift.clear()
+    _log_rows.clear()
     remote_client.clear()
     embedded_engine.clear()
+
+
+# ---------------------------------------------------------------- the log as trend rows
+
+@st.cache_resource(show_spinner="Reading the event log…", max_entries=8)
+def _log_rows(home: str, engine_id: int, _engine: Any) -> LogRows:
+    return LogRows(_engine)
+
+
+def log_rows_for(engine: Any) -> LogRows:
+    """The engine's log as trend rows (one reader per engine for the whole server: tabs share it), up to date."""
+    rows = _log_rows(str(getattr(engine, "home", "")), id(engine), engine)
+    rows.refresh()
+    return rows

@@ -1,0 +1,104 @@
+"""AppTest: trends from the event log, the shareable report, "why this action?" and "what drives the choices"."""
+
+from __future__ import annotations
+
+import html.parser
+from pathlib import Path
+
+from dashboard_fixtures import (  # noqa: F401
+    APP,
+    RANK,
+    TRENDS,
+    app_fixture,
+    charts,
+    shared_engine,
+    spec,
+    studio_home_fixture,
+    texts,
+)
+from streamlit.testing.v1 import AppTest
+
+from personalizer.dashboard import report
+from personalizer.dashboard.scenarios import builtin
+from personalizer.simulation import simulate
+
+VIEW_TAB = "This tab's history"
+VIEW_LOG = "All events in the log"
+
+
+def _metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def _fresh_tab() -> AppTest:
+    """A new browser tab on the same server (the engine and its log are shared; the session is new)."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _fill_log(visitors: int, seed: int = 3) -> None:
+    simulate(shared_engine(), builtin("seed"), visitors, seed=seed)
+
+
+def test_a_fresh_tab_over_a_logged_run_shows_the_logs_trends(studio_home: Path) -> None:
+    _fresh_tab()  # the server's first tab starts the engine
+    _fill_log(300)  # another tab, an app or a batch job
+    at = _fresh_tab()
+    at.switch_page(TRENDS).run()
+    assert not at.exception
+    assert at.segmented_control(key="trend-view").value == VIEW_LOG
+    assert "No rewards yet" not in texts(at)
+    assert _metrics(at)["Visitors answered"] == "300"
+    assert len(charts(at)) == 4  # accept rates, action mix, one curve per slot
+    assert "logged for the catalog of scenario seed" in texts(at)
+    # A reload (the same session running again) keeps them.
+    at.run()
+    assert _metrics(at)["Visitors answered"] == "300" and len(charts(at)) == 4
+
+
+def test_the_switch_between_this_tabs_history_and_the_log(app: AppTest) -> None:
+    _fill_log(200)
+    app.button(key="accept-BigHeroPosition").click().run()
+    app.switch_page(TRENDS).run()
+    assert app.segmented_control(key="trend-view").value == VIEW_TAB  # the tab has answers: its own view
+    assert _metrics(app)["Visitors answered"] == "1"
+    app.segmented_control(key="trend-view").set_value(VIEW_LOG).run()
+    assert not app.exception
+    # Every rewarded event of the catalog: the simulated 200; the tab's visitor waits for its other slot.
+    assert _metrics(app)["Visitors answered"] == "200"
+    # The choice survives a visit to another page.
+    app.switch_page(RANK).run()
+    app.switch_page(TRENDS).run()
+    assert app.segmented_control(key="trend-view").value == VIEW_LOG
+    # Whole log vs since the last change: a reset starts a new model, and the log view follows it.
+    assert app.segmented_control(key="trend-log-span").value == "Since last change"
+    shared_engine().reset_model()
+    app.run()
+    assert "No rewards since the last change" in texts(app)
+    app.segmented_control(key="trend-log-span").set_value("Whole log").run()
+    assert _metrics(app)["Visitors answered"] == "200"
+    rules = [layer for chart in charts(app) for layer in spec(chart).get("layer", [])
+             if layer.get("mark", {}).get("type") == "text"]
+    assert rules, "the whole log marks where the current model began"
+
+
+def test_the_report_downloads_as_one_html_file_with_the_charts_specs(app: AppTest) -> None:
+    _fill_log(150)
+    app.switch_page(TRENDS).run()
+    drawn = [spec(chart) for chart in charts(app)]
+    make = app.session_state["studio.trend_report"]  # the callable the Download report button serves
+    assert app.get("download_button")[-1].proto.label == "Download report"
+    document = make()
+    parser = html.parser.HTMLParser()
+    parser.feed(document)  # well-formed enough for a parser; and it is one file:
+    assert document.startswith("<!DOCTYPE html>") and "<title>" in document
+    assert "http://" not in document.split("<script>")[0] and 'src="http' not in document
+    specs = report.specs(document)
+    assert len(specs) == len(drawn) == 4
+    for mine, shown in zip(specs, drawn, strict=True):  # the charts on screen, data included
+        assert mine.get("layer", [mine])[0]["mark"] == shown.get("layer", [shown])[0]["mark"]
+        assert mine["datasets"] and all(len(rows) for rows in mine["datasets"].values())
+    assert "Time range:" in document and "Policy:" in document and "Visitors answered" in document
+    assert "window.vegaEmbed" in document  # the charts draw offline (the browser test opens it)
