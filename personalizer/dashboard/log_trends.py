@@ -82,6 +82,8 @@ class LogRows:
         self.version = 0                      # bumps whenever the rows change
         self._frame: pd.DataFrame | None = None
         self._frame_version = -1
+        self._closed_frame: pd.DataFrame | None = None
+        self._closed_in_frame = 0
         self._memo: dict[tuple, Any] = {}
 
     def _catalog(self, request: dict[str, Any]) -> int:
@@ -148,13 +150,21 @@ class LogRows:
             return self.version
 
     def frame(self) -> pd.DataFrame:
-        """Every row, oldest event first (rebuilt only when :attr:`version` moved)."""
+        """Every row: closed events in the order they were read (rank order, an event whose reward came
+        late where it closed), then the pending ones. Rebuilt only when :attr:`version` moved, and then
+        only the new events' rows are built (appended to the frame of the earlier ones)."""
         with self._lock:
             if self._frame is not None and self._frame_version == self.version:
                 return self._frame
-            events = sorted(self._closed + self._pending, key=lambda r: r.seq) \
-                if self._pending else sorted(self._closed, key=lambda r: r.seq)
-            self._frame = _to_frame(events)
+            fresh = self._closed[self._closed_in_frame:]
+            if fresh or self._closed_frame is None:
+                new = _to_frame(fresh, first_visitor=self._closed_in_frame + 1)
+                self._closed_frame = new if self._closed_frame is None or not len(self._closed_frame) else \
+                    pd.concat([self._closed_frame, new], ignore_index=True)
+                self._closed_in_frame = len(self._closed)
+            pending = sorted(self._pending, key=lambda r: r.seq)
+            self._frame = self._closed_frame if not pending else pd.concat(
+                [self._closed_frame, _to_frame(pending, first_visitor=len(self._closed) + 1)], ignore_index=True)
             self._frame_version = self.version
             return self._frame
 
@@ -182,12 +192,17 @@ class LogRows:
             return self._catalog_index.get((frozenset(catalog[0]), tuple(catalog[1])))
 
 
-def _to_frame(events: list[_EventRows]) -> pd.DataFrame:
-    """Columns built with numpy (one pass per column): 200,000 rows in well under a second."""
+def _to_frame(events: list[_EventRows], first_visitor: int = 1) -> pd.DataFrame:
+    """Columns built with numpy (one pass per column).
+
+    ``eventId`` holds the event's log sequence number (an integer: grouping 200,000 rows by it is
+    several times faster than by the id text); ``visitor`` numbers events from ``first_visitor``.
+    """
     if not events:
         frame = pd.DataFrame({c: pd.Series(dtype="float64" if c in _NUMERIC else "object") for c in LOG_COLUMNS})
         frame["visitor"] = frame["visitor"].astype("int64")
         frame["catalog"] = frame["catalog"].astype("int64")
+        frame["eventId"] = frame["eventId"].astype("int64")
         frame["time"] = pd.to_datetime(frame["time"], utc=True)
         return frame
     counts = np.fromiter((len(e.slots) for e in events), dtype=np.int64, count=len(events))
@@ -196,12 +211,15 @@ def _to_frame(events: list[_EventRows]) -> pd.DataFrame:
         return np.repeat(np.asarray(values, dtype=object), counts)
 
     def per_slot(name: str, dtype: Any = object) -> np.ndarray:
-        return np.fromiter((v for e in events for v in getattr(e, name)), dtype=dtype, count=int(counts.sum()))
+        flat: list[Any] = []
+        for e in events:
+            flat.extend(getattr(e, name))
+        return np.array(flat, dtype=dtype)
 
     created = np.repeat(np.fromiter((e.created for e in events), dtype=float, count=len(events)), counts)
     n = int(counts.sum())
     frame = pd.DataFrame({
-        "visitor": np.repeat(np.arange(1, len(events) + 1, dtype=np.int64), counts),
+        "visitor": np.repeat(np.arange(first_visitor, first_visitor + len(events), dtype=np.int64), counts),
         "time": pd.to_datetime(created, unit="s", utc=True),
         "slot": per_slot("slots"), "action": per_slot("actions"),
         "reward": per_slot("rewards", float), "baseline": per_slot("baselines"),
@@ -209,7 +227,7 @@ def _to_frame(events: list[_EventRows]) -> pd.DataFrame:
         "context": per_event([e.context for e in events]), "source": np.full(n, SOURCE_LOG, dtype=object),
         "backend": np.full(n, None, dtype=object), "scenario": np.full(n, None, dtype=object),
         "policy": np.full(n, None, dtype=object), "experiment": np.full(n, np.nan),
-        "eventId": per_event([e.event_id for e in events]),
+        "eventId": np.repeat(np.fromiter((e.seq for e in events), dtype=np.int64, count=len(events)), counts),
         "expected": np.full(n, np.nan), "oracle": np.full(n, np.nan), "baselineExpected": np.full(n, np.nan),
         "note": np.full(n, None, dtype=object),
         "catalog": np.repeat(np.fromiter((e.catalog for e in events), dtype=np.int64, count=len(events)), counts),
