@@ -10,6 +10,7 @@ from dashboard_fixtures import (  # noqa: F401
     RANK,
     TRENDS,
     app_fixture,
+    chart_data,
     charts,
     shared_engine,
     spec,
@@ -102,3 +103,60 @@ def test_the_report_downloads_as_one_html_file_with_the_charts_specs(app: AppTes
         assert mine["datasets"] and all(len(rows) for rows in mine["datasets"].values())
     assert "Time range:" in document and "Policy:" in document and "Visitors answered" in document
     assert "window.vegaEmbed" in document  # the charts draw offline (the browser test opens it)
+
+
+WHAT_DRIVES = "pages/what_drives.py"
+
+
+def test_each_card_says_why_it_got_its_action_or_that_it_explored(app: AppTest) -> None:
+    _fill_log(400)  # a model with something to say
+    app.button(key="next-visitor").click().run()
+    assert not app.exception
+    event = app.session_state["studio.event"]
+    whys = app.session_state["studio.why"]
+    assert whys[0] == event.event_id and set(whys[1]) == {s.slot_id for s in event.slots}
+    shown = texts(app)
+    assert shown.count("WHY THIS ACTION?") == len(event.slots)
+    for slot in event.slots:
+        why = whys[1][slot.slot_id]
+        if why.explored:
+            assert "Explored: shown to keep learning" in shown
+        else:
+            assert why.lines, why.note
+            for line in why.lines:  # "Evening × Electronics: +0.31" with display names
+                words, _, number = line.rpartition(": ")
+                assert words and float(number) == float(number)
+                assert line in shown
+            assert "_id" not in " ".join(why.lines) and "=" not in " ".join(why.lines)
+    # Asked once per visitor: an Accept rerun keeps the same explanation object.
+    before = app.session_state["studio.why"]
+    app.button(key=f"accept-{event.slots[0].slot_id}").click().run()
+    assert app.session_state["studio.why"] is before
+
+
+def test_what_drives_the_choices_runs_a_report_with_a_chart_and_advice(app: AppTest) -> None:
+    _fill_log(600)
+    app.switch_page(WHAT_DRIVES).run()
+    assert not app.exception
+    app.selectbox(key="why-range").set_value("All logged events")
+    app.button(key="why-run").click().run()
+    assert not app.exception, app.exception
+    job = app.session_state["studio.importance_job"]
+    assert job.startswith("dashboard-")
+    chart = next(c for c in charts(app))
+    data = spec(chart)
+    assert data["encoding"]["x"]["field"] == "score" and data["encoding"]["color"]["field"] == "kind"
+    rows = chart_data(chart).to_dict("records")
+    kinds = {r["kind"] for r in rows}
+    assert {"Visitor context", "Action"} <= kinds
+    # The engine's scores, as served (normalized, most important first): the chart draws them all.
+    served = app.session_state["studio.importance_job"]
+    assert abs(sum(r["score"] for r in rows) - 1.0) < 1e-6
+    top = max(rows, key=lambda r: r["score"])
+    shown = texts(app)
+    assert "What it means" in shown and f"`{top['name']}`** matters most" in shown
+    assert served == job
+    # The report stays listed and shown after leaving and coming back.
+    app.switch_page(TRENDS).run()
+    app.switch_page(WHAT_DRIVES).run()
+    assert app.selectbox(key="why-report").value == job and charts(app)

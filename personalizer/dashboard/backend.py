@@ -35,6 +35,7 @@ from ..client import PersonalizerClient
 from ..contract import PersonalizerError
 from ..engine import LocalPersonalizer
 from ..evaluation import Evaluations
+from ..importance import FeatureImportances
 from .lift import LiftReport, from_events
 from .log_trends import LogRows
 from .ranking import Backend
@@ -202,6 +203,7 @@ def log_lift(engine: Any, start: float | None = None, end: float | None = None,
 def clear_caches() -> None:
     """Drop every cached backend, evaluations manager and lift (managers first: they use the engines)."""
     _evaluations.clear()
+    _importances.clear()
     _log_lift.clear()
     _log_rows.clear()
     remote_client.clear()
@@ -220,3 +222,28 @@ def log_rows_for(engine: Any) -> LogRows:
     rows = _log_rows(str(getattr(engine, "home", "")), id(engine), engine)
     rows.refresh()
     return rows
+
+
+# ---------------------------------------------------------------- feature importances
+
+def _close_importances(manager: FeatureImportances) -> None:
+    try:
+        manager.close()
+    except Exception:
+        log.debug("closing the feature-importance jobs failed", exc_info=True)
+
+
+@st.cache_resource(show_spinner=False, on_release=_close_importances)
+def _importances(home: str, engine_id: int, _engine: Any) -> FeatureImportances:
+    return FeatureImportances(_engine)
+
+
+def importances_for(backend: Any) -> Any:
+    """Who runs feature-importance jobs for a backend: the engine's job manager, or the remote client itself.
+
+    Both answer ``create_feature_importance``, ``get_feature_importance``,
+    ``list_feature_importances`` and ``delete_feature_importance`` alike.
+    """
+    if isinstance(backend, LocalPersonalizer):
+        return _importances(str(getattr(backend, "home", "")), id(backend), backend)
+    return backend
