@@ -373,7 +373,7 @@ def build_report(drawn: Drawn, labels: Labels) -> str:
     stats = backend_stats(state.backend()) if not state.backend_choice().remote else None
     experiment = state.experiment()
     policy = (f"{stats.get('policy')} ({stats.get('arguments')}), learning mode {stats.get('learningMode')}, "
-              f"exploration {stats.get('explorationPercentage')} %") if stats else \
+              f"exploration {float(stats.get('explorationPercentage') or 0):.0%}") if stats else \
         (experiment.policy if experiment is not None else "")
     document = report.Report(title=f"Personalizer Studio · Reward trends · {drawn.title}", scope=drawn.scope,
                              policy=policy, time_range=drawn.time_range, numbers=numbers, notes=notes,

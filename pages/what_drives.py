@@ -43,20 +43,17 @@ def settings(jobs: Any, backend: Any, span: tuple[float, float]) -> None:
     experiment = state.experiment()
     since = offline.parse_timestamp(experiment.model) if experiment is not None and experiment.model else None
     with st.container(border=True):
-        left, right = st.columns([2, 1], gap="large", vertical_alignment="bottom")
-        with left:
+        with st.container(horizontal=True, vertical_alignment="bottom"):
             ranges = ([RANGE_SINCE] if since is not None else []) + offline.RANGES
-            choice = st.selectbox("Time range", ranges, key="why-range",
+            choice = st.selectbox("Time range", ranges, key="why-range", width=360,
                                   help="Since last change: the events the current model served (since its last "
                                        "reset or policy change).")
             dates = None
             if choice == offline.RANGE_CUSTOM:
                 lo, hi = (datetime.fromtimestamp(t, UTC).date() for t in span)
-                picked = st.date_input("Days (UTC)", value=(lo, hi), key="why-dates")
+                picked = st.date_input("Days (UTC)", value=(lo, hi), key="why-dates", width=260)
                 dates = list(picked) if isinstance(picked, (list, tuple)) else [picked]
-        with right:
-            run = st.button("Run report", key="why-run", type="primary", icon=":material/play_arrow:",
-                            width="stretch")
+            run = st.button("Run report", key="why-run", type="primary", icon=":material/play_arrow:")
         st.caption(f"The log covers {offline.range_label(*span)}. Each feature is dropped in turn and the "
                    "current policy replayed over these events without it: its score is the share of the "
                    "reward lost. A few seconds per 10,000 events.")
@@ -124,24 +121,29 @@ def result(job: dict[str, Any]) -> None:
         st.caption(md(job.get("description") or ""))
 
 
-def past_reports(jobs: Any) -> None:
-    """Earlier reports of this backend, newest first, to show again."""
+def reports(jobs: Any) -> list[dict[str, Any]]:
+    """Every report of this backend (any tab), newest first; [] when the backend lists none."""
     try:
-        items = list(reversed(jobs.list_feature_importances()))
+        return list(reversed(jobs.list_feature_importances()))
     except PersonalizerError:
-        return
+        return []
+
+
+def _pick() -> None:
+    st.session_state[_JOB] = st.session_state.get("why-report")
+
+
+def report_chooser(items: list[dict[str, Any]]) -> None:
+    """The reports to show again, the one on screen picked."""
     if not items:
         return
     names = {j["id"]: f"{j.get('name') or j['id']} · {j.get('status')} · made {str(j.get('creationTime'))[:19]}"
              for j in items}
     current = state.get(_JOB)
-    ids = list(names)
-    if current in ids:  # a report just started (or shown before) is the one picked
+    if current in names:  # the report on screen (just started, or picked before) is the one shown picked
         st.session_state["why-report"] = current
-    picked = st.selectbox("Reports", ids, key="why-report",
-                          format_func=lambda i: names.get(i, i),
-                          help="Every report of this backend (any tab); the newest first.")
-    st.session_state[_JOB] = picked
+    st.selectbox("Reports", list(names), key="why-report", format_func=lambda i: names.get(i, i), on_change=_pick,
+                 help="Every report of this backend (any tab); the newest first.")
 
 
 def main() -> None:
@@ -162,8 +164,12 @@ def main() -> None:
         return
     jobs = importances_for(backend)
     settings(jobs, backend, span)
-    past_reports(jobs)
+    chooser = st.container()  # filled once the report finished, so the status it lists is the final one
     job_id = state.get(_JOB)
+    if job_id is None:  # nothing picked in this tab yet: the newest report of this backend, if any
+        newest = reports(jobs)
+        job_id = newest[0]["id"] if newest else None
+        st.session_state[_JOB] = job_id
     if job_id is None:
         return
     try:
@@ -174,6 +180,8 @@ def main() -> None:
             return
         widgets.show_error(exc, "Could not read the report")
         return
+    with chooser:
+        report_chooser(reports(jobs))
     result(job)
 
 

@@ -120,7 +120,7 @@ def test_each_card_says_why_it_got_its_action_or_that_it_explored(app: AppTest) 
     for slot in event.slots:
         why = whys[1][slot.slot_id]
         if why.explored:
-            assert "Explored: shown to keep learning" in shown
+            assert "Shown to keep learning" in shown
         else:
             assert why.lines, why.note
             for line in why.lines:  # "Evening × Electronics: +0.31" with display names

@@ -66,7 +66,7 @@ def why_lines(explanation: Mapping[str, Any] | None, labels: Labels) -> WhyLines
     if explanation.get("explored"):
         favourite = (explanation.get("favourite") or {}).get("actionId")
         fav = f" The model prefers {labels.action(str(favourite))} here." if favourite else ""
-        return WhyLines([], f"Explored: shown to keep learning, not the model's favourite.{fav}", explored=True)
+        return WhyLines([], f"Shown to keep learning, not the model's favourite.{fav}", explored=True)
     if not explanation.get("available"):
         return WhyLines([], str(explanation.get("reason") or "Not available for this slot."))
     lines = []
@@ -113,7 +113,7 @@ def importance_chart(frame: pd.DataFrame) -> alt.Chart:
                  alt.Tooltip("drop:Q", title="Reward lost per visitor without it", format="+.3f"),
                  alt.Tooltip("low:Q", title="95% interval from", format="+.3f"),
                  alt.Tooltip("high:Q", title="95% interval to", format="+.3f")],
-    ).properties(height=40 + 28 * max(1, len(frame)))
+    ).properties(height=110 + 30 * max(1, len(frame)))  # axis title and legend share this height
 
 
 def guidance(frame: pd.DataFrame) -> list[str]:
@@ -129,14 +129,21 @@ def guidance(frame: pd.DataFrame) -> list[str]:
     out.append(f"**`{top['name']}`** matters most ({top['score']:.0%} of the reward the features earn): "
                "keep it accurate and always send it.")
     even = 1.0 / len(frame)
+    quiet = []
     for _, row in ranked.iterrows():
-        if row["name"] == ID_FEATURE:
+        if row["name"] == ID_FEATURE or row["name"] in quiet:
             continue
         noise = row["score"] < NEAR_ZERO_SHARE * even
-        uncertain = row["high"] is not None and row["low"] is not None and row["low"] <= 0 <= row["high"]
+        uncertain = not (pd.notna(row["low"]) and pd.notna(row["high"])) or row["low"] <= 0 <= row["high"]
         if noise and uncertain:
-            out.append(f"`{row['name']}` scores near zero: it may be noise; consider dropping it "
-                       "(or check that it is filled in).")
+            quiet.append(str(row["name"]))
+    if len(quiet) == 1:
+        out.append(f"`{quiet[0]}` scores near zero: it may be noise; consider dropping it "
+                   "(or check that it is filled in).")
+    elif quiet:
+        names = ", ".join(f"`{q}`" for q in quiet[:-1]) + f" and `{quiet[-1]}`"
+        out.append(f"{names} score near zero: they may be noise; consider dropping them "
+                   "(or check that they are filled in).")
     if (frame["name"] == ID_FEATURE).any():
         out.append("Action id: what the model learned about each action by itself. Features that repeat each "
                    "other (an id and a category that never changes for it) share no credit.")

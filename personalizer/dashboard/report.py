@@ -89,6 +89,8 @@ h1{font-size:1.6rem;margin:0 0 4px}h2{font-size:1.15rem;margin:28px 0 8px}
 .number{background:#fff;border:1px solid #e5e7eb;border-radius:8px;padding:10px 14px;min-width:150px;flex:1 1 150px}
 .number .label{font-size:.85rem;color:#4b5563}.number .value{font-size:1.3rem;font-weight:600;margin-top:2px}
 .chart{background:#fff;border:1px solid #e5e7eb;border-radius:8px;padding:12px;margin:8px 0 16px;overflow-x:auto}
+.chart.vega-embed{display:block;width:100%;box-sizing:border-box}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,460px),1fr));gap:0 20px}
 .note{color:#4b5563;font-size:.88rem}
 footer{margin-top:32px;color:#6b7280;font-size:.8rem}
 """
@@ -112,13 +114,18 @@ def render(report: Report, bundle: str | None = None, *, use_bundle: bool = True
                   for label, value in report.numbers]
         parts.append("</section>")
     parts += [f'<p class="note">{e(note)}</p>' for note in report.notes]
+    parts.append('<section class="charts">')
     for i, (title, spec) in enumerate(report.charts):
-        parts.append(f"<h2>{e(title)}</h2>")
+        parts.append(f"<div><h2>{e(title)}</h2>")
         fallback = "" if script is not None else (_svg(spec) or
                                                   "<p class=\"note\">This chart needs vl-convert-python to be "
                                                   "drawn; its Vega-Lite spec is in this file.</p>")
         parts.append(f'<div class="chart" id="chart-{i}">{fallback}</div>')
-        parts.append(f'<script type="application/json" id="{SPEC_ID}{i}">{_script_json(spec)}</script>')
+        # The chart fills the report's width, as it filled the dashboard's column.
+        drawn = {**spec, "width": "container", "autosize": {"type": "fit-x", "contains": "padding"}} \
+            if script is not None else spec
+        parts.append(f'<script type="application/json" id="{SPEC_ID}{i}">{_script_json(drawn)}</script></div>')
+    parts.append("</section>")
     parts.append(f"<footer>Personalizer Studio report, made {e(_when(report.created))}. Charts: Vega-Lite "
                  "specs with their data, drawn in this file without any network.</footer></main>")
     if script is not None:
