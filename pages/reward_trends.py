@@ -230,7 +230,7 @@ def draw_trends(df: pd.DataFrame, key: tuple, labels: Labels, drawn: Drawn,
             chart = charts.learning_curve(curves[curves["slot"] == slot], window, marks[marks["slot"] == slot])
             drawn.charts.append((f"Accept rate over visitors: {names[slot]}", chart))
             st.altair_chart(chart, key=f"chart-curve-{i}")
-    if not trends.has_simulated(df):
+    if not trends.has_simulated(df) and not (df["source"] == log_trends.SOURCE_LOG).all():
         st.caption("Run the simulator to see the oracle's expected accept rate as a reference line.")
     if report.lifts:
         lift_section(report, labels)

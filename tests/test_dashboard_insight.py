@@ -160,3 +160,46 @@ def test_what_drives_the_choices_runs_a_report_with_a_chart_and_advice(app: AppT
     app.switch_page(TRENDS).run()
     app.switch_page(WHAT_DRIVES).run()
     assert app.selectbox(key="why-report").value == job and charts(app)
+
+
+# ---------------------------------------------------------------- the log's rows, without Streamlit
+
+def test_log_rows_are_read_incrementally_and_follow_rewards_resets_and_deleted_logs(tmp_path: Path) -> None:
+    from personalizer.dashboard.log_trends import LogRows, in_scope, parse_time, time_markers
+    from personalizer.engine import LocalPersonalizer
+
+    scenario = builtin("seed")
+    catalog = (frozenset(scenario.action_ids), tuple(scenario.slot_ids))
+    with LocalPersonalizer(tmp_path / "home") as engine:
+        simulate(engine, scenario, 50, seed=1)
+        rows = LogRows(engine)
+        v1 = rows.refresh()
+        frame = rows.frame()
+        assert len(frame) == 100 and frame["reward"].notna().all()
+        assert rows.refresh() == v1 and rows.frame() is frame  # nothing new: nothing read or rebuilt
+        # A visitor waiting for its rewards is a row without one; its reward arrives on a later read.
+        event = engine.rank(scenario.rank_request({"time": "morning", "device": "mobile"}))
+        rows.refresh()
+        waiting = rows.frame()
+        assert len(waiting) == 102 and waiting["reward"].isna().sum() == 2
+        engine.reward(event["eventId"], {"reward": [{"slotId": s, "value": 1.0} for s in scenario.slot_ids]})
+        rows.refresh()
+        done = rows.frame()
+        assert len(done) == 102 and done["reward"].notna().all() and done["reward"].iloc[-2:].tolist() == [1.0, 1.0]
+        assert done["visitor"].iloc[-1] == 51 and done["eventId"].is_unique is False  # two slots per event
+        # Scope: this catalog, since the model's last change.
+        number = rows.catalog_number(catalog)
+        assert len(in_scope(done, number)) == 102 and in_scope(done, None).empty
+        engine.reset_model()
+        since = parse_time(engine.model_properties()["creationTime"])
+        assert in_scope(done, number, since).empty
+        simulate(engine, scenario, 10, seed=2)
+        rows.refresh()
+        assert len(in_scope(rows.frame(), number, since)) == 20
+        # A rule where the model began, on each slot's curve at the first event after it.
+        marks = time_markers(in_scope(rows.frame(), number), [(since, "Current model began")])
+        assert sorted(marks["n"].tolist()) == [52, 52] and set(marks["label"]) == {"Current model began"}
+        # Deleted logs: read again from the start.
+        engine.delete_logs()
+        rows.refresh()
+        assert rows.frame().empty
