@@ -511,7 +511,7 @@ def test_insight_views_in_chromium(tmp_path: Path) -> None:
         offline.wait_for_function("() => document.querySelectorAll('.chart svg').length >= 4", timeout=30_000)
         assert offline.get_by_text("could not be drawn").count() == 0
         assert all(u.startswith(("file:", "data:", "blob:", "about:")) for u in requests), requests
-        _tall(offline, ARTIFACTS / "report.png", 1800)
+        _tall(offline, shots / "wide-report.png", 1800)
         offline.context.close()
 
         # What drives the choices: a report over the whole log, a chart and advice.
