@@ -261,8 +261,9 @@ def policy_change_times(backend: Any) -> list[tuple[float, str]]:
     """``(time, label)`` of each recorded policy change, oldest first; [] when the backend keeps no history.
 
     The hook for the policy history (issue 11): the engine's ``policy_history()``
-    (a list of changes) or the client's (``{"value": [...]}``), each change with a
-    ``created``/``time`` and, when told, ``after.name``. A backend without it: [].
+    (a list of changes, newest first) or the client's (``{"value": [...]}``), each change
+    with its ``time`` (ISO; ``created`` epoch seconds also read), ``action`` and, when told,
+    ``after.name``. A backend without it (this branch's engine): [].
     """
     getter = getattr(backend, "policy_history", None)
     if getter is None:
@@ -281,7 +282,8 @@ def policy_change_times(backend: Any) -> list[tuple[float, str]]:
         if at is None:
             continue
         name = (change.get("after") or {}).get("name") if isinstance(change.get("after"), dict) else None
-        out.append((at, f"Policy: {name}" if name else "Policy changed"))
+        verb = "Rolled back to" if change.get("action") == "rollback" else "Policy:"
+        out.append((at, f"{verb} {name}" if name else "Policy changed"))
     return sorted(out)
 
 
