@@ -71,6 +71,10 @@ def importance_vs_replay(events: int) -> None:
               f"[{s.interval[0]:+.4f}, {s.interval[1]:+.4f}] |")
 
 
+def _p99_us(samples: list[float]) -> float:
+    return sorted(samples)[int(0.99 * len(samples))] * 1e6
+
+
 def explain_latency(ranks: int) -> None:
     scenario = load_scenario("seed")
     rng = random.Random(3)
@@ -94,12 +98,11 @@ def explain_latency(ranks: int) -> None:
         finally:
             engine.close()
     p50_plain, p50_explained = statistics.median(plain) * 1e6, statistics.median(explained) * 1e6
-    p99 = (lambda xs: sorted(xs)[int(0.99 * len(xs))] * 1e6)
     print(f"\n### Rank with explanation vs without ({len(plain):,} ranks each, seed catalog, taking turns)\n")
     print("| rank | p50 µs | p99 µs |")
     print("|---|---:|---:|")
-    print(f"| plain | {p50_plain:.0f} | {p99(plain):.0f} |")
-    print(f"| `explain=True` | {p50_explained:.0f} | {p99(explained):.0f} |")
+    print(f"| plain | {p50_plain:.0f} | {_p99_us(plain):.0f} |")
+    print(f"| `explain=True` | {p50_explained:.0f} | {_p99_us(explained):.0f} |")
     ratio = p50_explained / p50_plain
     print(f"\np50 with / without: {ratio:.2f}x (target <= 2x): {'met' if ratio <= 2 else 'NOT met'}.")
 

@@ -398,9 +398,13 @@ class LocalPersonalizer:
             event_id = given or new_event_id()
             head, bodies, allowed, index = self._catalogs.encode(canonical, event_id, canonical_json)
             mode = self._config.learning_mode
+            last_scores = None
             if mode == "Online":
                 lines = head + [encoding.slot_line(b, a) for b, a in zip(bodies, allowed, strict=True)]
-                prediction = vw_workspace.predict(self._vw, lines)
+                if explain:  # the same prediction, keeping VW's scores of the last slot for the explanation
+                    prediction, last_scores = vw_explain.predict_with_last_scores(self._vw, lines, allowed)
+                else:
+                    prediction = vw_workspace.predict(self._vw, lines)
                 chosen = [slot[0][0] for slot in prediction]
                 probs = [float(slot[0][1]) for slot in prediction]
             else:  # Apprentice and LoggingOnly serve the application's own baseline.
@@ -428,7 +432,7 @@ class LocalPersonalizer:
                 self._recent[event_id] = (head, bodies, allowed, chosen, probs)
             answer = _copy(response)
             if explain:  # after logging: the log never holds explanations
-                self._attach_explanations(canonical, event_id, answer, (head, bodies, allowed, index))
+                self._attach_explanations(canonical, event_id, answer, (head, bodies, allowed, index), last_scores)
             return answer
 
     def _previous_answer(self, event_id: str, request_hash: str) -> dict[str, Any] | None:
@@ -711,7 +715,8 @@ class LocalPersonalizer:
 
     # ------------------------------------------------------------ explanations
     def _attach_explanations(self, canonical: dict[str, Any], event_id: str, answer: dict[str, Any],
-                             encoded: encoding.Encoded | None = None) -> None:
+                             encoded: encoding.Encoded | None = None,
+                             last_scores: vw_explain.SlotScores | None = None) -> None:
         """Add each slot's ``explanation`` to a rank answer (the caller holds the lock)."""
         head, bodies, allowed, index = encoded or encode_request(canonical, event_id)
         chosen = [index[s["rewardActionId"]] for s in answer["slots"]]
@@ -727,7 +732,7 @@ class LocalPersonalizer:
         if cached is None or cached[0] is not self._vw or cached[1] != settings:
             cached = self._explainer = (self._vw, settings, vw_explain.Explainer(self._vw, self.arguments))
         explanations = vw_explain.explain_page(self._vw, cached[2], head, bodies, allowed, chosen,
-                                               [a["id"] for a in canonical["actions"]])
+                                               [a["id"] for a in canonical["actions"]], last=last_scores)
         for slot, explanation in zip(answer["slots"], explanations, strict=True):
             slot["explanation"] = explanation
 

@@ -190,7 +190,7 @@ def test_unknown_event_and_route_are_404(live_server: ThreadedServer) -> None:
                  404, "InvalidEventIdToActivate")
     assert_error(requests.get(f"{base}/no/such/route", headers=AUTH, timeout=10), 404, "ResourceNotFound")
     assert_error(requests.get(f"{live_server.base}/personalizer/v9.9/model", headers=AUTH, timeout=10), 404)
-    err = assert_error(requests.get(f"{base}/featureImportances", headers=AUTH, timeout=10), 501, "OperationNotAllowed")
+    err = assert_error(requests.get(f"{base}/logs/interactions", headers=AUTH, timeout=10), 501, "OperationNotAllowed")
     assert "not supported" in err["message"]
 
 

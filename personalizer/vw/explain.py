@@ -36,7 +36,8 @@ from vowpalwabbit import Workspace
 from .arguments import option_value, parse_arguments
 from .encoding import ACTION_NAMESPACE, CONTEXT_NAMESPACE, SLOT_NAMESPACE
 
-__all__ = ["Contribution", "Feature", "Explainer", "SlotScores", "parse_features", "slot_scores"]
+__all__ = ["Contribution", "Explainer", "Feature", "SlotScores", "explain_page", "parse_features",
+           "predict_with_last_scores", "slot_scores"]
 
 _FNV = 16777619
 _MASK64 = (1 << 64) - 1
@@ -138,16 +139,39 @@ class SlotScores:
     scores: dict[int, float]
 
 
+def predict_with_last_scores(vw: Workspace, lines: Sequence[str], allowed: Sequence[Sequence[int]]
+                             ) -> tuple[list[list[tuple[int, float]]], SlotScores]:
+    """``workspace.predict`` that also keeps VW's scores of the last slot's actions (its own pass).
+
+    The decision scores are exactly those of ``workspace.predict`` (the same call); what an
+    action example remembers after it is its score in the last slot it could fill.
+    """
+    examples = vw._parse("\n".join(lines))
+    try:
+        pylibvw.vw.predict_multi(vw, examples)
+        decisions = examples[0].get_decision_scores()
+        last = len(allowed) - 1
+        taken = {slot[0][0] for slot in decisions[:last]}
+        scores = {a: float(examples[1 + a].get_partial_prediction()) for a in allowed[last] if a not in taken}
+        return decisions, SlotScores(last, scores)
+    finally:
+        pylibvw.vw._finish_example_multi_ex(vw, examples)
+
+
 def slot_scores(vw: Workspace, head: Sequence[str], bodies: Sequence[str], allowed: Sequence[Sequence[int]],
-                chosen: Sequence[int]) -> list[SlotScores]:
+                chosen: Sequence[int], last: SlotScores | None = None) -> list[SlotScores]:
     """Per slot, VW's score of every action it could take, the earlier slots pinned to ``chosen``.
 
     One prediction per slot: CCB scores a slot's actions in its own pass, and a later
-    pass overwrites what an action example remembers.
+    pass overwrites what an action example remembers. ``last``: the last slot's scores,
+    already read from the rank's own prediction (``predict_with_last_scores``).
     """
     out: list[SlotScores] = []
     taken: set[int] = set()
     for k in range(len(bodies)):
+        if last is not None and k == len(bodies) - 1:
+            out.append(last)
+            break
         lines = list(head)
         lines.extend(f"ccb slot  {chosen[j]} {bodies[j]}" for j in range(k))
         lines.append(f"ccb slot  {','.join(map(str, allowed[k]))} {bodies[k]}")
@@ -214,30 +238,42 @@ class Explainer:
 
     def grouped(self, context: Sequence[Feature], action: Sequence[Feature], slot: Sequence[Feature],
                 position: int) -> list[tuple[tuple[tuple[str, str], ...], tuple[Feature, ...], float]]:
-        """The action-holding terms of one action's score as (group key, players, weight x value), zeros left out.
+        """The action-holding terms of one action's score summed per group of features, zeros left out.
 
-        The group key is the sorted (role, name) of the players: the same crossing of features
-        in any action, so two actions' terms can be set against each other.
+        A group is the set of (role, name) of a term's players, sorted: the same crossing of
+        features in any action, so two actions' groups can be set against each other. Within one
+        action a group always has the same players (one value per key), so its terms add up.
         """
         key = (id(context), id(action), id(slot), position)
         shaped = self._grouped.get(key)
         if shaped is None or shaped[0] is not context or shaped[1] is not action or shaped[2] is not slot:
             players = [*context, *action, *slot]
-            rows = []
+            order: dict[tuple[tuple[str, str], ...], int] = {}
+            heads: list[tuple[tuple[tuple[str, str], ...], tuple[Feature, ...]]] = []
+            hashes: list[int] = []
+            values: list[float] = []
+            group_of: list[int] = []
             for who, h, x in self._structure(context, action, slot, position, True):
                 if who:
                     chosen = tuple(players[i] for i in who)
-                    rows.append((tuple(sorted(f.key for f in chosen)), chosen, h, x))
+                    gkey = tuple(sorted(f.key for f in chosen))
+                    g = order.get(gkey)
+                    if g is None:
+                        g = order[gkey] = len(heads)
+                        heads.append((gkey, chosen))
+                    hashes.append(h)
+                    values.append(x)
+                    group_of.append(g)
             if len(self._grouped) >= _MAX_STRUCTURES:
                 self._grouped.clear()
-            shaped = self._grouped[key] = (context, action, slot, rows)
+            shaped = self._grouped[key] = (context, action, slot, heads, hashes, values, group_of)
+        _, _, _, heads, hashes, values, group_of = shaped
         vw, get_weight = self._vw, pylibvw.vw.get_weight
-        out = []
-        for gkey, players, h, x in shaped[3]:
-            value = get_weight(vw, h, 0) * x
-            if value != 0.0:
-                out.append((gkey, players, value))
-        return out
+        weights = [get_weight(vw, h, 0) for h in hashes]
+        sums = [0.0] * len(heads)
+        for g, w, x in zip(group_of, weights, values, strict=True):
+            sums[g] += w * x
+        return [(gkey, chosen, v) for (gkey, chosen), v in zip(heads, sums, strict=True) if v != 0.0]
 
     def _structure(self, context: Sequence[Feature], action: Sequence[Feature], slot: Sequence[Feature],
                    position: int, with_action_only: bool) -> list[tuple[tuple[int, ...], int, float]]:
@@ -349,7 +385,7 @@ def _feature_dict(f: Feature) -> dict[str, object]:
 
 def explain_page(vw: Workspace, explainer: Explainer, head: Sequence[str], bodies: Sequence[str],
                  allowed: Sequence[Sequence[int]], chosen: Sequence[int], action_ids: Sequence[str],
-                 top: int = 3) -> list[dict[str, object]]:
+                 top: int = 3, last: SlotScores | None = None) -> list[dict[str, object]]:
     """Per slot, why its action beat the runner-up: plain dicts, strongest reasons first.
 
     Scores are in reward units (VW predicts a cost; the reward is its negative). A slot
@@ -361,7 +397,7 @@ def explain_page(vw: Workspace, explainer: Explainer, head: Sequence[str], bodie
     context = parse_features(head[0])
     actions = [parse_features(_namespace_part(line)) for line in head[1:]]
     out: list[dict[str, object]] = []
-    for scores in slot_scores(vw, head, bodies, allowed, chosen):
+    for scores in slot_scores(vw, head, bodies, allowed, chosen, last):
         k = scores.slot
         out.append(_explain_slot(explainer, scores.scores, chosen[k], k, context, actions,
                                  parse_features(_namespace_part(bodies[k])), action_ids, top))
@@ -384,24 +420,23 @@ def _explain_slot(explainer: Explainer, costs: dict[int, float], pick: int, posi
                           f"'{action_ids[pick]}' to keep learning about it"}
     runner = next(a for a in ranked if a != pick)
     margin = costs[runner] - costs[pick]
-    groups: dict[tuple[tuple[str, str], ...], list] = {}   # key -> [chosen's features, runner's, value]
-    per_feature: dict[tuple[str, str], list] = {}          # key -> [chosen's feature, runner's, contribution]
-    for action, sign, side in ((pick, -1.0, 0), (runner, 1.0, 1)):  # reward = -cost: the chosen's terms count for it
-        for key, players, value in explainer.grouped(context, actions[action], slot, position):
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = [None, None, 0.0]
-            if group[side] is None:
-                group[side] = players
-            group[2] += sign * value
-            share = sign * value / len(players)
-            for f in players:
-                entry = per_feature.get(f.key)
-                if entry is None:
-                    entry = per_feature[f.key] = [None, None, 0.0]
-                if entry[side] is None:
-                    entry[side] = f
-                entry[2] += share
+    # Per group of crossed features: [chosen's players, runner-up's, value]; reward = -cost, so the
+    # chosen action's terms count for it and the runner-up's against.
+    groups: dict[tuple[tuple[str, str], ...], list] = {
+        key: [players, None, -value]
+        for key, players, value in explainer.grouped(context, actions[pick], slot, position)}
+    for key, players, value in explainer.grouped(context, actions[runner], slot, position):
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [None, players, value]
+        else:
+            group[1] = players
+            group[2] += value
+    per_feature: dict[tuple[str, str], float] = {}
+    for key, group in groups.items():  # a group's value goes in equal parts to its features
+        share = group[2] / len(key)
+        for k in key:
+            per_feature[k] = per_feature.get(k, 0.0) + share
     explained = sum(g[2] for g in groups.values())
     if abs(explained - margin) > TOLERANCE * max(1.0, abs(margin)):
         return {"available": False, "explored": False, "chosen": chosen,
@@ -417,8 +452,11 @@ def _explain_slot(explainer: Explainer, costs: dict[int, float], pick: int, posi
         shown_reasons.append({"features": [_feature_dict(f) for f in shown], "text": f"{text}: {value:+.2f}",
                               "contribution": value})
     rest = sum(g[2] for g in ordered[top:])
+    mine_of = {f.key: f for f in (*context, *actions[pick], *slot)}
+    theirs_of = {f.key: f for f in (*context, *actions[runner], *slot)}
     features = []
-    for (role, name), (mine, theirs, value) in sorted(per_feature.items(), key=lambda kv: -abs(kv[1][2])):
+    for (role, name), value in sorted(per_feature.items(), key=lambda kv: -abs(kv[1])):
+        mine, theirs = mine_of.get((role, name)), theirs_of.get((role, name))
         features.append({"namespace": role, "featureName": name,
                          "value": mine.value if mine is not None else None,
                          "runnerUpValue": theirs.value if theirs is not None else None, "contribution": value})
