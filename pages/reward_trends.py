@@ -289,8 +289,10 @@ def log_view(labels: Labels) -> Drawn:
                                 help="Since last change: events the current model served (since its last reset "
                                      "or policy change). Whole log: every logged event of this catalog, with "
                                      "a rule where the current model began.") or SPAN_SINCE
-    with st.spinner("Reading the event log…"):  # the first read of a large log takes seconds, then only what is new
-        rows = log_rows_for(backend)
+    bar = st.empty()  # the first read of a large log takes seconds (then only what is new): show how far it got
+    rows = log_rows_for(backend, progress=lambda share: bar.progress(
+        share, text=f"Reading the event log for the first time… {share:.0%}"))
+    bar.empty()
     catalog = rows.catalog_number((frozenset(scenario.action_ids), tuple(scenario.slot_ids)))
     experiment = state.experiment()
     model_start = parse_time(experiment.model) if experiment is not None else None

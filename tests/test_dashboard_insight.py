@@ -5,6 +5,7 @@ from __future__ import annotations
 import html.parser
 from pathlib import Path
 
+import pytest
 from dashboard_fixtures import (  # noqa: F401
     APP,
     RANK,
@@ -203,3 +204,23 @@ def test_log_rows_are_read_incrementally_and_follow_rewards_resets_and_deleted_l
         engine.delete_logs()
         rows.refresh()
         assert rows.frame().empty
+
+
+def test_a_first_read_of_a_large_log_goes_in_chunks_with_progress(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from personalizer.dashboard import log_trends
+    from personalizer.engine import LocalPersonalizer
+
+    with LocalPersonalizer(tmp_path / "home") as engine:
+        simulate(engine, builtin("seed"), 120, seed=9)
+        whole = log_trends.LogRows(engine)
+        whole.refresh()
+        monkeypatch.setattr(log_trends, "READ_CHUNK", 25)  # 120 events: several chunks, each its own read
+        chunked = log_trends.LogRows(engine)
+        assert chunked.cold
+        shares: list[float] = []
+        chunked.refresh(shares.append)
+        assert not chunked.cold and len(shares) >= 2 and shares == sorted(shares) and shares[-1] == 1.0
+        a, b = whole.frame(), chunked.frame()
+        assert len(a) == len(b) == 240
+        assert a["eventId"].tolist() == b["eventId"].tolist() and a["reward"].tolist() == b["reward"].tolist()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,10 +217,13 @@ def _log_rows(home: str, engine_id: int, _engine: Any) -> LogRows:
     return LogRows(_engine)
 
 
-def log_rows_for(engine: Any) -> LogRows:
-    """The engine's log as trend rows (one reader per engine for the whole server: tabs share it), up to date."""
+def log_rows_for(engine: Any, progress: Callable[[float], None] | None = None) -> LogRows:
+    """The engine's log as trend rows (one reader per engine for the whole server: tabs share it), up to date.
+
+    ``progress(share)`` hears how far a first read of a large log got.
+    """
     rows = _log_rows(str(getattr(engine, "home", "")), id(engine), engine)
-    rows.refresh()
+    rows.refresh(progress)
     return rows
 
 

@@ -35,6 +35,8 @@ Catalog = tuple[frozenset[str], tuple[str, ...]]
 T = TypeVar("T")
 _MISSING = object()
 _MEMO_ENTRIES = 64
+#: Events per read of the engine's log on a first read (each read holds the engine's lock).
+READ_CHUNK = 5_000
 
 
 def _context_text(features: Any) -> str:
@@ -117,8 +119,28 @@ class LogRows:
         stats = self._engine.stats()
         return int(stats.get("learned", 0)) + int(stats.get("logged", 0)) + int(stats.get("pending", 0))
 
-    def refresh(self) -> int:
-        """Read what the log gained since the last call; returns :attr:`version`."""
+    @property
+    def cold(self) -> bool:
+        """True until the first read (the one that may take seconds on a large log)."""
+        return self._cursor is None
+
+    def _windows(self, start: float | None, total: int) -> list[tuple[float | None, float | None]]:
+        """Time windows to read, so the engine's lock is held for one chunk at a time, not the whole log."""
+        if start is not None or total <= READ_CHUNK:
+            return [(start, None)]
+        rng = (self._engine.log_properties() or {}).get("dateRange") or {}
+        first, last = parse_time(rng.get("from")), parse_time(rng.get("to"))
+        if first is None or last is None or last <= first:
+            return [(None, None)]
+        n = min(200, -(-total // READ_CHUNK))
+        cuts = [first + (last - first) * i / n for i in range(1, n)]
+        return list(zip([None, *cuts], [*cuts, None], strict=True))
+
+    def refresh(self, progress: Callable[[float], None] | None = None) -> int:
+        """Read what the log gained since the last call; returns :attr:`version`.
+
+        ``progress(share)`` is told how far a long (first) read got, after each chunk.
+        """
         with self._lock:
             total = self._logged_total()
             if total < self._seen_total:  # logs were deleted: read it all again
@@ -129,17 +151,23 @@ class LogRows:
                 return self.version  # nothing new can be there (closed events never change)
             changed = False
             pending: list[_EventRows] = []
-            for ev in self._engine.events(start):
-                if ev.event_id in self._closed_ids:
-                    continue
-                rows = self._rows_of(ev)
-                self._cursor = rows.created if self._cursor is None else max(self._cursor, rows.created)
-                if ev.status == "pending":
-                    pending.append(rows)
-                else:
-                    self._closed.append(rows)
-                    self._closed_ids.add(rows.event_id)
-                    changed = True
+            windows = self._windows(start, total)
+            for i, (lo, hi) in enumerate(windows):
+                for ev in self._engine.events(lo, hi):
+                    if ev.event_id in self._closed_ids:
+                        continue
+                    rows = self._rows_of(ev)
+                    self._cursor = rows.created if self._cursor is None else max(self._cursor, rows.created)
+                    if ev.status == "pending":
+                        pending.append(rows)
+                    else:
+                        self._closed.append(rows)
+                        self._closed_ids.add(rows.event_id)
+                        changed = True
+                if progress is not None and len(windows) > 1:
+                    progress((i + 1) / len(windows))
+            if self._cursor is None:  # an empty log: read, nothing there
+                self._cursor = float("-inf")
             if pending != self._pending:
                 changed = True
             self._pending = pending
