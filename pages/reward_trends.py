@@ -280,8 +280,9 @@ def log_view(labels: Labels) -> Drawn:
         return drawn
     if not has_event_log(backend):
         st.info("**The remote server's log cannot be listed from here.** Its API has no call that returns "
-                "logged events (a log export is planned), so this view can only show this tab's history. "
-                "The Evaluate page still runs offline evaluations on the server's own log.",
+                "logged events (a log export is planned), so only this tab's history can be charted: switch "
+                "Show to This tab's history. What drives the choices still reports on the server's own log "
+                "(through its feature-importance API).",
                 icon=":material/cloud_off:")
         return drawn
     span = st.segmented_control("Span", [SPAN_SINCE, SPAN_WHOLE], default=SPAN_SINCE, key="trend-log-span",
