@@ -16,6 +16,7 @@ page = st.navigation([
     st.Page("pages/rank_and_reward.py", title="Rank & reward", icon=":material/ads_click:", default=True),
     st.Page("pages/reward_trends.py", title="Reward trends", icon=":material/monitoring:"),
     st.Page("pages/evaluate.py", title="Evaluate", icon=":material/science:"),
+    st.Page("pages/what_drives.py", title="What drives the choices", icon=":material/insights:"),
     st.Page("pages/simulator.py", title="Simulator", icon=":material/group:"),
 ])
 routing.begin_app_run()

@@ -2,8 +2,12 @@
 
 import streamlit as st
 
+from personalizer.contract import PersonalizerError
 from personalizer.dashboard import routing, session, state, widgets
-from personalizer.dashboard.ranking import RankedEvent, contexts_equal, rank_visitor
+from personalizer.dashboard.insight import WhyLines, why_lines
+from personalizer.dashboard.ranking import RankedEvent, contexts_equal, error_text, rank_visitor
+
+_WHY = "studio.why"  # (eventId, {slot id: WhyLines}) of the visitor on screen
 
 
 def stale(event: RankedEvent | None) -> bool:
@@ -55,7 +59,30 @@ def main() -> None:
                                    scenario.name, event.history_slots(), tags=session.tags(experiment))
     widgets.show_flashes()
     widgets.event_header(event)
-    widgets.slot_cards(event)
+    widgets.slot_cards(event, explain(backend, event))
+
+
+def explain(backend: object, event: RankedEvent) -> dict[str, WhyLines]:
+    """Why each slot of the visitor on screen got its action, asked once per visitor (ranks never pay for it).
+
+    By the model as it was when the visitor was first shown; a backend without explanations
+    (an older server) says so on each card.
+    """
+    cached = state.get(_WHY)
+    if cached is not None and cached[0] == event.event_id:
+        return cached[1]
+    labels = state.labels()
+    try:
+        answer = backend.explain_event(event.event_id)  # type: ignore[attr-defined]
+        whys = {s["id"]: why_lines(s.get("explanation"), labels) for s in answer.get("slots", [])}
+    except (AttributeError, PersonalizerError) as exc:
+        note = f"Not available from this backend ({error_text(exc)})." if isinstance(exc, PersonalizerError) \
+            else "Not available from this backend."
+        whys = {s.slot_id: WhyLines([], note) for s in event.slots}
+    except OSError:  # unreachable just now: the next visitor asks again
+        return {}
+    st.session_state[_WHY] = (event.event_id, whys)
+    return whys
 
 
 routing.require_app()

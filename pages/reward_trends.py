@@ -1,16 +1,21 @@
 """Reward trends: accept rates per slot, learning curves against the oracle, action mix, the history."""
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TypeVar
 
+import altair as alt
+import pandas as pd
 import streamlit as st
 
-from personalizer.dashboard import charts, routing, state, trends, widgets
-from personalizer.dashboard.backend import has_event_log
+from personalizer.dashboard import charts, log_trends, report, routing, session, state, trends, widgets
+from personalizer.dashboard.backend import backend_stats, has_event_log, log_rows_for
 from personalizer.dashboard.experiments import Experiment
 from personalizer.dashboard.history import to_csv
 from personalizer.dashboard.labels import Labels
-from personalizer.dashboard.lift import LATER_SLOTS_CAVEAT, LiftReport, from_history
+from personalizer.dashboard.lift import LATER_SLOTS_CAVEAT, LiftReport, from_history, points, sentence, verdict
+from personalizer.dashboard.log_trends import parse_time
 from personalizer.dashboard.text import md, percent, plural
 
 T = TypeVar("T")
@@ -18,6 +23,10 @@ WINDOWS = [10, 25, 50, 100, 250, 500]
 SPAN_SINCE = "Since last change"
 SPAN_WHOLE = "Whole log"
 OTHER = "Other actions"
+VIEW_TAB = "This tab's history"
+VIEW_LOG = "All events in the log"
+REPORT_KEY = "studio.trend_report"
+_VIEW_CHOICE = "studio.trend_view"  # the person's pick survives leaving the page (widget state does not)
 HISTORY_COLUMNS = {
     "visitor": st.column_config.NumberColumn("Visitor", format="%d", width="small", pinned=True),
     "slot": st.column_config.TextColumn("Slot"),
@@ -96,16 +105,18 @@ def choose_experiment() -> tuple[Experiment | None, list[int]]:
     return chosen, [chosen.number]
 
 
-def describe(experiment: Experiment, numbers: list[int]) -> None:
-    """One line on what the numbers below cover."""
-    policy = f", policy {md(experiment.policy)}" if experiment.policy else ""
+def describe(experiment: Experiment, numbers: list[int]) -> str:
+    """One line on what the numbers below cover (shown, and returned in plain text for the report)."""
+    policy = f", policy {experiment.policy}" if experiment.policy else ""
     if len(numbers) > 1:
-        st.caption(f"Whole log on {md(experiment.backend)} with this catalog: experiments "
-                   f"{', '.join(f'#{n}' for n in numbers)}; rules on the curves mark where each began.")
+        text = (f"Whole log on {experiment.backend} with this catalog: experiments "
+                f"{', '.join(f'#{n}' for n in numbers)}; rules on the curves mark where each began.")
     else:
-        st.caption(f"Experiment #{experiment.number}: {md(experiment.backend)}, scenario "
-                   f"{md(experiment.scenario)}{policy}, since {experiment.started:%Y-%m-%d %H:%M:%S} UTC "
-                   f"({md(experiment.reason[:1].lower() + experiment.reason[1:])}). Only this tab's visitors count.")
+        text = (f"Experiment #{experiment.number}: {experiment.backend}, scenario {experiment.scenario}{policy}, "
+                f"since {experiment.started:%Y-%m-%d %H:%M:%S} UTC "
+                f"({experiment.reason[:1].lower() + experiment.reason[1:]}). Only this tab's visitors count.")
+    st.caption(md(text))
+    return text
 
 
 def metrics(summary: trends.Summary, labels: Labels) -> None:
@@ -143,7 +154,13 @@ def lift_section(report: LiftReport, labels: Labels) -> None:
 
 
 def cached(name: str, key: tuple, compute: Callable[[], T]) -> T:
-    """``compute()`` once per ``key`` (the history's version and the experiments shown): reruns stay cheap."""
+    """``compute()`` once per ``key`` (the history's version and the experiments shown): reruns stay cheap.
+
+    The log view's work is kept with the log's reader instead (shared by every tab), so a fresh tab or
+    a reload over a large log draws from it at once.
+    """
+    if key and key[0] == "log":  # ("log", the LogRows, its version, catalog, since)
+        return key[1].memo((name, *key[2:]), compute)
     slot = st.session_state.get(f"trend-cache-{name}")
     if slot is None or slot[0] != key:
         slot = (key, compute())
@@ -151,57 +168,170 @@ def cached(name: str, key: tuple, compute: Callable[[], T]) -> T:
     return slot[1]
 
 
-def main() -> None:
-    st.title("Reward trends", anchor=False)
+@dataclass
+class Drawn:
+    """What a trends view drew: its numbers and chart specs, for the shareable report."""
+
+    title: str
+    scope: str
+    summary: trends.Summary | None = None
+    report: LiftReport | None = None
+    charts: list[tuple[str, alt.TopLevelMixin]] = field(default_factory=list)
+    time_range: tuple[datetime, datetime] | None = None
+
+
+def draw_trends(df: pd.DataFrame, key: tuple, labels: Labels, drawn: Drawn,
+                extra_marks: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> None:
+    """Headline card, metrics, accept rates, action mix, learning curves and lift of these rows.
+
+    ``key`` says when the rows changed (cached work is redone only then); ``extra_marks``
+    draws other rules than the experiments' (the log view's model start and policy changes).
+    """
+    report = cached("lift", key, lambda: from_history(df))
+    drawn.report = report
+    done_times = trends.rewarded_rows(df)["time"]
+    drawn.time_range = (done_times.min().floor("us").to_pydatetime(), done_times.max().floor("us").to_pydatetime())
+    widgets.headline_card(report.headline, labels)
+    summary = cached("summary", key, lambda: trends.summarize(df))
+    drawn.summary = summary
+    metrics(summary, labels)
+    slot_order = [s.slot for s in summary.slots]
+    names = {s: labels.slot(s) for s in slot_order}
+    left, right = st.columns(2, gap="large")
+    with left:
+        st.subheader("Accept rate per slot", anchor=False)
+        rates = cached("rates", key, lambda: trends.slot_rates(df)).assign(slot=lambda f: f["slot"].map(names))
+        chart = charts.accept_rate_bars(rates, list(names.values()))
+        drawn.charts.append(("Accept rate per slot", chart))
+        st.altair_chart(chart, key="chart-rates")
+        if trends.has_simulated(df):
+            st.caption("Green tick: the expected accept rate of an oracle that never explores, for the "
+                       "same simulated visitors.")
+    with right:
+        st.subheader("Action mix per slot", anchor=False)
+        mix = cached("mix", key, lambda: trends.action_mix(df)).assign(
+            slot=lambda f: f["slot"].map(names), action=lambda f: f["action"].map(labels.action))
+        chart = charts.action_mix_chart(trends.top_actions(mix, other=OTHER), list(names.values()), other=OTHER)
+        drawn.charts.append(("Action mix per slot", chart))
+        st.altair_chart(chart, key="chart-mix")
+    st.subheader("Accept rate over visitors", anchor=False)
+    default = cached("window", key, lambda: trends.default_window(df, WINDOWS))
+    window = st.segmented_control("Rolling window (visitors)", WINDOWS, default=default, key="trend-window",
+                                  help="Each point is the accept rate of the last N answered visitors "
+                                       "of that slot.") or default
+    curves = cached(f"curves-{window}", key, lambda: trends.learning_curves(df, window))
+    book = state.experiments()
+    marks = cached("marks", key, lambda: (extra_marks or (lambda frame: trends.markers(
+        frame, {e.number: e.reason for e in book.items})))(df))
+    columns = st.columns(min(2, len(slot_order)) or 1)
+    for i, slot in enumerate(slot_order):
+        with columns[i % len(columns)]:
+            st.markdown(f"**{md(names[slot])}**")
+            chart = charts.learning_curve(curves[curves["slot"] == slot], window, marks[marks["slot"] == slot])
+            drawn.charts.append((f"Accept rate over visitors: {names[slot]}", chart))
+            st.altair_chart(chart, key=f"chart-curve-{i}")
+    if not trends.has_simulated(df) and not (df["source"] == log_trends.SOURCE_LOG).all():
+        st.caption("Run the simulator to see the oracle's expected accept rate as a reference line.")
+    if report.lifts:
+        lift_section(report, labels)
+
+
+def choose_view(history_rows: bool) -> str:
+    """This tab's history or every event in the log: the person's choice, else the tab's when it has rows."""
+    chosen = state.get(_VIEW_CHOICE)
+    default = chosen if chosen in (VIEW_TAB, VIEW_LOG) else (VIEW_TAB if history_rows else VIEW_LOG)
+    st.session_state.setdefault("trend-view", default)
+    if st.session_state.get("trend-view") not in (VIEW_TAB, VIEW_LOG):
+        st.session_state["trend-view"] = default
+
+    def remember() -> None:
+        st.session_state[_VIEW_CHOICE] = st.session_state.get("trend-view")
+
+    return st.segmented_control(
+        "Show", [VIEW_TAB, VIEW_LOG], key="trend-view", required=True, on_change=remember,
+        help="This tab's history: the visitors answered here (and the simulator's). All events in the log: "
+             "everything the backend logged for the sidebar's catalog, from any tab, app or earlier run.",
+    ) or default
+
+
+def tab_view(labels: Labels) -> Drawn:
+    """The tab's history of one experiment (or its whole series)."""
     history = state.history()
-    labels = state.labels()
     experiment, numbers = choose_experiment()
-    key = (history.version, tuple(numbers))
+    key = ("tab", history.version, tuple(numbers))
     df = cached("rows", key, lambda: trends.in_experiments(history.frame(), numbers))
+    drawn = Drawn("This tab's history", "")
     if experiment is not None:
-        describe(experiment, numbers)
-    done = trends.rewarded_rows(df)
-    if done.empty:
+        drawn.scope = describe(experiment, numbers)
+    if trends.rewarded_rows(df).empty:
         empty_state(not df.empty)
     else:
-        report = cached("lift", key, lambda: from_history(df))
-        widgets.headline_card(report.headline, labels)
-        summary = trends.summarize(df)
-        metrics(summary, labels)
-        slot_order = [s.slot for s in summary.slots]
-        names = {s: labels.slot(s) for s in slot_order}
-        left, right = st.columns(2, gap="large")
-        with left:
-            st.subheader("Accept rate per slot", anchor=False)
-            rates = trends.slot_rates(df).assign(slot=lambda f: f["slot"].map(names))
-            st.altair_chart(charts.accept_rate_bars(rates, list(names.values())), key="chart-rates")
-            if trends.has_simulated(df):
-                st.caption("Green tick: the expected accept rate of an oracle that never explores, for the "
-                           "same simulated visitors.")
-        with right:
-            st.subheader("Action mix per slot", anchor=False)
-            mix = trends.action_mix(df).assign(slot=lambda f: f["slot"].map(names),
-                                               action=lambda f: f["action"].map(labels.action))
-            st.altair_chart(charts.action_mix_chart(trends.top_actions(mix, other=OTHER), list(names.values()),
-                                                    other=OTHER), key="chart-mix")
-        st.subheader("Accept rate over visitors", anchor=False)
-        default = trends.default_window(df, WINDOWS)
-        window = st.segmented_control("Rolling window (visitors)", WINDOWS, default=default, key="trend-window",
-                                      help="Each point is the accept rate of the last N answered visitors "
-                                           "of that slot.") or default
-        curves = trends.learning_curves(df, window)
-        book = state.experiments()
-        marks = cached("marks", key, lambda: trends.markers(df, {e.number: e.reason for e in book.items}))
-        columns = st.columns(min(2, len(slot_order)) or 1)
-        for i, slot in enumerate(slot_order):
-            with columns[i % len(columns)]:
-                st.markdown(f"**{md(names[slot])}**")
-                st.altair_chart(charts.learning_curve(curves[curves["slot"] == slot], window,
-                                                      marks[marks["slot"] == slot]), key=f"chart-curve-{i}")
-        if not trends.has_simulated(df):
-            st.caption("Run the simulator to see the oracle's expected accept rate as a reference line.")
-        if report.lifts:
-            lift_section(report, labels)
+        draw_trends(df, key, labels, drawn)
+    history_section(df)
+    return drawn
+
+
+def log_view(labels: Labels) -> Drawn:
+    """Every logged event of the sidebar's catalog on this backend, since the last change or all of it."""
+    drawn = Drawn("All events in the log", "")
+    backend = widgets.current_backend()
+    scenario = state.scenario()
+    if backend is None or scenario is None:
+        return drawn
+    if not has_event_log(backend):
+        st.info("**The remote server's log cannot be listed from here.** Its API has no call that returns "
+                "logged events (a log export is planned), so only this tab's history can be charted: switch "
+                "Show to This tab's history. What drives the choices still reports on the server's own log "
+                "(through its feature-importance API).",
+                icon=":material/cloud_off:")
+        return drawn
+    span = st.segmented_control("Span", [SPAN_SINCE, SPAN_WHOLE], default=SPAN_SINCE, key="trend-log-span",
+                                required=True,
+                                help="Since last change: events the current model served (since its last reset "
+                                     "or policy change). Whole log: every logged event of this catalog, with "
+                                     "a rule where the current model began.") or SPAN_SINCE
+    bar = st.empty()  # the first read of a large log takes seconds (then only what is new): show how far it got
+    rows = log_rows_for(backend, progress=lambda share: bar.progress(
+        share, text=f"Reading the event log for the first time… {share:.0%}"))
+    bar.empty()
+    catalog = rows.catalog_number((frozenset(scenario.action_ids), tuple(scenario.slot_ids)))
+    experiment = state.experiment()
+    model_start = parse_time(experiment.model) if experiment is not None else None
+    since = model_start if span == SPAN_SINCE else None
+    key = ("log", rows, rows.version, catalog, since)
+    df = cached("rows", key, lambda: log_trends.in_scope(rows.frame(), catalog, since))
+    where = f"since the last change ({_clock(model_start)})" if since is not None else "the whole log"
+    drawn.scope = (f"Every event the {session.backend_label().lower()} logged for the catalog of scenario "
+                   f"{scenario.name}, {where}: from any tab, app or earlier run. Unanswered slots count with "
+                   "the default reward once their wait ran out, as the model learned them.")
+    st.caption(md(drawn.scope))
+    if trends.rewarded_rows(df).empty:
+        if since is None or trends.rewarded_rows(log_trends.in_scope(rows.frame(), catalog)).empty:
+            empty_state(not df.empty)
+        else:
+            with st.container(border=True):
+                st.subheader("No rewards since the last change", anchor=False)
+                st.write("The current model has no rewarded events of this catalog yet. Choose Whole log to "
+                         "see the events served before the last change, or answer a few visitors.")
+        return drawn
+
+    def log_marks(frame: pd.DataFrame) -> pd.DataFrame:
+        marks = log_trends.policy_change_times(backend)
+        if since is None and model_start is not None:
+            marks = [*marks, (model_start, "Current model began")]
+        return log_trends.time_markers(frame, marks)
+
+    draw_trends(df, key, labels, drawn, extra_marks=log_marks)
+    return drawn
+
+
+def _clock(epoch: float | None) -> str:
+    return "unknown" if epoch is None else f"{datetime.fromtimestamp(epoch, UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def history_section(df: pd.DataFrame) -> None:
+    """The tab's history table and its CSV."""
+    history = state.history()
     st.subheader("History", anchor=False)
     everything = history.frame()
     st.caption(f"{plural(len(df), 'row')} in this view, one per visitor and slot, newest first "
@@ -216,6 +346,68 @@ def main() -> None:
                            disabled=everything.empty, on_click="ignore")
         st.button("Clear history", key="clear-history", icon=":material/delete:", on_click=clear_history,
                   disabled=everything.empty, help="Forget this tab's history. The model keeps what it learned.")
+
+
+def build_report(drawn: Drawn, labels: Labels) -> str:
+    """The view on screen as one self-contained HTML file (numbers, time range, policy, chart specs)."""
+    numbers: list[tuple[str, str]] = []
+    notes: list[str] = []
+    headline = drawn.report.headline if drawn.report is not None else None
+    if headline is not None:
+        word, needed = verdict(headline)
+        plain = sentence(headline).replace("**", "")
+        numbers.append(("Verdict", word.capitalize()))
+        notes.append(f"{plain} (first slot, {labels.slot(headline.slot_id)}: the unbiased headline)"
+                     + (f"; about {plural(needed, 'more answered visitor')} would settle it" if needed else "") + ".")
+    summary = drawn.summary
+    if summary is not None:
+        numbers += [("Visitors answered", f"{summary.answered_events:,}"), ("Answers", f"{summary.rewarded:,}"),
+                    ("Accept rate", percent(summary.rate, 1))]
+        numbers += [(f"{labels.slot(s.slot)}: accept rate", f"{percent(s.rate, 1)} of {s.rewarded:,}")
+                    for s in summary.slots]
+    if drawn.report is not None:
+        for lift in drawn.report.lifts:
+            if lift.enough_data:
+                lo, hi = lift.interval
+                numbers.append((f"{labels.slot(lift.slot_id)}: lift over baseline",
+                                f"{points(lift.lift)} pts (95% {points(lo)} to {points(hi)})"))
+        if len(drawn.report.lifts) > 1:
+            notes.append(LATER_SLOTS_CAVEAT)
+    stats = backend_stats(state.backend()) if not state.backend_choice().remote else None
+    experiment = state.experiment()
+    policy = (f"{stats.get('policy')} ({stats.get('arguments')}), learning mode {stats.get('learningMode')}, "
+              f"exploration {float(stats.get('explorationPercentage') or 0):.0%}") if stats else \
+        (experiment.policy if experiment is not None else "")
+    document = report.Report(title=f"Personalizer Studio · Reward trends · {drawn.title}", scope=drawn.scope,
+                             policy=policy, time_range=drawn.time_range, numbers=numbers, notes=notes,
+                             charts=[(title, chart.to_dict()) for title, chart in drawn.charts])
+    return report.render(document)
+
+
+def report_button(drawn: Drawn) -> None:
+    """"Download report": the view on screen as one HTML file that opens offline."""
+    labels = state.labels()
+
+    def document() -> str:
+        return build_report(drawn, labels)
+
+    # The very callable the button downloads, kept for this tab (tests read the file through it: AppTest
+    # has no media server to download from).
+    st.session_state[REPORT_KEY] = document if drawn.charts else None
+    st.download_button("Download report", data=document,
+                       file_name="personalizer-report.html", mime="text/html", icon=":material/summarize:",
+                       key="download-report", disabled=not drawn.charts, on_click="ignore",
+                       help="One HTML file with these numbers, the time range, the policy and the charts "
+                            "(drawn inside the file: it opens offline, to mail or archive).")
+
+
+def main() -> None:
+    st.title("Reward trends", anchor=False)
+    labels = state.labels()
+    has_rows = not trends.rewarded_rows(state.history().frame()).empty
+    view = choose_view(has_rows)
+    drawn = log_view(labels) if view == VIEW_LOG else tab_view(labels)
+    report_button(drawn)
 
 
 routing.require_app()

@@ -463,3 +463,100 @@ def test_one_experiment_at_a_time_in_chromium(tmp_path: Path) -> None:
         _settle(page)
         _tall(page, shots / "phone-evaluate.png", 1200)
         assert not errors, errors
+
+
+def _chart_count(page) -> int:
+    """Vega charts drawn on the page (each renders into a canvas or an svg inside its container)."""
+    return page.locator("[data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg.marks").count()
+
+
+def test_insight_views_in_chromium(tmp_path: Path) -> None:
+    """Trends from the log in a fresh tab and after a reload; the report opens offline from a file; what
+    drives the choices; why this action on the cards; cards stack at 390 px. Screenshots of each."""
+    home = tmp_path / "home"
+    shots = Path(os.environ.get("STUDIO_SHOTS") or ARTIFACTS)
+    shots.mkdir(parents=True, exist_ok=True)
+    with streamlit_app(home, tmp_path / "streamlit.log") as url, browser_page(1440, 900) as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{url}/simulator")
+        _simulate(page, 500)
+
+        # A new tab straight onto the trends: nothing answered in it, so the log's trends, not an empty page.
+        tab = page.context.browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
+        tab.set_default_timeout(30_000)
+        tab.on("pageerror", lambda e: errors.append(str(e)))
+        tab.goto(f"{url}/reward_trends")
+        tab.get_by_text("Visitors answered").wait_for()
+        _settle(tab)
+        assert _metric(tab, "Visitors answered") == "500"
+        assert tab.get_by_text("No rewards yet").count() == 0
+        tab.wait_for_function("() => document.querySelectorAll(\"[data-testid='stVegaLiteChart']\").length >= 4")
+        tab.reload()  # a product owner demoing to a room reloads pages
+        tab.get_by_text("Visitors answered").wait_for()
+        _settle(tab)
+        assert _metric(tab, "Visitors answered") == "500"
+        tab.wait_for_function("() => document.querySelectorAll(\"[data-testid='stVegaLiteChart']\").length >= 4")
+        _tall(tab, shots / "wide-trends-log.png", 2000)
+
+        # Download report: one HTML file that draws its charts from file://, with the network refused.
+        with tab.expect_download() as download:
+            _button(tab, "download-report").click()
+        report = tmp_path / "report.html"
+        download.value.save_as(report)
+        offline = page.context.browser.new_context(offline=True).new_page()
+        requests: list[str] = []
+        offline.on("request", lambda r: requests.append(r.url))
+        offline.goto(report.as_uri())
+        offline.wait_for_function("() => document.querySelectorAll('.chart svg').length >= 4", timeout=30_000)
+        assert offline.get_by_text("could not be drawn").count() == 0
+        assert all(u.startswith(("file:", "data:", "blob:", "about:")) for u in requests), requests
+        _tall(offline, shots / "wide-report.png", 1800)
+        offline.context.close()
+
+        # What drives the choices: a report over the whole log, a chart and advice.
+        _nav(tab, "What drives the choices").click()
+        tab.get_by_role("heading", name="What drives the choices").wait_for()
+        _settle(tab)
+        _choose(tab, "Time range", "All logged events")
+        _settle(tab)
+        _button(tab, "why-run").click()
+        tab.get_by_text("What it means").wait_for(timeout=120_000)
+        _settle(tab)
+        assert tab.get_by_text("matters most").count() == 1
+        _tall(tab, shots / "wide-what-drives.png", 1000)
+
+        # Why this action? on each card of the visitor on screen.
+        _nav(tab, "Rank & reward").click()
+        tab.get_by_role("heading", name="Rank & reward").wait_for()
+        _settle(tab)
+        assert tab.get_by_text("WHY THIS ACTION?").count() == 2
+        _tall(tab, shots / "wide-rank-why.png", 900)
+
+        # A phone: cards stack, the new views fit in 390 px.
+        phone = page.context.browser.new_context(
+            viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, device_scale_factor=1,
+            user_agent=PHONE_USER_AGENT).new_page()
+        phone.set_default_timeout(30_000)
+        phone.on("pageerror", lambda e: errors.append(str(e)))
+        phone.goto(url)
+        phone.get_by_role("heading", name="Rank & reward").wait_for()
+        _settle(phone)
+        assert not _sidebar_open(phone)
+        first, second = (_button(phone, f"accept-{slot}").bounding_box() for slot in ("BigHeroPosition",
+                                                                                        "SmallSidebar"))
+        assert second["y"] > first["y"] + 100 and abs(second["x"] - first["x"]) < 5  # one card under the other
+        width = phone.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= 390, width  # nothing wider than the screen
+        _tall(phone, shots / "phone-rank-why.png", 1700)
+        phone.goto(f"{url}/what_drives")
+        phone.get_by_text("What it means").wait_for(timeout=60_000)  # the report made above, listed for any tab
+        _settle(phone)
+        assert phone.evaluate("() => document.documentElement.scrollWidth") <= 390
+        _tall(phone, shots / "phone-what-drives.png", 1500)
+        phone.goto(f"{url}/reward_trends")
+        phone.get_by_text("Visitors answered").wait_for()
+        _settle(phone)
+        assert phone.evaluate("() => document.documentElement.scrollWidth") <= 390
+        _tall(phone, shots / "phone-trends-log.png", 3000)
+        assert not errors, errors

@@ -163,3 +163,32 @@ def test_secrets_toml_settings_win_and_a_missing_endpoint_is_explained(studio_ho
     assert not at.exception
     assert "No backend yet" in texts(at) and "Enter the endpoint URL" in texts(at)
     assert KEY not in _everything(at)
+
+
+def test_remote_trends_say_the_servers_log_cannot_be_listed_and_cards_explain_through_the_api(
+        app: AppTest, server: ThreadedServer) -> None:
+    from personalizer.dashboard.scenarios import builtin
+    from personalizer.simulation import simulate
+
+    simulate(server.engine, builtin("seed"), 300, seed=5)  # the server has a log; this tab has no answers
+    _connect(app, server.base, KEY)
+    # Why this action? comes from the server's explanation extension, for the visitor on screen only.
+    event = app.session_state["studio.event"]
+    whys = app.session_state["studio.why"]
+    assert whys[0] == event.event_id
+    assert all(w.lines or w.explored for w in whys[1].values()), whys
+    app.switch_page("pages/reward_trends.py").run()
+    assert not app.exception
+    assert app.segmented_control(key="trend-view").value == "All events in the log"
+    assert "The remote server's log cannot be listed from here." in texts(app)
+    # What drives the choices: the same report through the server's featureImportances API.
+    app.switch_page("pages/what_drives.py").run()
+    app.selectbox(key="why-range").set_value("All logged events")
+    app.button(key="why-run").click().run()
+    assert not app.exception, app.exception
+    job = app.session_state["studio.importance_job"]
+    assert "What it means" in texts(app)
+    from personalizer.client import PersonalizerClient
+
+    with PersonalizerClient(server.base, KEY) as client:  # it ran on the server
+        assert job in {j["id"] for j in client.list_feature_importances()}

@@ -36,7 +36,12 @@ def test_empty_state_points_to_the_rank_page_and_the_simulator(app: AppTest) -> 
     links = {link.proto.label: link.proto.page for link in app.get("page_link")}
     assert links == {"Rank & reward": "", "Run the simulator": "simulator"}  # "" is the default page
     assert not charts(app)
-    assert app.button(key="clear-history").disabled is False  # one ranked, unanswered visitor is in it
+    # Nothing answered anywhere: the log view (the default without answers) shows the same empty state;
+    # the tab's view still holds the one ranked, unanswered visitor.
+    assert app.segmented_control(key="trend-view").value == "All events in the log"
+    app.segmented_control(key="trend-view").set_value("This tab's history").run()
+    assert "No rewards yet" in texts(app)
+    assert app.button(key="clear-history").disabled is False
 
 
 def test_manual_answers_show_up_as_metrics_bars_and_history(app: AppTest) -> None:

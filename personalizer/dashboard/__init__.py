@@ -10,12 +10,15 @@ event history), :mod:`.ranking` (rank a visitor, answer a slot), :mod:`.trends`
 history, and the one verdict rule: winning / too early / losing),
 :mod:`.experiments` (one backend + one scenario + one model: which history rows
 belong together), :mod:`.labels` (display names for slots, actions and context
-fields) and :mod:`.offline` (the Evaluate page: time ranges, candidates, results,
-the live policy, settings in words).
+fields), :mod:`.offline` (the Evaluate page: time ranges, candidates, results,
+the live policy, settings in words), :mod:`.log_trends` (the engine's event log as
+trend rows, read incrementally), :mod:`.insight` ("why this action?" in words, the
+feature-importance chart and advice) and :mod:`.report` (the shareable HTML report).
 
 Streamlit-facing modules: :mod:`.backend` (which backend: the shared embedded
 engine or a remote client via ``st.cache_resource``, plus per-engine caches for
-evaluations and lift), :mod:`.state` (what lives in ``st.session_state``),
+evaluations, lift, feature-importance jobs and the log's trend rows),
+:mod:`.state` (what lives in ``st.session_state``),
 :mod:`.sidebar` and :mod:`.widgets` (drawing helpers the pages share),
 :mod:`.session` (the run's experiment, settled between sidebar and page) and
 :mod:`.routing` (every page runs inside ``app.py``, even on a fresh server's

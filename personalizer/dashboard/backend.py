@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,9 @@ from ..client import PersonalizerClient
 from ..contract import PersonalizerError
 from ..engine import LocalPersonalizer
 from ..evaluation import Evaluations
+from ..importance import FeatureImportances
 from .lift import LiftReport, from_events
+from .log_trends import LogRows
 from .ranking import Backend
 from .remote import RemoteSettings, endpoint_problem, remote_settings
 
@@ -201,6 +203,50 @@ def log_lift(engine: Any, start: float | None = None, end: float | None = None,
 def clear_caches() -> None:
     """Drop every cached backend, evaluations manager and lift (managers first: they use the engines)."""
     _evaluations.clear()
+    _importances.clear()
     _log_lift.clear()
+    _log_rows.clear()
     remote_client.clear()
     embedded_engine.clear()
+
+
+# ---------------------------------------------------------------- the log as trend rows
+
+@st.cache_resource(show_spinner="Reading the event log…", max_entries=8)
+def _log_rows(home: str, engine_id: int, _engine: Any) -> LogRows:
+    return LogRows(_engine)
+
+
+def log_rows_for(engine: Any, progress: Callable[[float], None] | None = None) -> LogRows:
+    """The engine's log as trend rows (one reader per engine for the whole server: tabs share it), up to date.
+
+    ``progress(share)`` hears how far a first read of a large log got.
+    """
+    rows = _log_rows(str(getattr(engine, "home", "")), id(engine), engine)
+    rows.refresh(progress)
+    return rows
+
+
+# ---------------------------------------------------------------- feature importances
+
+def _close_importances(manager: FeatureImportances) -> None:
+    try:
+        manager.close()
+    except Exception:
+        log.debug("closing the feature-importance jobs failed", exc_info=True)
+
+
+@st.cache_resource(show_spinner=False, on_release=_close_importances)
+def _importances(home: str, engine_id: int, _engine: Any) -> FeatureImportances:
+    return FeatureImportances(_engine)
+
+
+def importances_for(backend: Any) -> Any:
+    """Who runs feature-importance jobs for a backend: the engine's job manager, or the remote client itself.
+
+    Both answer ``create_feature_importance``, ``get_feature_importance``,
+    ``list_feature_importances`` and ``delete_feature_importance`` alike.
+    """
+    if isinstance(backend, LocalPersonalizer):
+        return _importances(str(getattr(backend, "home", "")), id(backend), backend)
+    return backend

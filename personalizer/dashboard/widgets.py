@@ -13,6 +13,7 @@ import streamlit as st
 from ..evaluation import Lift
 from ..simulation import Scenario
 from . import state
+from .insight import WhyLines
 from .labels import Labels
 from .lift import LOSING, TOO_EARLY, WINNING, LiftReport, points, sentence, verdict
 from .ranking import Backend, RankedEvent, SlotChoice, answer, error_text, exploration_label
@@ -117,7 +118,21 @@ def event_header(event: RankedEvent) -> None:
                 "visitors are answered (or the simulator runs).", icon=":material/fiber_new:")
 
 
-def slot_card(event: RankedEvent, slot: SlotChoice) -> None:
+def why_section(why: WhyLines | None) -> None:
+    """"Why this action?" on a card: the strongest reasons in words, or "explored", or why there are none."""
+    if why is None:
+        return
+    st.caption("WHY THIS ACTION?")
+    if why.explored:
+        st.markdown(f":orange-badge[:material/explore: Explored] :small[{md(why.note)}]")
+        return
+    if why.lines:
+        st.markdown("\n".join(f"- :small[{md(line)}]" for line in why.lines))
+    if why.note:
+        st.caption(md(why.note))
+
+
+def slot_card(event: RankedEvent, slot: SlotChoice, why: WhyLines | None = None) -> None:
     """One slot: where it is, what was chosen (category, price, sale, features), baseline, exploration, answer."""
     with st.container(border=True):
         labels = state.labels()
@@ -149,6 +164,7 @@ def slot_card(event: RankedEvent, slot: SlotChoice) -> None:
         if state.new_catalog() and event.learning_mode in (None, "Online"):
             line = f"A guess: the model has not seen this catalog yet · {line}"
         st.caption(f"{icon} {md(line)}")
+        why_section(why)
         decided = slot.decision is not None
         with st.container(horizontal=True, gap="small"):
             st.button("Accept", key=f"accept-{slot.slot_id}", type="primary", icon=":material/thumb_up:",
@@ -162,14 +178,14 @@ def slot_card(event: RankedEvent, slot: SlotChoice) -> None:
                 st.info("Rejected · reward 0 sent", icon=":material/cancel:")
 
 
-def slot_cards(event: RankedEvent) -> None:
-    """The slot cards in slot order, up to three per row."""
+def slot_cards(event: RankedEvent, whys: dict[str, WhyLines] | None = None) -> None:
+    """The slot cards in slot order, up to three per row (each with its "why" when given)."""
     per_row = min(CARDS_PER_ROW, len(event.slots))
     for start in range(0, len(event.slots), per_row):
         columns = st.columns(per_row)
         for column, slot in zip(columns, event.slots[start:start + per_row], strict=False):
             with column:
-                slot_card(event, slot)
+                slot_card(event, slot, (whys or {}).get(slot.slot_id))
 
 
 _VERDICT_STYLE = {WINNING: ("green", ":material/trending_up:"), LOSING: ("red", ":material/trending_down:"),

@@ -1,0 +1,330 @@
+"""The embedded engine's event log as trend rows, read incrementally (plain Python and pandas, no Streamlit).
+
+The Reward trends page charts this tab's history by default; with "All events in
+the log" it charts what the engine logged instead, so a fresh tab or a reload is
+never an empty page. :class:`LogRows` turns logged events into the history's row
+shape (one row per event and slot, :data:`.history.COLUMNS` plus ``catalog`` and
+``mode``), so every trends function and chart works on either.
+
+Why incremental: a log of 100,000 events takes seconds to read and parse, and the
+page reruns on every click. The rows of closed events never change, so each read
+only asks the engine for events from the oldest one still pending (whose reward
+may still arrive) onwards; a shrunken log (deleted logs) is read again from the
+start. One :class:`LogRows` per engine lives in the dashboard's process cache.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+
+from .history import COLUMNS
+
+SOURCE_LOG = "log"
+#: Extra columns of log rows: which catalog the event ranked, and the learning mode it was served in.
+LOG_COLUMNS = [*COLUMNS, "catalog", "mode"]
+_NUMERIC = ("visitor", "reward", "probability", "expected", "oracle", "baselineExpected", "experiment")
+
+Catalog = tuple[frozenset[str], tuple[str, ...]]
+T = TypeVar("T")
+_MISSING = object()
+_MEMO_ENTRIES = 64
+#: Events per read of the engine's log on a first read (each read holds the engine's lock).
+READ_CHUNK = 5_000
+
+
+def _context_text(features: Any) -> str:
+    """``time=evening, device=mobile`` from a request's contextFeatures (nested values as they are)."""
+    parts = []
+    for item in features or []:
+        if isinstance(item, dict):
+            parts.extend(f"{k}={v}" for k, v in item.items())
+    return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class _EventRows:
+    """One logged event's trend rows, before they go into columns."""
+
+    seq: int
+    created: float
+    event_id: str
+    catalog: int                     # index into LogRows.catalogs
+    mode: str
+    context: str
+    slots: list[str]
+    actions: list[str]
+    baselines: list[str]
+    probabilities: list[float]
+    rewards: list[float]             # NaN while pending (its reward may still arrive)
+
+
+class LogRows:
+    """Trend rows of one engine's log, kept up to date by :meth:`refresh` (thread-safe)."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.catalogs: list[Catalog] = []
+        self._catalog_index: dict[Catalog, int] = {}
+        self._closed: list[_EventRows] = []
+        self._closed_ids: set[str] = set()
+        self._pending: list[_EventRows] = []
+        self._cursor: float | None = None   # created of the newest event read
+        self._seen_total = 0
+        self.version = 0                      # bumps whenever the rows change
+        self._frame: pd.DataFrame | None = None
+        self._frame_version = -1
+        self._closed_frame: pd.DataFrame | None = None
+        self._closed_in_frame = 0
+        self._memo: dict[tuple, Any] = {}
+
+    def _catalog(self, request: dict[str, Any]) -> int:
+        key = (frozenset(a.get("id") for a in request.get("actions", [])),
+               tuple(s.get("id") for s in request.get("slots", [])))
+        index = self._catalog_index.get(key)
+        if index is None:
+            index = self._catalog_index[key] = len(self.catalogs)
+            self.catalogs.append(key)
+        return index
+
+    def _rows_of(self, ev: Any) -> _EventRows:
+        request, response = ev.request or {}, ev.response or {}
+        served = response.get("slots") or []
+        asked = {s.get("id"): s for s in request.get("slots", [])}
+        closed = ev.status not in ("pending", "discarded") and ev.labels is not None
+        labels = ev.labels or []
+        rewards = [float(labels[k]) if closed and k < len(labels) and labels[k] is not None else
+                   (0.0 if closed else float("nan")) for k in range(len(served))]
+        return _EventRows(
+            seq=int(ev.seq), created=float(ev.created), event_id=ev.event_id, catalog=self._catalog(request),
+            mode=str(ev.mode), context=_context_text(request.get("contextFeatures")),
+            slots=[s.get("id") for s in served], actions=[s.get("rewardActionId") for s in served],
+            baselines=[(asked.get(s.get("id")) or {}).get("baselineAction") for s in served],
+            probabilities=[float(s["probability"]) if s.get("probability") is not None else float("nan")
+                           for s in served],
+            rewards=rewards,
+        )
+
+    def _logged_total(self) -> int:
+        stats = self._engine.stats()
+        return int(stats.get("learned", 0)) + int(stats.get("logged", 0)) + int(stats.get("pending", 0))
+
+    @property
+    def cold(self) -> bool:
+        """True until the first read (the one that may take seconds on a large log)."""
+        return self._cursor is None
+
+    def _windows(self, start: float | None, total: int) -> list[tuple[float | None, float | None]]:
+        """Time windows to read, so the engine's lock is held for one chunk at a time, not the whole log."""
+        if start is not None or total <= READ_CHUNK:
+            return [(start, None)]
+        rng = (self._engine.log_properties() or {}).get("dateRange") or {}
+        first, last = parse_time(rng.get("from")), parse_time(rng.get("to"))
+        if first is None or last is None or last <= first:
+            return [(None, None)]
+        n = min(200, -(-total // READ_CHUNK))
+        cuts = [first + (last - first) * i / n for i in range(1, n)]
+        return list(zip([None, *cuts], [*cuts, None], strict=True))
+
+    def refresh(self, progress: Callable[[float], None] | None = None) -> int:
+        """Read what the log gained since the last call; returns :attr:`version`.
+
+        ``progress(share)`` is told how far a long (first) read got, after each chunk.
+        """
+        with self._lock:
+            total = self._logged_total()
+            if total < self._seen_total:  # logs were deleted: read it all again
+                self._reset()
+            starts = [self._cursor] + [p.created for p in self._pending]
+            start = None if self._cursor is None else min(s for s in starts if s is not None)
+            if self._cursor is not None and total == self._seen_total and not self._pending:
+                return self.version  # nothing new can be there (closed events never change)
+            changed = False
+            pending: list[_EventRows] = []
+            windows = self._windows(start, total)
+            for i, (lo, hi) in enumerate(windows):
+                for ev in self._engine.events(lo, hi):
+                    if ev.event_id in self._closed_ids:
+                        continue
+                    rows = self._rows_of(ev)
+                    self._cursor = rows.created if self._cursor is None else max(self._cursor, rows.created)
+                    if ev.status == "pending":
+                        pending.append(rows)
+                    else:
+                        self._closed.append(rows)
+                        self._closed_ids.add(rows.event_id)
+                        changed = True
+                if progress is not None and len(windows) > 1:
+                    progress((i + 1) / len(windows))
+            if self._cursor is None:  # an empty log: read, nothing there
+                self._cursor = float("-inf")
+            if pending != self._pending:
+                changed = True
+            self._pending = pending
+            self._seen_total = total
+            if changed:
+                self.version += 1
+                self._memo = {}
+            return self.version
+
+    def frame(self) -> pd.DataFrame:
+        """Every row: closed events in the order they were read (rank order, an event whose reward came
+        late where it closed), then the pending ones. Rebuilt only when :attr:`version` moved, and then
+        only the new events' rows are built (appended to the frame of the earlier ones)."""
+        with self._lock:
+            if self._frame is not None and self._frame_version == self.version:
+                return self._frame
+            fresh = self._closed[self._closed_in_frame:]
+            if fresh or self._closed_frame is None:
+                new = _to_frame(fresh, first_visitor=self._closed_in_frame + 1)
+                self._closed_frame = new if self._closed_frame is None or not len(self._closed_frame) else \
+                    pd.concat([self._closed_frame, new], ignore_index=True)
+                self._closed_in_frame = len(self._closed)
+            pending = sorted(self._pending, key=lambda r: r.seq)
+            self._frame = self._closed_frame if not pending else pd.concat(
+                [self._closed_frame, _to_frame(pending, first_visitor=len(self._closed) + 1)], ignore_index=True)
+            self._frame_version = self.version
+            return self._frame
+
+    def memo(self, key: tuple, compute: Callable[[], T]) -> T:
+        """``compute()`` once per ``key`` while the log stays as it is, shared by every tab (a reload is cheap).
+
+        Results of older versions are dropped as the log grows.
+        """
+        with self._lock:
+            version = self.version
+            hit = self._memo.get(key, _MISSING)
+        if hit is not _MISSING:
+            return hit  # type: ignore[return-value]
+        value = compute()
+        with self._lock:
+            if self.version == version:
+                if len(self._memo) >= _MEMO_ENTRIES:
+                    self._memo.pop(next(iter(self._memo)))
+                self._memo[key] = value
+        return value
+
+    def catalog_number(self, catalog: Catalog) -> int | None:
+        """The ``catalog`` column's value for a catalog (None when the log holds none of its events)."""
+        with self._lock:
+            return self._catalog_index.get((frozenset(catalog[0]), tuple(catalog[1])))
+
+
+def _to_frame(events: list[_EventRows], first_visitor: int = 1) -> pd.DataFrame:
+    """Columns built with numpy (one pass per column).
+
+    ``eventId`` holds the event's log sequence number (an integer: grouping 200,000 rows by it is
+    several times faster than by the id text); ``visitor`` numbers events from ``first_visitor``.
+    """
+    if not events:
+        frame = pd.DataFrame({c: pd.Series(dtype="float64" if c in _NUMERIC else "object") for c in LOG_COLUMNS})
+        frame["visitor"] = frame["visitor"].astype("int64")
+        frame["catalog"] = frame["catalog"].astype("int64")
+        frame["eventId"] = frame["eventId"].astype("int64")
+        frame["time"] = pd.to_datetime(frame["time"], utc=True)
+        return frame
+    counts = np.fromiter((len(e.slots) for e in events), dtype=np.int64, count=len(events))
+
+    def per_event(values: list[Any] | np.ndarray) -> np.ndarray:
+        return np.repeat(np.asarray(values, dtype=object), counts)
+
+    def per_slot(name: str, dtype: Any = object) -> np.ndarray:
+        flat: list[Any] = []
+        for e in events:
+            flat.extend(getattr(e, name))
+        return np.array(flat, dtype=dtype)
+
+    created = np.repeat(np.fromiter((e.created for e in events), dtype=float, count=len(events)), counts)
+    n = int(counts.sum())
+    frame = pd.DataFrame({
+        "visitor": np.repeat(np.arange(first_visitor, first_visitor + len(events), dtype=np.int64), counts),
+        "time": pd.to_datetime(created, unit="s", utc=True),
+        "slot": per_slot("slots"), "action": per_slot("actions"),
+        "reward": per_slot("rewards", float), "baseline": per_slot("baselines"),
+        "probability": per_slot("probabilities", float), "exploration": np.full(n, None, dtype=object),
+        "context": per_event([e.context for e in events]), "source": np.full(n, SOURCE_LOG, dtype=object),
+        "backend": np.full(n, None, dtype=object), "scenario": np.full(n, None, dtype=object),
+        "policy": np.full(n, None, dtype=object), "experiment": np.full(n, np.nan),
+        "eventId": np.repeat(np.fromiter((e.seq for e in events), dtype=np.int64, count=len(events)), counts),
+        "expected": np.full(n, np.nan), "oracle": np.full(n, np.nan), "baselineExpected": np.full(n, np.nan),
+        "note": np.full(n, None, dtype=object),
+        "catalog": np.repeat(np.fromiter((e.catalog for e in events), dtype=np.int64, count=len(events)), counts),
+        "mode": per_event([e.mode for e in events]),
+    })
+    return frame[LOG_COLUMNS]
+
+
+def in_scope(frame: pd.DataFrame, catalog: int | None, since: float | None = None) -> pd.DataFrame:
+    """One catalog's rows (None: no rows), from ``since`` (epoch seconds) on when given."""
+    if catalog is None:
+        return frame.iloc[0:0]
+    keep = frame["catalog"].to_numpy() == catalog
+    if since is not None:
+        keep &= (frame["time"] >= pd.Timestamp(since, unit="s", tz="UTC")).to_numpy()
+    return frame[keep]
+
+
+def parse_time(value: Any) -> float | None:
+    """Epoch seconds from an ISO time (``model_properties().creationTime``), None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def policy_change_times(backend: Any) -> list[tuple[float, str]]:
+    """``(time, label)`` of each recorded policy change, oldest first; [] when the backend keeps no history.
+
+    The hook for the policy history (issue 11): the engine's ``policy_history()``
+    (a list of changes, newest first) or the client's (``{"value": [...]}``), each change
+    with its ``time`` (ISO; ``created`` epoch seconds also read), ``action`` and, when told,
+    ``after.name``. A backend without it (this branch's engine): [].
+    """
+    getter = getattr(backend, "policy_history", None)
+    if getter is None:
+        return []
+    try:
+        answer = getter()
+    except Exception:  # a server without the route: no marks, the curves stand alone
+        return []
+    changes = answer.get("value", []) if isinstance(answer, dict) else answer
+    out = []
+    for change in changes or []:
+        if not isinstance(change, dict):
+            continue
+        when = change.get("created", change.get("time", change.get("creationTime")))
+        at = float(when) if isinstance(when, (int, float)) else parse_time(when)
+        if at is None:
+            continue
+        name = (change.get("after") or {}).get("name") if isinstance(change.get("after"), dict) else None
+        verb = "Rolled back to" if change.get("action") == "rollback" else "Policy:"
+        out.append((at, f"{verb} {name}" if name else "Policy changed"))
+    return sorted(out)
+
+
+def time_markers(df: pd.DataFrame, marks: list[tuple[float, str]]) -> pd.DataFrame:
+    """Rules at times (``(epoch, label)``) as ``slot, n, label`` on each slot's curve of rewarded rows."""
+    done = df[df["reward"].notna()]
+    out = []
+    if not marks or done.empty:
+        return pd.DataFrame(out, columns=["slot", "n", "label"])
+    for slot, rows in done.groupby("slot", sort=False):
+        times = rows["time"].astype("int64").to_numpy() / 1e9
+        for at, label in marks:
+            i = int(np.searchsorted(times, at))
+            if 0 < i < len(times):
+                out.append({"slot": str(slot), "n": i + 1, "label": label})
+    return pd.DataFrame(out, columns=["slot", "n", "label"])
