@@ -224,3 +224,16 @@ def test_a_first_read_of_a_large_log_goes_in_chunks_with_progress(tmp_path: Path
         a, b = whole.frame(), chunked.frame()
         assert len(a) == len(b) == 240
         assert a["eventId"].tolist() == b["eventId"].tolist() and a["reward"].tolist() == b["reward"].tolist()
+
+
+def test_policy_changes_become_marks_on_the_log_curves(tmp_path: Path) -> None:
+    from personalizer.dashboard import log_trends
+    from personalizer.engine import RETIRED_POLICY_ARGUMENTS, LocalPersonalizer
+
+    with LocalPersonalizer(tmp_path / "data") as engine:
+        assert log_trends.policy_change_times(engine) == []
+        engine.update_policy({"name": "Retired service default", "arguments": RETIRED_POLICY_ARGUMENTS})
+        engine.reset_policy()
+        marks = log_trends.policy_change_times(engine)
+    assert len(marks) == 2 and marks[0][0] <= marks[1][0]  # oldest first
+    assert "Retired service default" in marks[0][1]

@@ -40,7 +40,7 @@ def admin(live_server: ThreadedServer) -> Iterator[Any]:
 
 
 def test_feature_importances_through_the_sdk(admin: Any, live_server: ThreadedServer) -> None:
-    simulate(live_server.engine, load_scenario("seed"), 300, seed=4)
+    simulate(live_server.engine, load_scenario("seed"), 300, seed=4, event_prefix="fi-sdk")  # repeatable draws
     now = datetime.now(UTC)
     contract = {"name": "what drives the shop", "startTime": (now - timedelta(hours=1)).isoformat(),
                 "endTime": (now + timedelta(minutes=5)).isoformat()}
