@@ -30,6 +30,16 @@ RESULT_COLUMNS = {
     "best": st.column_config.CheckboxColumn("Best", help="Best first-slot estimate among online and candidates."),
     "arguments": st.column_config.TextColumn("Vowpal Wabbit arguments", width="large"),
 }
+INTERVAL_COLUMNS = {
+    "policy": st.column_config.TextColumn("Policy", pinned=True),
+    "snips": st.column_config.NumberColumn("SNIPS", format="%.1f%%"),
+    "headline": st.column_config.TextColumn("Cressie-Read 95 % (headline)"),
+    "gaussian": st.column_config.TextColumn("Gaussian 95 %"),
+    "bernstein": st.column_config.TextColumn("Bernstein 95 %"),
+    "dr": st.column_config.NumberColumn("DR", format="%.1f%%"),
+    "drInterval": st.column_config.TextColumn("DR 95 %"),
+    "effective": st.column_config.NumberColumn("Effective events", format="%.0f"),
+}
 
 
 def empty_state(events: int) -> None:
@@ -212,6 +222,13 @@ def results(manager: Evaluations, engine: Any, evaluation_id: str) -> None:
                    + " The best policy is chosen on the first slot.")
     st.dataframe(offline.table_frame(frame), hide_index=True, column_config=RESULT_COLUMNS, key="eval-table",
                  column_order=list(RESULT_COLUMNS))
+    with st.expander("Details: every interval, and the doubly robust estimate"):
+        st.caption("Headline: Cressie-Read empirical likelihood, which holds its 95 % at every sample size. "
+                   "The Gaussian (SNIPS) and empirical-Bernstein intervals are shown for comparison; DR adds the "
+                   "replayed learner's reward model to the estimate. Effective events: how many events the "
+                   "estimate really rests on.")
+        st.dataframe(offline.interval_details(result, slot), hide_index=True, key="eval-intervals",
+                     column_config=INTERVAL_COLUMNS)
     apply_section(manager, evaluation_id, result, info, live)
 
 

@@ -61,6 +61,12 @@ def test_evaluate_after_a_simulator_run_table_chart_sentence_and_apply(app: AppT
     assert table["policy"].tolist() == REFERENCES + list(PRESET_POLICIES)
     assert table["estimate"].between(0, 100).all() and table["best"].sum() == 1
     assert table.set_index("policy").loc["Online", "vsOnline"] == pytest.approx(0.0)
+    # The details: every interval the evaluation computed, the headline being Cressie-Read.
+    details = app.dataframe[1].value.set_index("policy")
+    assert list(details.index) == list(table["policy"])
+    assert {"headline", "gaussian", "bernstein", "dr", "drInterval", "effective"} <= set(details.columns)
+    assert details.loc["Online", "headline"] == table.set_index("policy").loc["Online", "interval"].rstrip("%")
+    assert (details["effective"] > 0).all()
     chart = charts(app)[0]
     layers = spec(chart)["layer"]
     assert {layer["mark"]["type"] for layer in layers} == {"rule", "point", "text"}

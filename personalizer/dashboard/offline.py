@@ -166,6 +166,35 @@ def result_frame(result: EvaluationResult, slot: str | None = None) -> pd.DataFr
     return frame
 
 
+def interval_details(result: EvaluationResult, slot: str | None = None) -> pd.DataFrame:
+    """Every interval the evaluation computed, per policy, for the details table (percent, 95 %).
+
+    The headline is Cressie-Read empirical likelihood; the SNIPS Gaussian, the empirical
+    Bernstein and the doubly robust (DR) estimate with its Gaussian interval stay
+    available for comparison. ``effective`` is the Kish effective number of events the
+    estimate rests on: when it is small, the Gaussian interval is the one to distrust.
+    """
+    first = headline_slot(result)
+    slot = slot or first
+    weighting = weighting_for(result, slot)
+
+    def text(iv: tuple[float, float]) -> str:
+        lo, hi = iv
+        return "—" if not (math.isfinite(lo) and math.isfinite(hi)) else f"{lo * 100:.1f} – {hi * 100:.1f}"
+
+    rows = []
+    for p in result.policies:
+        est = p.headline if slot == first else p.estimate(slot, weighting=weighting)
+        rows.append({
+            "policy": p.name, "snips": _num(est.value) * 100, "headline": text(est.interval),
+            "gaussian": text(est.interval_of("gaussian")), "bernstein": text(est.interval_of("bernstein")),
+            "dr": _num(est.dr) * 100, "drInterval": text(est.dr_interval),
+            "effective": _num(est.effective_events),
+        })
+    return pd.DataFrame(rows, columns=["policy", "snips", "headline", "gaussian", "bernstein", "dr", "drInterval",
+                                       "effective"])
+
+
 def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """:func:`result_frame` for the results table: percentages as numbers 0..100, the interval as text."""
 
