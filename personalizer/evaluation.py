@@ -94,6 +94,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any, Protocol
@@ -101,13 +102,16 @@ from typing import Any, Protocol
 import numpy as np
 from scipy.special import fdtri
 
-from .contract import PersonalizerError, check_text
+from .contract import DEFAULT_EXPLORATION, MIN_PROBABILITY, PersonalizerError, check_text
 from .engine import (
+    DEFAULT_LEARNER,
     DEFAULT_POLICY_ARGUMENTS,
     RETIRED_POLICY_ARGUMENTS,
     labeled_example,
+    policy_arguments,
 )
 from .policy_history import ChangeNote, estimate_details
+from .protocol import iso_utc
 from .vw import encoding, trial
 from .vw import workspace as vw_workspace
 from .vw.arguments import effective_arguments, option_value, parse_arguments
@@ -139,12 +143,15 @@ MAX_CUSTOM_POLICIES = 10
 APPRENTICE_READY_MATCH_RATE = 0.6
 #: Names of the policies every evaluation includes; custom policies may not take them.
 BUILTIN_POLICIES = ("Online", "Baseline", "Random")
+#: Exploration of the "More exploration" and "Less exploration" presets: 0.1 either side of the default.
+MORE_EXPLORATION = round(min(1.0, DEFAULT_EXPLORATION + 0.1), 6)
+LESS_EXPLORATION = round(max(0.0, DEFAULT_EXPLORATION - 0.1), 6)
 #: Learning settings the Evaluate page offers as presets (evaluated exactly as written).
 PRESET_POLICIES: dict[str, str] = {
     "Retired service default": RETIRED_POLICY_ARGUMENTS,
     "Project default": DEFAULT_POLICY_ARGUMENTS,
-    "More exploration": DEFAULT_POLICY_ARGUMENTS.replace("--epsilon 0.2", "--epsilon 0.3"),
-    "Less exploration": DEFAULT_POLICY_ARGUMENTS.replace("--epsilon 0.2", "--epsilon 0.1"),
+    "More exploration": policy_arguments(DEFAULT_LEARNER, MORE_EXPLORATION),
+    "Less exploration": policy_arguments(DEFAULT_LEARNER, LESS_EXPLORATION),
     # Tastes that depend on two context features together (time x device) need context x context x
     # action terms; the default leaves them out because they cost ~5x on large requests.
     "Joint interactions": f"{DEFAULT_POLICY_ARGUMENTS} --cubic @@_",
@@ -152,7 +159,9 @@ PRESET_POLICIES: dict[str, str] = {
 #: Time windows (minutes) the 2022-09-01-preview API aggregates by.
 INTERVALS_MINUTES = (5, 60, 360, 720, 1440)
 _MAX_BUCKETS = 500
-_MIN_PROBABILITY = 1e-6  # the engine's floor for logged probabilities (engine.labeled_example)
+_MIN_PROBABILITY = MIN_PROBABILITY  # the engine's floor for logged probabilities (engine.labeled_example)
+#: Evaluation results carry times to the millisecond (as the service sent them).
+_iso = partial(iso_utc, timespec="milliseconds")
 
 
 # ================================================================ statistics
@@ -1094,12 +1103,6 @@ def _upgrade_stats(s: np.ndarray) -> np.ndarray:
     return out
 
 
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _duration(seconds: float) -> str:
     s = int(round(seconds))
     if s % 86400 == 0:
@@ -1829,7 +1832,7 @@ class Evaluations:
     # ---------------------------------------------------------------- validation
     def _exploration(self) -> float | None:
         get = getattr(self._engine, "get_service_configuration", None)
-        return None if get is None else float(get().get("explorationPercentage", 0.2))
+        return None if get is None else float(get().get("explorationPercentage", DEFAULT_EXPLORATION))
 
     def _check_policies(self, policies: Sequence[dict[str, str]], exploration: float | None) -> list[dict[str, str]]:
         if policies is None:

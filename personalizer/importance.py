@@ -48,6 +48,7 @@ import numpy as np
 
 from .contract import FeatureImportanceContract, PersonalizerError, parse
 from .evaluation import EvaluationCancelled, LoggedData, LoggedEvent, _engine_events, prepare, replay
+from .protocol import iso_utc
 from .vw import encoding
 
 log = logging.getLogger(__name__)
@@ -321,10 +322,6 @@ class _Job:
                 "result": self.result.to_dict() if self.result else None}
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
 class FeatureImportances:
     """Feature-importance jobs over an engine's log, run one at a time on a background thread.
 
@@ -365,7 +362,7 @@ class FeatureImportances:
                                         f"feature importance '{job_id}' already exists", 409)
         if not self._has_events(t0, t1):
             raise PersonalizerError("NoLogsExistInDateRange",
-                                    f"no rewarded events between {_iso(t0)} and {_iso(t1)}", 400)
+                                    f"no rewarded events between {iso_utc(t0)} and {iso_utc(t1)}", 400)
         arguments = self._engine.get_policy()["arguments"]
         with self._lock:
             if job_id in self._jobs:
@@ -532,8 +529,8 @@ class FeatureImportances:
 
     # ---------------------------------------------------------------- rendering
     def _details(self, job: _Job) -> dict[str, Any]:
-        return {"id": job.id, "name": job.name, "startTime": _iso(job.start), "endTime": _iso(job.end),
-                "creationTime": _iso(job.created), "status": _STATUS[job.status],
+        return {"id": job.id, "name": job.name, "startTime": iso_utc(job.start), "endTime": iso_utc(job.end),
+                "creationTime": iso_utc(job.created), "status": _STATUS[job.status],
                 "progress": round(job.progress, 4)}
 
     def _render(self, job: _Job) -> dict[str, Any]:

@@ -85,6 +85,16 @@ from .contract import (
     ServiceConfiguration,
     loads,
 )
+from .protocol import (  # re-exported: callers import them from the server too
+    API_VERSIONS,
+    DELETED_HEADER,
+    ERROR_CODE_HEADER,
+    KEY_HEADER,
+    STATUS_CODES,
+    STATUS_HEADER,
+    VERSIONED_PREFIXES,
+    code_of_status,
+)
 
 if TYPE_CHECKING:  # the manager loads Vowpal Wabbit; create_app imports it when an app is built
     from .evaluation import Evaluations
@@ -105,11 +115,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-KEY_HEADER = "Ocp-Apim-Subscription-Key"
-#: ``api-version`` values the unversioned ``/personalizer/...`` paths accept (from the published contract).
-API_VERSIONS = ("2022-09-01-preview",)
-#: Versioned base paths; ``v1.0`` predates multi-slot and serves single-slot and admin routes only.
-VERSIONED_PREFIXES = ("v1.1-preview.1", "v1.1-preview.2", "v1.1-preview.3", "v1.0")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_MAX_MODEL_BYTES = 256 * 1024 * 1024
 #: Seconds an engine call may wait (for the engine worker, then for the engine lock) before a 503.
@@ -122,18 +127,10 @@ DEFAULT_HEADER_TIMEOUT = 10.0
 MAX_HEADER_BYTES = 64 * 1024
 #: ``Retry-After`` seconds sent with 503 answers.
 RETRY_AFTER_SECONDS = 1
-#: Response header carrying the engine's receipt for 204 answers (reward/activate status, logs deleted).
-STATUS_HEADER = "x-personalizer-status"
-DELETED_HEADER = "x-personalizer-deleted"
 
 _KEY_HEADER_BYTES = KEY_HEADER.lower().encode()
 _OPEN_PATHS = frozenset({"/health", "/personalizer/health", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
 _JSON = "application/json"
-_STATUS_CODES = {400: "BadRequest", 401: "Unauthorized", 404: "ResourceNotFound", 405: "OperationNotAllowed",
-                 409: "Conflict", 413: "PayloadSizeExceeded", 415: "UnsupportedMediaType",
-                 431: "RequestHeaderFieldsTooLarge",
-                 429: "TooManyRequests", 500: "InternalServerError", 501: "OperationNotAllowed",
-                 503: "ServiceUnavailable"}
 # Contract operations this server does not implement (feature importances, log exports): a clear 501.
 _UNSUPPORTED = ("/logs/interactions", "/logs/observations")
 #: Route tag of the unversioned paths (``?api-version=...``); the versioned ones are tagged by their version.
@@ -161,14 +158,14 @@ def error_response(exc: PersonalizerError, headers: dict[str, str] | None = None
     """
     extra = {"Retry-After": str(RETRY_AFTER_SECONDS)} if exc.status == 503 else {}
     return Response(_dumps(exc.to_body()), status_code=exc.status, media_type=_JSON,
-                    headers={"x-ms-error-code": exc.code, **extra, **(headers or {})})
+                    headers={ERROR_CODE_HEADER: exc.code, **extra, **(headers or {})})
 
 
 async def _send_error(send: Send, exc: PersonalizerError) -> None:
     """Send an error straight from the ASGI layer (before routing)."""
     body = _dumps(exc.to_body())
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"x-ms-error-code", exc.code.encode())]
+               (ERROR_CODE_HEADER.encode(), exc.code.encode())]
     if exc.status == 503:
         headers.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
@@ -750,7 +747,7 @@ _OPERATIONS = (*_OPERATIONS,
 # Declared by reference (not ``model=``): FastAPI would build a pydantic field per route and status.
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"description": code, "content": {_JSON: {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
-    for status, code in _STATUS_CODES.items() if status in (400, 401, 404, 409, 413, 415, 500)}
+    for status, code in STATUS_CODES.items() if status in (400, 401, 404, 409, 413, 415, 500)}
 
 
 def _make_endpoint(target: Any, op: _Operation, check_api_version: bool) -> Callable[[Request], Awaitable[Response]]:
@@ -1049,7 +1046,7 @@ def create_app(
                 "OperationNotAllowed", f"method {request.method} is not allowed on {request.url.path}", 405),
                 headers=dict(exc.headers or {}))
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
-        return error_response(PersonalizerError(_STATUS_CODES.get(status, f"Http{status}"), message, status),
+        return error_response(PersonalizerError(code_of_status(status), message, status),
                               headers=dict(exc.headers or {}))
 
     @app.exception_handler(PersonalizerError)
@@ -1122,7 +1119,7 @@ def _raw_error(exc: PersonalizerError) -> bytes:
     body = _dumps(exc.to_body())
     reason = {431: "Request Header Fields Too Large"}.get(exc.status, "Error")
     return (f"HTTP/1.1 {exc.status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            f"x-ms-error-code: {exc.code}\r\nconnection: close\r\n\r\n").encode() + body
+            f"{ERROR_CODE_HEADER}: {exc.code}\r\nconnection: close\r\n\r\n").encode() + body
 
 
 def _http_protocol(header_timeout: float) -> Any:
