@@ -110,6 +110,7 @@ from .engine import (
     labeled_example,
     policy_arguments,
 )
+from .interface import LocalEngine, Personalizer
 from .policy_history import ChangeNote, estimate_details
 from .protocol import iso_utc
 from .vw import encoding, trial
@@ -1503,14 +1504,14 @@ def apprentice_metrics(
     }
 
 
-def _log_range(engine: Any) -> tuple[float, float] | None:
+def _log_range(engine: Personalizer) -> tuple[float, float] | None:
     rng = engine.log_properties().get("dateRange")
     if not rng or rng.get("from") is None:
         return None
     return _timestamp(rng["from"], "from"), _timestamp(rng["to"], "to")
 
 
-def _engine_events(engine: Any, start: float | None = None, end: float | None = None,
+def _engine_events(engine: LocalEngine, start: float | None = None, end: float | None = None,
                    chunk: int = 2000) -> Iterator[LoggedEvent]:
     """Stream an engine's events ranked in [start, end) in time windows of about ``chunk`` events.
 
@@ -1538,7 +1539,7 @@ def _engine_events(engine: Any, start: float | None = None, end: float | None = 
             width *= 2
 
 
-def recent_events(engine: Any, n: int, keep: Callable[[LoggedEvent], bool]) -> list[LoggedEvent]:
+def recent_events(engine: LocalEngine, n: int, keep: Callable[[LoggedEvent], bool]) -> list[LoggedEvent]:
     """The newest ``n`` events passing ``keep``, oldest first, reading back from the log's end."""
     rng = _log_range(engine)
     if rng is None:
@@ -1632,7 +1633,7 @@ class Evaluations:
     ``events`` overrides where events come from: ``events(start, end) -> iterable``.
     """
 
-    def __init__(self, engine: Any, *, persist: bool = True,
+    def __init__(self, engine: LocalEngine, *, persist: bool = True,
                  events: Callable[[float, float], Iterable[LoggedEvent]] | None = None,
                  clock: Callable[[], float] | None = None) -> None:
         self._engine = engine
@@ -1644,7 +1645,7 @@ class Evaluations:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._closed = False
-        self._store = engine if persist and hasattr(engine, "records") else None
+        self._store: LocalEngine | None = engine if persist else None
         self._unreadable: set[str] = set()  # stored ids that failed to load or render (logged once each)
         self._load()
 
@@ -1830,9 +1831,8 @@ class Evaluations:
         self.close()
 
     # ---------------------------------------------------------------- validation
-    def _exploration(self) -> float | None:
-        get = getattr(self._engine, "get_service_configuration", None)
-        return None if get is None else float(get().get("explorationPercentage", DEFAULT_EXPLORATION))
+    def _exploration(self) -> float:
+        return float(self._engine.get_service_configuration().get("explorationPercentage", DEFAULT_EXPLORATION))
 
     def _check_policies(self, policies: Sequence[dict[str, str]], exploration: float | None) -> list[dict[str, str]]:
         if policies is None:
@@ -1875,8 +1875,7 @@ class Evaluations:
                 close()  # a generator reading the log releases its connection now
 
     def _online_policy(self) -> dict[str, str]:
-        get = getattr(self._engine, "get_policy", None)
-        return dict(get()) if get is not None else {"name": "Online", "arguments": ""}
+        return dict(self._engine.get_policy())
 
     def _get(self, evaluation_id: str) -> _Record:
         rec = self._records.get(evaluation_id)
@@ -2021,9 +2020,8 @@ class Evaluations:
 
     def _import_json_file(self) -> None:
         """Move evaluations from the ``evaluations.json`` of earlier versions into the database, once."""
-        home = getattr(self._engine, "home", None)
-        path = Path(home) / "evaluations.json" if home is not None else None
-        if self._store is None or path is None or not path.exists():
+        path = Path(self._engine.home) / "evaluations.json"
+        if self._store is None or not path.exists():
             return
         try:
             items = json.loads(path.read_text(encoding="utf-8")).get("evaluations", [])

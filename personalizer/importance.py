@@ -48,6 +48,7 @@ import numpy as np
 
 from .contract import FeatureImportanceContract, PersonalizerError, parse
 from .evaluation import EvaluationCancelled, LoggedData, LoggedEvent, _engine_events, prepare, replay
+from .interface import JobRecords, LocalEngine
 from .protocol import iso_utc
 from .vw import encoding
 
@@ -278,7 +279,7 @@ class EngineJobStore:
 
     KIND = "featureImportance"
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: JobRecords) -> None:
         self._engine = engine
 
     def load(self) -> list[dict[str, Any]]:
@@ -330,7 +331,7 @@ class FeatureImportances:
     overrides where events come from: ``events(start, end) -> iterable``.
     """
 
-    def __init__(self, engine: Any, *, store: JobStore | None = None, persist: bool = True,
+    def __init__(self, engine: LocalEngine, *, store: JobStore | None = None, persist: bool = True,
                  events: Callable[[float, float], Iterable[LoggedEvent]] | None = None,
                  clock: Callable[[], float] | None = None) -> None:
         self._engine = engine
@@ -341,7 +342,7 @@ class FeatureImportances:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._closed = False
-        if store is None and persist and hasattr(engine, "records"):  # as Evaluations: a store-less engine
+        if store is None and persist:
             store = EngineJobStore(engine)
         self._store = store
         self._load()

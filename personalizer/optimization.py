@@ -40,6 +40,7 @@ from typing import Any
 
 from .contract import DEFAULT_EXPLORATION, MultiSlotRankRequest, PersonalizerError, parse_duration
 from .evaluation import PRESET_POLICIES, Evaluations, recent_events
+from .interface import LocalEngine
 from .policy_history import same_arguments
 from .protocol import iso_utc
 from .vw import budget
@@ -104,7 +105,7 @@ class AutoOptimizer:
     ``close()`` stops it.
     """
 
-    def __init__(self, engine: Any, evaluations: Evaluations, *, clock: Callable[[], float] | None = None,
+    def __init__(self, engine: LocalEngine, evaluations: Evaluations, *, clock: Callable[[], float] | None = None,
                  min_events: int = MIN_EVENTS, margin: float = MARGIN,
                  candidates: dict[str, str] | None = None, poll_seconds: float = POLL_SECONDS,
                  evaluation_timeout: float = EVALUATION_TIMEOUT) -> None:

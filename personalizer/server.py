@@ -85,6 +85,7 @@ from .contract import (
     ServiceConfiguration,
     loads,
 )
+from .interface import LocalEngine
 from .protocol import (  # re-exported: callers import them from the server too
     API_VERSIONS,
     DELETED_HEADER,
@@ -305,55 +306,55 @@ def _receipt(receipt: dict[str, Any] | None) -> Response:
     return Response(status_code=204, headers={STATUS_HEADER: str(status)} if status else None)
 
 
-async def _rank(engine: Any, request: Request, _: str) -> Response:
+async def _rank(engine: LocalEngine, request: Request, _: str) -> Response:
     body = await _json_bytes(request)
     if _flag(request, "explain"):  # extension: why each slot got its action (never computed unless asked)
         return _json(await _offload(request, _decoding(lambda req: engine.rank(req, explain=True)), body), 201)
     return _json(await _offload(request, _decoding(engine.rank), body), 201)
 
 
-async def _reward(engine: Any, request: Request, event_id: str) -> Response:
+async def _reward(engine: LocalEngine, request: Request, event_id: str) -> Response:
     body = await _json_bytes(request)
     return _receipt(await _offload(request, _decoding(lambda value: engine.reward(event_id, value)), body))
 
 
-async def _activate(engine: Any, request: Request, event_id: str) -> Response:
+async def _activate(engine: LocalEngine, request: Request, event_id: str) -> Response:
     return _receipt(await _offload(request, engine.activate, event_id))
 
 
-async def _rank_single(engine: Any, request: Request, _: str) -> Response:
+async def _rank_single(engine: LocalEngine, request: Request, _: str) -> Response:
     body = await _json_bytes(request)
     return _json(await _offload(request, _decoding(engine.rank_single), body), 201)
 
 
-async def _reward_single(engine: Any, request: Request, event_id: str) -> Response:
+async def _reward_single(engine: LocalEngine, request: Request, event_id: str) -> Response:
     body = await _json_bytes(request)
     return _receipt(await _offload(request, _decoding(lambda value: engine.reward_single(event_id, value)), body))
 
 
-async def _get_config(engine: Any, request: Request, _: str) -> Response:
+async def _get_config(engine: LocalEngine, request: Request, _: str) -> Response:
     return _json(await _offload(request, engine.get_service_configuration))
 
 
-async def _put_config(engine: Any, request: Request, _: str) -> Response:
+async def _put_config(engine: LocalEngine, request: Request, _: str) -> Response:
     body = await _json_body(request)
     return _json(await run_in_threadpool(engine.update_service_configuration, body))
 
 
-async def _get_policy(engine: Any, request: Request, _: str) -> Response:
+async def _get_policy(engine: LocalEngine, request: Request, _: str) -> Response:
     return _json(await _offload(request, engine.get_policy))
 
 
-async def _put_policy(engine: Any, request: Request, _: str) -> Response:
+async def _put_policy(engine: LocalEngine, request: Request, _: str) -> Response:
     body = await _json_body(request)
     return _json(await run_in_threadpool(engine.update_policy, body))
 
 
-async def _reset_policy(engine: Any, request: Request, _: str) -> Response:
+async def _reset_policy(engine: LocalEngine, request: Request, _: str) -> Response:
     return _json(await run_in_threadpool(engine.reset_policy))
 
 
-async def _policy_history(engine: Any, request: Request, _: str) -> Response:
+async def _policy_history(engine: LocalEngine, request: Request, _: str) -> Response:
     top = _int_param(request, "top", minimum=1)
     value = await run_in_threadpool(engine.policy_history, top)
     optimizer = getattr(request.app.state, "optimizer", None)
@@ -361,15 +362,15 @@ async def _policy_history(engine: Any, request: Request, _: str) -> Response:
     return _json({"value": value, "autoOptimization": status})
 
 
-async def _policy_change(engine: Any, request: Request, change_id: str) -> Response:
+async def _policy_change(engine: LocalEngine, request: Request, change_id: str) -> Response:
     return _json(await run_in_threadpool(engine.policy_change, change_id))
 
 
-async def _rollback_policy(engine: Any, request: Request, change_id: str) -> Response:
+async def _rollback_policy(engine: LocalEngine, request: Request, change_id: str) -> Response:
     return _json(await run_in_threadpool(engine.rollback_policy, change_id))
 
 
-async def _get_model(engine: Any, request: Request, _: str) -> Response:
+async def _get_model(engine: LocalEngine, request: Request, _: str) -> Response:
     # ``signed=true`` asked the retired service for a signed zip; this server has no signing key and
     # always answers the plain Vowpal Wabbit model (which import_model accepts back).
     model = await run_in_threadpool(engine.export_model)
@@ -377,7 +378,7 @@ async def _get_model(engine: Any, request: Request, _: str) -> Response:
                     headers={"Content-Disposition": 'attachment; filename="model.vw"'})
 
 
-async def _put_model(engine: Any, request: Request, _: str) -> Response:
+async def _put_model(engine: LocalEngine, request: Request, _: str) -> Response:
     """Stream the upload to a temporary file in the data directory (within the body limit, which
     the guard enforces as chunks arrive), then hand it to the engine, read once. One upload at a
     time: the others answer 503 at once, so concurrent uploads cost one model's memory, not four."""
@@ -386,8 +387,7 @@ async def _put_model(engine: Any, request: Request, _: str) -> Response:
     if uploads.locked():
         raise _busy("another model upload is being processed; retry when it is done")
     async with uploads:
-        home = getattr(engine, "home", None)
-        with tempfile.TemporaryFile(prefix="upload-", suffix=".vw", dir=home) as spool:
+        with tempfile.TemporaryFile(prefix="upload-", suffix=".vw", dir=engine.home) as spool:
             async for chunk in request.stream():
                 spool.write(chunk)  # page-cache writes of <= 64 KB chunks: brief, fine on the loop
 
@@ -399,25 +399,25 @@ async def _put_model(engine: Any, request: Request, _: str) -> Response:
     return Response(status_code=204)
 
 
-async def _reset_model(engine: Any, request: Request, _: str) -> Response:
+async def _reset_model(engine: LocalEngine, request: Request, _: str) -> Response:
     await run_in_threadpool(engine.reset_model)
     return Response(status_code=204)
 
 
-async def _model_properties(engine: Any, request: Request, _: str) -> Response:
+async def _model_properties(engine: LocalEngine, request: Request, _: str) -> Response:
     return _json(await _offload(request, engine.model_properties))
 
 
-async def _delete_logs(engine: Any, request: Request, _: str) -> Response:
+async def _delete_logs(engine: LocalEngine, request: Request, _: str) -> Response:
     deleted = await run_in_threadpool(engine.delete_logs)
     return Response(status_code=204, headers={DELETED_HEADER: str(deleted)})
 
 
-async def _log_properties(engine: Any, request: Request, _: str) -> Response:
+async def _log_properties(engine: LocalEngine, request: Request, _: str) -> Response:
     return _json(await _offload(request, engine.log_properties))
 
 
-async def _stats(engine: Any, request: Request, _: str) -> Response:
+async def _stats(engine: LocalEngine, request: Request, _: str) -> Response:
     stats = dict(await _offload(request, engine.stats))
     stats.pop("home", None)  # the server's file system is none of the caller's business
     return _json(stats)
@@ -687,17 +687,17 @@ def _importances(request: Request) -> FeatureImportances:
     return request.app.state.feature_importances  # type: ignore[no-any-return]
 
 
-async def _create_feature_importance(engine: Any, request: Request, job_id: str) -> Response:
+async def _create_feature_importance(engine: LocalEngine, request: Request, job_id: str) -> Response:
     body = await _json_body(request)
     jobs = _importances(request)
     return _json(await run_in_threadpool(jobs.create, job_id, body))
 
 
-async def _get_feature_importance(engine: Any, request: Request, job_id: str) -> Response:
+async def _get_feature_importance(engine: LocalEngine, request: Request, job_id: str) -> Response:
     return _json(_importances(request).get(job_id))
 
 
-async def _list_feature_importances(engine: Any, request: Request, _: str) -> Response:
+async def _list_feature_importances(engine: LocalEngine, request: Request, _: str) -> Response:
     """``{"value": [FeatureImportanceDetails], "nextLink"}`` after ``skip``/``top``, in pages of ``maxpagesize``."""
     skip = _int_param(request, "skip", minimum=0) or 0
     top = _int_param(request, "top", minimum=0)
@@ -712,12 +712,12 @@ async def _list_feature_importances(engine: Any, request: Request, _: str) -> Re
     return _json(body)
 
 
-async def _delete_feature_importance(engine: Any, request: Request, job_id: str) -> Response:
+async def _delete_feature_importance(engine: LocalEngine, request: Request, job_id: str) -> Response:
     await run_in_threadpool(_importances(request).delete, job_id)
     return Response(status_code=204)
 
 
-async def _explain_event(engine: Any, request: Request, event_id: str) -> Response:
+async def _explain_event(engine: LocalEngine, request: Request, event_id: str) -> Response:
     return _json(await run_in_threadpool(engine.explain_event, event_id))
 
 
@@ -919,7 +919,7 @@ def _too_large(limit: int) -> PersonalizerError:
 # ---------------------------------------------------------------- app factory
 
 def create_app(
-    engine: Any,
+    engine: LocalEngine,
     key: str | Sequence[str] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     *,
@@ -1076,7 +1076,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return doc
 
 
-async def _process_due_forever(engine: Any, interval: float) -> None:
+async def _process_due_forever(engine: LocalEngine, interval: float) -> None:
     """Close events whose reward wait time has passed, even when no request arrives to do it."""
     while True:
         await asyncio.sleep(interval)

@@ -70,7 +70,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -98,13 +98,21 @@ _BRUTE_FORCE_LIMIT = 120  # assignments; above this the oracle solves it as a ma
 
 
 class Backend(Protocol):
-    """The one interface every backend offers (engine, HTTP client, references)."""
+    """What a simulation drives: the rank/reward/activate part of ``interface.Personalizer``
+    (the engine and the HTTP client), which the reference backends below implement too."""
 
     def rank(self, request: dict) -> dict: ...
 
     def reward(self, event_id: str, reward: dict) -> None: ...
 
     def activate(self, event_id: str) -> None: ...
+
+
+@runtime_checkable
+class FollowsProgress(Protocol):
+    """A backend that is told how far the run is (the oracle follows drift)."""
+
+    progress: float
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -807,7 +815,7 @@ def simulate(
     never = (extra.random(n) < float(settings["missing"])).tolist()
     waiting: collections.deque[tuple[int, str, list[dict]]] = collections.deque()
     prefix = f"sim-{seed}-{uuid.uuid4().hex[:8]}-" if event_prefix is None else event_prefix
-    follows_progress = hasattr(backend, "progress")
+    follows_progress = isinstance(backend, FollowsProgress)
     slot_ids = scenario.slot_ids
     baselines = [s["baselineAction"] for s in scenario.slots]
     keys = ["|".join(map(str, ctx.values())) for ctx in scenario.contexts]
