@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 from seed_data import seed_request
@@ -19,6 +20,8 @@ from personalizer.contract import (
 )
 from personalizer.engine import DEFAULT_POLICY_ARGUMENTS
 from personalizer.evaluation import PRESET_POLICIES
+from personalizer.settings import load_settings
+from personalizer.store import default_home
 from personalizer.vw.arguments import option_value
 
 
@@ -72,3 +75,17 @@ def test_the_action_limit_is_the_named_constant() -> None:
     request["actions"].append({**template, "id": "one-too-many"})
     with pytest.raises(PersonalizerError, match=f"between 1 and {MAX_ACTIONS} actions"):
         parse(MultiSlotRankRequest, request, "InvalidRankRequest")
+
+
+def test_every_personalizer_variable_is_read_by_the_one_settings_object(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path) -> None:
+    monkeypatch.setenv("PERSONALIZER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PERSONALIZER_SYNC", "full")
+    monkeypatch.setenv("PERSONALIZER_KEY", "first-secret")
+    monkeypatch.setenv("PERSONALIZER_KEY_2", "")  # empty: not a key
+    settings = load_settings()
+    assert settings.home == tmp_path / "home" == default_home()
+    assert settings.full_sync and settings.keys() == ["first-secret"]
+    assert "first-secret" not in repr(settings) and "first-secret" not in str(settings)
+    monkeypatch.delenv("PERSONALIZER_HOME")
+    assert load_settings().home == Path(".personalizer")

@@ -10,14 +10,7 @@ from typing import Any
 
 import pytest
 import requests
-from server_fixtures import (  # noqa: F401
-    KEY,
-    ThreadedServer,
-    live_server_fixture,
-    open_server_fixture,
-    rank_request,
-    server_engine_fixture,
-)
+from server_fixtures import KEY, ThreadedServer, rank_request
 
 from personalizer.engine import LocalPersonalizer
 from personalizer.server import API_VERSIONS, VERSIONED_PREFIXES
