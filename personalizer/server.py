@@ -507,17 +507,22 @@ async def _list_evaluations_v1(evaluations: Evaluations, request: Request, _: st
 async def _list_evaluations(evaluations: Evaluations, request: Request, _: str) -> Response:
     """``{"value": [EvaluationDetails], "nextLink"}``, filtered, then ``skip``/``top``, in pages of ``maxpagesize``."""
     keep = _evaluation_filter(request.query_params.get("filter"))
+    return _json(_page(request, [e for e in await run_in_threadpool(evaluations.list, api_version=_2022_SHAPE)
+                                 if keep(e)]))
+
+
+def _page(request: Request, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"value", "nextLink"}``: ``items`` after the ``skip``/``top`` parameters, in pages of ``maxpagesize``."""
     skip = _int_param(request, "skip", minimum=0) or 0
     top = _int_param(request, "top", minimum=0)
     page_size = _int_param(request, "maxpagesize", minimum=1) or 100
-    items = [e for e in await run_in_threadpool(evaluations.list, api_version=_2022_SHAPE) if keep(e)]
     wanted = items[skip:] if top is None else items[skip:skip + top]
     page = wanted[:page_size]
     body: dict[str, Any] = {"value": page}
     if len(wanted) > len(page):
         rest = {"skip": skip + len(page)} | ({} if top is None else {"top": top - len(page)})
         body["nextLink"] = str(request.url.include_query_params(**rest))
-    return _json(body)
+    return body
 
 
 async def _delete_evaluation(evaluations: Evaluations, request: Request, evaluation_id: str) -> Response:
@@ -699,17 +704,7 @@ async def _get_feature_importance(engine: LocalEngine, request: Request, job_id:
 
 async def _list_feature_importances(engine: LocalEngine, request: Request, _: str) -> Response:
     """``{"value": [FeatureImportanceDetails], "nextLink"}`` after ``skip``/``top``, in pages of ``maxpagesize``."""
-    skip = _int_param(request, "skip", minimum=0) or 0
-    top = _int_param(request, "top", minimum=0)
-    page_size = _int_param(request, "maxpagesize", minimum=1) or 100
-    items = _importances(request).list()
-    wanted = items[skip:] if top is None else items[skip:skip + top]
-    page = wanted[:page_size]
-    body: dict[str, Any] = {"value": page}
-    if len(wanted) > len(page):
-        rest = {"skip": skip + len(page)} | ({} if top is None else {"top": top - len(page)})
-        body["nextLink"] = str(request.url.include_query_params(**rest))
-    return _json(body)
+    return _json(_page(request, _importances(request).list()))
 
 
 async def _delete_feature_importance(engine: LocalEngine, request: Request, job_id: str) -> Response:
@@ -1091,11 +1086,11 @@ async def _process_due_forever(engine: LocalEngine, interval: float) -> None:
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version("personalizer-studio")
-    except Exception:
+    except PackageNotFoundError:  # run from a checkout, not installed
         return "0.1.0"
 
 
