@@ -100,6 +100,7 @@ from .protocol import (  # re-exported: callers import them from the server too
 if TYPE_CHECKING:  # the manager loads Vowpal Wabbit; create_app imports it when an app is built
     from .evaluation import Evaluations
     from .importance import FeatureImportances
+    from .optimization import AutoOptimizer
 
 __all__ = [
     "API_VERSIONS",
@@ -946,11 +947,7 @@ def create_app(
     kept in the engine's database like the evaluations).
     """
 
-    keys = [key] if isinstance(key, str) else list(key or [])
-    for k in keys:
-        if not isinstance(k, str) or not k or not k.isascii() or not k.isprintable() or k != k.strip():
-            raise ValueError("a key must be non-empty printable ASCII without surrounding spaces "
-                             "(an HTTP header value)")
+    keys = _checked_keys(key)
     engine.lock_timeout = lock_timeout
     if max_rank_features is not True:
         engine.max_rank_features = max_rank_features
@@ -971,22 +968,11 @@ def create_app(
         feature_importances = FeatureImportances(engine)
     importances = feature_importances
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_process_due_forever(engine, process_interval))
-        optimizer.start()
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await run_in_threadpool(engine_calls.close)
-            if owns_evaluations:  # cancels a running evaluation; it runs again on the next start
-                await run_in_threadpool(manager.close)
-            await run_in_threadpool(optimizer.close)
-            if owns_importances:  # likewise for a running feature-importance job
-                await run_in_threadpool(importances.close)
+    # Closed in this order when the app stops; closing a manager the app owns cancels its running
+    # evaluation or feature-importance job, which runs again on the next start.
+    closers = [engine_calls.close, *([manager.close] if owns_evaluations else []), optimizer.close,
+               *([importances.close] if owns_importances else [])]
+    lifespan = _lifespan(engine, process_interval, optimizer, closers)
 
     app = FastAPI(
         title="Personalizer Studio",
@@ -1003,6 +989,44 @@ def create_app(
     app.state.model_uploads = asyncio.Lock()
     app.state.optimizer = optimizer
     app.state.feature_importances = importances
+    _add_routes(app, engine, manager)
+    _add_error_handlers(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.add_middleware(_Guard, keys=keys, max_body_bytes=max_body_bytes, max_model_bytes=max_model_bytes)
+    return app
+
+
+def _lifespan(engine: LocalEngine, process_interval: float, optimizer: AutoOptimizer,
+              closers: list[Callable[[], None]]) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """While the app runs, close due events and check the optimization schedule; then run ``closers``."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_process_due_forever(engine, process_interval))
+        optimizer.start()
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for close in closers:
+                await run_in_threadpool(close)
+
+    return lifespan
+
+def _checked_keys(key: str | Sequence[str] | None) -> list[str]:
+    """The subscription keys as a list; ValueError for one that cannot be an HTTP header value."""
+    keys = [key] if isinstance(key, str) else list(key or [])
+    for k in keys:
+        if not isinstance(k, str) or not k or not k.isascii() or not k.isprintable() or k != k.strip():
+            raise ValueError("a key must be non-empty printable ASCII without surrounding spaces "
+                             "(an HTTP header value)")
+    return keys
+
+
+def _add_routes(app: FastAPI, engine: LocalEngine, manager: Evaluations) -> None:
+    """Every operation under each versioned prefix it is served at, and the health routes."""
     prefixes = [(f"/personalizer/{v}", v, False) for v in VERSIONED_PREFIXES] + [
         ("/personalizer", _API_VERSION_TAG, True)]
     for op in _OPERATIONS:
@@ -1026,6 +1050,11 @@ def create_app(
                           tags=["health"], operation_id="health" + path.replace("/", "_"),
                           route_class_override=_LeanRoute)
 
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Personalizer's error body for routing errors (404, 405, ...) and for every PersonalizerError."""
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         status = exc.status_code
@@ -1047,10 +1076,6 @@ def create_app(
     @app.exception_handler(PersonalizerError)
     async def personalizer_error(request: Request, exc: PersonalizerError) -> Response:
         return error_response(exc)
-
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    app.add_middleware(_Guard, keys=keys, max_body_bytes=max_body_bytes, max_model_bytes=max_model_bytes)
-    return app
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

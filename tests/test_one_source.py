@@ -89,3 +89,15 @@ def test_every_personalizer_variable_is_read_by_the_one_settings_object(monkeypa
     assert "first-secret" not in repr(settings) and "first-secret" not in str(settings)
     monkeypatch.delenv("PERSONALIZER_HOME")
     assert load_settings().home == Path(".personalizer")
+
+
+def test_replay_builds_slot_bodies_through_the_encoding_not_by_slicing_them() -> None:
+    """Each event's slot bodies from the shared template equal ``encode_request``'s, for any event id."""
+    from personalizer.evaluation.logged import _template
+    from personalizer.vw.encoding import encode_request
+
+    canonical = parse(MultiSlotRankRequest, seed_request(), "InvalidRankRequest").model_dump(
+        by_alias=True, exclude={"event_id"})
+    template, _ = _template(canonical, "first", {})
+    for event_id in ("second", "with space|bar:colon'quote", "e#1"):
+        assert template.bodies(event_id) == encode_request(canonical, event_id)[1]
