@@ -30,23 +30,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from personalizer.engine import DEFAULT_POLICY_ARGUMENTS, RETIRED_POLICY_ARGUMENTS, LocalPersonalizer, labeled_example
+from personalizer.simulation import load_scenario
 from personalizer.vw import encoding as features
 from personalizer.vw import workspace
 from personalizer.vw.arguments import effective_arguments
 from personalizer.vw.encoding import encode_request
 
-SEED_ACTIONS = [
-    {"id": "Red-Polo-Shirt-432", "features": [{"onSale": "true", "price": 20, "category": "Clothing"}]},
-    {"id": "Tennis-Racket-133", "features": [{"onSale": "false", "price": 70, "category": "Sports"}]},
-    {"id": "31-Inch-Monitor-771", "features": [{"onSale": "true", "price": 200, "category": "Electronics"}]},
-    {"id": "XBox-Series X-117", "features": [{"onSale": "false", "price": 499, "category": "Electronics"}]},
-]
-SEED_SLOTS = [
-    {"id": "BigHeroPosition", "features": [{"size": "large", "position": "left"}],
-     "excludedActions": ["31-Inch-Monitor-771"], "baselineAction": "Red-Polo-Shirt-432"},
-    {"id": "SmallSidebar", "features": [{"size": "small", "position": "right"}],
-     "excludedActions": ["Tennis-Racket-133"], "baselineAction": "XBox-Series X-117"},
-]
+# The seed quickstart's catalog, from its one source (personalizer/scenarios/seed.json).
+_SEED = load_scenario("seed")
+SEED_ACTIONS, SEED_SLOTS = _SEED.actions, _SEED.slots
 
 
 def seed_requests(n: int, rng: random.Random) -> list[dict[str, Any]]:

@@ -36,19 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from personalizer.engine import _RECENT_EXAMPLES, LocalPersonalizer  # noqa: E402
+from personalizer.simulation import load_scenario  # noqa: E402
 
-SEED_ACTIONS = [
-    {"id": "Red-Polo-Shirt-432", "features": [{"onSale": "true", "price": 20, "category": "Clothing"}]},
-    {"id": "Tennis-Racket-133", "features": [{"onSale": "false", "price": 70, "category": "Sports"}]},
-    {"id": "31-Inch-Monitor-771", "features": [{"onSale": "true", "price": 200, "category": "Electronics"}]},
-    {"id": "XBox-Series X-117", "features": [{"onSale": "false", "price": 499, "category": "Electronics"}]},
-]
-SEED_SLOTS = [
-    {"id": "BigHeroPosition", "features": [{"size": "large", "position": "left"}],
-     "excludedActions": ["31-Inch-Monitor-771"], "baselineAction": "Red-Polo-Shirt-432"},
-    {"id": "SmallSidebar", "features": [{"size": "small", "position": "right"}],
-     "excludedActions": ["Tennis-Racket-133"], "baselineAction": "XBox-Series X-117"},
-]
+# The seed quickstart's catalog, from its one source (personalizer/scenarios/seed.json).
+_SEED = load_scenario("seed")
+SEED_ACTIONS, SEED_SLOTS = _SEED.actions, _SEED.slots
 TIMES, DEVICES = ["morning", "afternoon", "evening", "night"], ["mobile", "tablet", "desktop"]
 OLD_LIVE_MB, OLD_RELOAD_MB = 231, 808  # the measurement of the previous code, 100,000 events
 

@@ -17,6 +17,7 @@ Prints a markdown table with p50/p99 latency of rank, requests per second, and H
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import multiprocessing as mp
 import os
@@ -38,24 +39,16 @@ sys.path.insert(0, str(ROOT))
 KEY = "bench-key"
 TIMES = ["morning", "afternoon", "evening", "night"]
 DEVICES = ["mobile", "tablet", "desktop"]
+# The seed quickstart's catalog, from its one source (read as JSON: client workers stay light).
+_SEED = json.loads((ROOT / "personalizer" / "scenarios" / "seed.json").read_text(encoding="utf-8"))
 
 
 def rank_request(rng: random.Random) -> dict[str, Any]:
     """The seed quickstart's request with a random context."""
     return {
         "contextFeatures": [{"time": rng.choice(TIMES)}, {"device": rng.choice(DEVICES)}],
-        "actions": [
-            {"id": "Red-Polo-Shirt-432", "features": [{"onSale": "true", "price": 20, "category": "Clothing"}]},
-            {"id": "Tennis-Racket-133", "features": [{"onSale": "false", "price": 70, "category": "Sports"}]},
-            {"id": "31-Inch-Monitor-771", "features": [{"onSale": "true", "price": 200, "category": "Electronics"}]},
-            {"id": "XBox-Series X-117", "features": [{"onSale": "false", "price": 499, "category": "Electronics"}]},
-        ],
-        "slots": [
-            {"id": "BigHeroPosition", "features": [{"size": "large", "position": "left"}],
-             "excludedActions": ["31-Inch-Monitor-771"], "baselineAction": "Red-Polo-Shirt-432"},
-            {"id": "SmallSidebar", "features": [{"size": "small", "position": "right"}],
-             "excludedActions": ["Tennis-Racket-133"], "baselineAction": "XBox-Series X-117"},
-        ],
+        "actions": copy.deepcopy(_SEED["actions"]),
+        "slots": copy.deepcopy(_SEED["slots"]),
     }
 
 

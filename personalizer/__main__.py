@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from .server import (
@@ -20,15 +19,17 @@ from .server import (
     DEFAULT_MAX_MODEL_BYTES,
     DEFAULT_TIMEOUT_KEEP_ALIVE,
 )
+from .settings import Settings, load_settings
 from .vw.budget import DEFAULT_MAX_RANK_FEATURES
 
 KEY_VARIABLES = ("PERSONALIZER_KEY", "PERSONALIZER_KEY_2")
 
 
-def _env(name: str, default: object) -> str:
-    """The ``PERSONALIZER_<name>`` variable or ``default``, as text: argparse converts string
+def _env(settings: Settings, name: str, default: object) -> str:
+    """The ``PERSONALIZER_<NAME>`` setting or ``default``, as text: argparse converts string
     defaults with the option's type, so a bad value is a usage error, not a traceback."""
-    return os.environ.get(f"PERSONALIZER_{name}", str(default))
+    value = getattr(settings, name)
+    return str(default) if value is None else value
 
 
 def _limit(text: str) -> int | None:
@@ -46,6 +47,7 @@ def _limit(text: str) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the chosen command; returns the exit status."""
+    settings = load_settings()
     parser = argparse.ArgumentParser(prog="python -m personalizer",
                                      description="Personalizer Studio: a self-hosted Personalizer.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -60,26 +62,27 @@ def main(argv: list[str] | None = None) -> int:
                                 "preferred: arguments show in the process list")
     serve_cmd.add_argument("--allow-no-key", action="store_true",
                            help="serve a non-loopback host without a key (refused otherwise)")
-    serve_cmd.add_argument("--max-body-bytes", type=int, default=_env("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+    serve_cmd.add_argument("--max-body-bytes", type=int,
+                           default=_env(settings, "max_body_bytes", DEFAULT_MAX_BODY_BYTES),
                            help=f"largest JSON request body (default {DEFAULT_MAX_BODY_BYTES}; "
                                 "$PERSONALIZER_MAX_BODY_BYTES)")
     serve_cmd.add_argument("--max-model-bytes", type=int,
-                           default=_env("MAX_MODEL_BYTES", DEFAULT_MAX_MODEL_BYTES),
+                           default=_env(settings, "max_model_bytes", DEFAULT_MAX_MODEL_BYTES),
                            help=f"largest model upload (default {DEFAULT_MAX_MODEL_BYTES}; "
                                 "$PERSONALIZER_MAX_MODEL_BYTES)")
     serve_cmd.add_argument("--max-rank-features", type=_limit,
-                           default=_env("MAX_RANK_FEATURES", DEFAULT_MAX_RANK_FEATURES),
+                           default=_env(settings, "max_rank_features", DEFAULT_MAX_RANK_FEATURES),
                            help=f"refuse a rank estimated to expand to more VW features (default "
                                 f"{DEFAULT_MAX_RANK_FEATURES:,}; 0: no limit; $PERSONALIZER_MAX_RANK_FEATURES)")
-    serve_cmd.add_argument("--lock-timeout", type=float, default=_env("LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT),
+    serve_cmd.add_argument("--lock-timeout", type=float, default=_env(settings, "lock_timeout", DEFAULT_LOCK_TIMEOUT),
                            help=f"seconds a call waits for the busy engine before a 503 with Retry-After (default "
                                 f"{DEFAULT_LOCK_TIMEOUT:g}; $PERSONALIZER_LOCK_TIMEOUT)")
     serve_cmd.add_argument("--timeout-keep-alive", type=int,
-                           default=_env("TIMEOUT_KEEP_ALIVE", DEFAULT_TIMEOUT_KEEP_ALIVE),
+                           default=_env(settings, "timeout_keep_alive", DEFAULT_TIMEOUT_KEEP_ALIVE),
                            help=f"seconds an idle keep-alive connection stays open (default "
                                 f"{DEFAULT_TIMEOUT_KEEP_ALIVE}; $PERSONALIZER_TIMEOUT_KEEP_ALIVE)")
     serve_cmd.add_argument("--header-timeout", type=float,
-                           default=_env("HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT),
+                           default=_env(settings, "header_timeout", DEFAULT_HEADER_TIMEOUT),
                            help=f"seconds a client has to send a request's headers (default "
                                 f"{DEFAULT_HEADER_TIMEOUT:g}; 0: no limit; $PERSONALIZER_HEADER_TIMEOUT)")
     serve_cmd.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
-    keys = args.key if args.key is not None else [os.environ[v] for v in KEY_VARIABLES if os.environ.get(v)]
+    keys = args.key if args.key is not None else settings.keys()
     from .contract import PersonalizerError
     from .server import serve
 

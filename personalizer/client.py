@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
-import string
 from typing import Any
 from urllib.parse import quote
 
@@ -33,18 +31,13 @@ from urllib3.exceptions import MaxRetryError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from .contract import PersonalizerError
+from .protocol import API_VERSION, DELETED_HEADER, KEY_HEADER, STATUS_HEADER, code_of_status, new_event_id
 
 __all__ = ["API_VERSION", "PersonalizerClient", "normalize_endpoint"]
 
-API_VERSION = "2022-09-01-preview"
-KEY_HEADER = "Ocp-Apim-Subscription-Key"
 _API_QUERY = f"?api-version={API_VERSION}"
 _RETRY_STATUSES = frozenset({429, 503})
 _MAX_RETRY_AFTER = 30
-_STATUS_CODES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "ResourceNotFound",
-                 405: "OperationNotAllowed", 408: "RequestTimeout", 409: "Conflict", 413: "PayloadSizeExceeded",
-                 415: "UnsupportedMediaType", 429: "TooManyRequests", 500: "InternalServerError",
-                 502: "BadGateway", 503: "ServiceUnavailable", 504: "GatewayTimeout"}
 _NO_BODY: Any = object()  # a JSON body of null is still a body
 _SUFFIX = re.compile(r"/personalizer(/v\d[^/]*)?$", re.IGNORECASE)
 
@@ -59,12 +52,6 @@ def normalize_endpoint(endpoint: str) -> str:
     if not re.match(r"^https?://[^/\s]+", url, re.IGNORECASE):
         raise ValueError(f"endpoint must be an http:// or https:// URL, not {endpoint!r}")
     return _SUFFIX.sub("", url).rstrip("/")
-
-
-def _new_event_id() -> str:
-    """An event id shaped like Personalizer's (32 hex digits, '-', 5 alphanumerics)."""
-    tail = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(5))
-    return f"{secrets.token_hex(16)}-{tail}"
 
 
 class PersonalizerClient:
@@ -193,7 +180,7 @@ class PersonalizerClient:
         """Delete closed events from the log; returns how many (when the server tells)."""
         resp = self._call("DELETE", "/logs", safe=True)
         try:
-            return int(resp.headers.get("x-personalizer-deleted", "0"))
+            return int(resp.headers.get(DELETED_HEADER, "0"))
         except ValueError:
             return 0
 
@@ -252,7 +239,7 @@ class PersonalizerClient:
     def _with_event_id(request: Any) -> Any:
         """The request with an eventId, so a retried rank is answered, not ranked twice."""
         if isinstance(request, dict) and request.get("eventId") is None:
-            return {**request, "eventId": _new_event_id()}
+            return {**request, "eventId": new_event_id()}
         return request
 
     def _call(self, method: str, path: str, *, json_body: Any = _NO_BODY, data: bytes | None = None,
@@ -288,7 +275,7 @@ class PersonalizerClient:
         except ValueError:
             pass
         if not isinstance(code, str) or not code:
-            code = _STATUS_CODES.get(status, f"Http{status}")
+            code = code_of_status(status)
         if not isinstance(message, str) or not message:
             text = (resp.text or "").strip().replace("\n", " ")[:200]
             message = f"HTTP {status} {resp.reason or ''}".strip() + (f": {text}" if text else "")
@@ -350,7 +337,7 @@ def _quote(event_id: str) -> str:
 
 
 def _receipt(event_id: str, resp: requests.Response) -> dict[str, Any]:
-    return {"eventId": event_id, "status": resp.headers.get("x-personalizer-status", "accepted")}
+    return {"eventId": event_id, "status": resp.headers.get(STATUS_HEADER, "accepted")}
 
 
 def _timed_out(exc: requests.RequestException) -> bool:

@@ -12,13 +12,21 @@ import json
 import math
 import re
 import sys
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+#: Most candidate actions one rank request may carry (the retired service's limit); slots are
+#: bounded by the number of actions.
 MAX_ACTIONS = 50
+#: Longest id (action, slot, event) a request may use.
 MAX_ID_LENGTH = 256
+#: Default ``explorationPercentage``: the share of ranks that explore (the policies' ``--epsilon``).
+DEFAULT_EXPLORATION = 0.2
+#: Floor for the probability logged with a chosen action: replay divides by it, so it may never be 0.
+MIN_PROBABILITY = 1e-6
 #: Deepest nesting of feature objects (``{"a": {"b": ...}}``) a request may use; deeper is a 400.
 MAX_FEATURE_DEPTH = 32
 #: Deepest nesting of any JSON request body (arrays and objects); deeper is a 400.
@@ -209,6 +217,60 @@ def _null_default(v: Any, field: str) -> Any:
     return v
 
 
+# ---------------------------------------------------------------- rank: cross-field rules
+
+def rank_rule_violations(action_ids: Sequence[str],
+                         slots: Iterable[tuple[str, Sequence[str], str]]) -> Iterator[str]:
+    """Every broken cross-field rule of a catalog, first the one a rank request reports.
+
+    ``slots``: (id, excludedActions, baselineAction) in order. The rank request's model
+    validator raises the first message; the simulator's scenario check lists them all.
+    """
+    if not 1 <= len(action_ids) <= MAX_ACTIONS:
+        yield f"actions: between 1 and {MAX_ACTIONS} actions are allowed, got {len(action_ids)}"
+        return
+    ids: set[str] = set()
+    for a in action_ids:
+        if a in ids:
+            yield f"actions: action id '{a}' appears more than once"
+        ids.add(a)
+    slots = list(slots)
+    if not 1 <= len(slots) <= len(action_ids):
+        yield (f"slots: between 1 and {len(action_ids)} slots (the number of actions) are allowed, "
+               f"got {len(slots)}")
+        return
+    slot_ids: set[str] = set()
+    baselines: dict[str, str] = {}
+    allowed_sets: list[set[str]] = []
+    for slot_id, excluded, baseline in slots:
+        if slot_id in slot_ids:
+            yield f"slots: slot id '{slot_id}' appears more than once"
+        slot_ids.add(slot_id)
+        for x in excluded:
+            if x not in ids:
+                yield f"slot '{slot_id}': excluded action '{x}' is not one of the actions"
+        if baseline not in ids:
+            yield f"slot '{slot_id}': baselineAction '{baseline}' is not one of the actions"
+        elif baseline in excluded:
+            yield f"slot '{slot_id}': baselineAction '{baseline}' is in its own excludedActions"
+        elif baseline in baselines:
+            yield (f"slot '{slot_id}': baselineAction '{baseline}' is already the baseline of "
+                   f"slot '{baselines[baseline]}'")
+        else:
+            baselines[baseline] = slot_id
+        allowed = ids.difference(excluded)
+        if not allowed:
+            yield f"slot '{slot_id}': excludedActions leave no action to choose"
+            continue
+        # Slots are filled in order and each action fills one slot: every earlier slot that can
+        # take one of this slot's actions may use one up, so this slot needs one more than those.
+        competitors = sum(1 for earlier in allowed_sets if earlier & allowed)
+        if len(allowed) <= competitors:
+            yield (f"slot '{slot_id}': only {len(allowed)} allowed action(s), and {competitors} earlier "
+                   f"slot(s) may take them; exclude fewer actions")
+        allowed_sets.append(allowed)
+
+
 # ---------------------------------------------------------------- rank
 
 class RankableAction(_Model):
@@ -262,7 +324,7 @@ class MultiSlotRankRequest(_Model):
 
     context_features: list[FeatureObject] = Field(default_factory=list, alias="contextFeatures",
                                                   description="Feature objects describing the context.")
-    actions: list[RankableAction] = Field(description="1..50 candidate actions.")
+    actions: list[RankableAction] = Field(description=f"1..{MAX_ACTIONS} candidate actions, ids unique.")
     slots: list[SlotRequest] = Field(description="Slots to fill, in order.")
     event_id: str | None = Field(default=None, alias="eventId",
                                  description="Optional event id (<=256 chars); generated when absent.")
@@ -283,6 +345,16 @@ class MultiSlotRankRequest(_Model):
     @classmethod
     def _defer(cls, v: Any) -> Any:
         return _null_default(v, "defer_activation")
+
+    @model_validator(mode="after")
+    def _rank_rules(self) -> MultiSlotRankRequest:
+        """The cross-field rules (unique ids, baselines, exclusions, fillable slots)."""
+        broken = next(rank_rule_violations(
+            [a.id for a in self.actions],
+            ((s.id, s.excluded_actions, s.baseline_action) for s in self.slots)), None)
+        if broken is not None:
+            raise ValueError(broken)
+        return self
 
 
 class SlotResponse(_Model):
@@ -421,7 +493,7 @@ class ServiceConfiguration(_Model):
                                   description="Wait for rewards this long (5 s .. 2 days), then apply defaultReward.")
     default_reward: float = Field(default=0.0, alias="defaultReward", ge=-1, le=1)
     reward_aggregation: Literal["earliest", "sum"] = Field(default="earliest", alias="rewardAggregation")
-    exploration_percentage: float = Field(default=0.2, alias="explorationPercentage", ge=0, le=1)
+    exploration_percentage: float = Field(default=DEFAULT_EXPLORATION, alias="explorationPercentage", ge=0, le=1)
     model_export_frequency: str = Field(default="PT1M", alias="modelExportFrequency")
     log_mirror_enabled: bool = Field(default=False, alias="logMirrorEnabled")
     log_mirror_sas_uri: str | None = Field(default=None, alias="logMirrorSasUri")

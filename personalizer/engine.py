@@ -25,17 +25,16 @@ import json
 import logging
 import os
 import random
-import secrets
 import sqlite3
-import string
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from .contract import (
+    DEFAULT_EXPLORATION,
+    MIN_PROBABILITY,
     MultiSlotRankRequest,
     MultiSlotRewardRequest,
     PersonalizerError,
@@ -46,6 +45,7 @@ from .contract import (
     parse,
 )
 from .policy_history import ChangeNote, change_to_dict, same_arguments
+from .protocol import iso_utc, new_event_id
 from .store import EventLog, StoredEvent, storage_error
 from .vw import budget, encoding, trial
 from .vw import explain as vw_explain
@@ -54,34 +54,30 @@ from .vw.arguments import effective_arguments, parse_arguments
 from .vw.encoding import CatalogCache, encode_request
 from .vw.workspace import Workspace
 
+
+def policy_arguments(learner: str, exploration: float = DEFAULT_EXPLORATION) -> str:
+    """Multi-slot VW arguments: conditional contextual bandits exploring ``exploration`` (the
+    explorationPercentage, VW's ``--epsilon``) with ``learner`` (cost estimator, interactions...)."""
+    return f"--ccb_explore_adf --epsilon {exploration:g} {learner}"
+
+
+#: The retired Azure service's learner: fixed learning rate, mtr, all namespace pairs.
+RETIRED_LEARNER = "--power_t 0 -l 0.001 --cb_type mtr -q ::"
 #: The retired Azure service's default multi-slot learning settings (for comparison).
-RETIRED_POLICY_ARGUMENTS = "--ccb_explore_adf --epsilon 0.2 --power_t 0 -l 0.001 --cb_type mtr -q ::"
+RETIRED_POLICY_ARGUMENTS = policy_arguments(RETIRED_LEARNER)
 #: This project's default, chosen by ``bench/learning.py --suite`` over 40 generated scenarios and
 #: the shipped ones (see README): SquareCB explores adaptively (more where the model is unsure),
 #: --epsilon (the explorationPercentage) is then a floor, never less exploration than epsilon-greedy;
 #: VW's adaptive updates at its default learning rate; context x action and slot x action
 #: interactions (@ context, _ action, ~ slot namespaces). No cubic term: it learned joint tastes
 #: better but ranked a 50 x 10 request ~5x slower (17 vs 3.5 ms); add --cubic @@_ for small contexts.
-DEFAULT_POLICY_ARGUMENTS = "--ccb_explore_adf --epsilon 0.2 --cb_type mtr --squarecb -q @_ -q ~_"
+DEFAULT_LEARNER = "--cb_type mtr --squarecb -q @_ -q ~_"
+DEFAULT_POLICY_ARGUMENTS = policy_arguments(DEFAULT_LEARNER)
 DEFAULT_POLICY_NAME = "Personalizer Studio default"
 SINGLE_SLOT_ID = "__single__"
 
 Clock = Callable[[], float]
 log = logging.getLogger(__name__)
-
-
-_ALPHANUMERIC = string.ascii_letters + string.digits
-
-
-def new_event_id() -> str:
-    """An event id shaped like Personalizer's: 32 hex digits, '-', 5 alphanumerics."""
-    raw = secrets.token_bytes(21)
-    tail = "".join(_ALPHANUMERIC[b % 62] for b in raw[16:])
-    return f"{raw[:16].hex()}-{tail}"
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 # ---------------------------------------------------------------- events in memory
@@ -155,51 +151,6 @@ class _RecentExamples:
         """The size of the kept example text."""
         return self._bytes
 _SLOT_ID_SETS = 256
-
-
-def _check_rank(req: MultiSlotRankRequest) -> None:
-    """Cross-field rules of a multi-slot rank request (pydantic checked the shapes)."""
-    def bad(msg: str) -> PersonalizerError:
-        return PersonalizerError("InvalidRankRequest", msg, 400)
-
-    if not 1 <= len(req.actions) <= 50:
-        raise bad(f"actions: between 1 and 50 actions are allowed, got {len(req.actions)}")
-    ids: set[str] = set()
-    for a in req.actions:
-        if a.id in ids:
-            raise bad(f"actions: action id '{a.id}' appears more than once")
-        ids.add(a.id)
-    if not 1 <= len(req.slots) <= len(req.actions):
-        raise bad(f"slots: between 1 and {len(req.actions)} slots (the number of actions) are allowed, "
-                  f"got {len(req.slots)}")
-    slot_ids: set[str] = set()
-    baselines: dict[str, str] = {}
-    allowed_sets: list[set[str]] = []
-    for slot in req.slots:
-        if slot.id in slot_ids:
-            raise bad(f"slots: slot id '{slot.id}' appears more than once")
-        slot_ids.add(slot.id)
-        for x in slot.excluded_actions:
-            if x not in ids:
-                raise bad(f"slot '{slot.id}': excluded action '{x}' is not one of the actions")
-        if slot.baseline_action not in ids:
-            raise bad(f"slot '{slot.id}': baselineAction '{slot.baseline_action}' is not one of the actions")
-        if slot.baseline_action in slot.excluded_actions:
-            raise bad(f"slot '{slot.id}': baselineAction '{slot.baseline_action}' is in its own excludedActions")
-        if slot.baseline_action in baselines:
-            raise bad(f"slot '{slot.id}': baselineAction '{slot.baseline_action}' is already the baseline of "
-                      f"slot '{baselines[slot.baseline_action]}'")
-        baselines[slot.baseline_action] = slot.id
-        allowed = ids.difference(slot.excluded_actions)
-        if not allowed:
-            raise bad(f"slot '{slot.id}': excludedActions leave no action to choose")
-        # Slots are filled in order and each action fills one slot: every earlier slot that can
-        # take one of this slot's actions may use one up, so this slot needs one more than those.
-        competitors = sum(1 for earlier in allowed_sets if earlier & allowed)
-        if len(allowed) <= competitors:
-            raise bad(f"slot '{slot.id}': only {len(allowed)} allowed action(s), and {competitors} earlier "
-                      f"slot(s) may take them; exclude fewer actions")
-        allowed_sets.append(allowed)
 
 
 class _TimedLock:
@@ -284,7 +235,7 @@ class LocalPersonalizer:
         stored_policy = self._log.get_setting("policy")
         if stored_cfg is None:
             cfg = parse(ServiceConfiguration, configuration or {}, "InvalidServiceConfiguration")
-            cfg.last_configuration_edit_date = _iso(self._clock())
+            cfg.last_configuration_edit_date = iso_utc(self._clock())
             self._log.set_setting("service", cfg.model_dump(by_alias=True))
         else:
             cfg = ServiceConfiguration.model_validate(stored_cfg)
@@ -320,7 +271,7 @@ class LocalPersonalizer:
         log.warning("stored policy in %s set aside, the default policy runs instead: %s", self.home, why)
         default = PolicyContract(name=DEFAULT_POLICY_NAME, arguments=DEFAULT_POLICY_ARGUMENTS)
         with self._log.transaction():
-            self._log.set_setting("policy_set_aside", {"policy": stored, "reason": why, "when": _iso(self._clock())})
+            self._log.set_setting("policy_set_aside", {"policy": stored, "reason": why, "when": iso_utc(self._clock())})
             self._log.set_setting("policy", default.model_dump(by_alias=True))
         self._policy_set_aside = True
         return default
@@ -451,8 +402,7 @@ class LocalPersonalizer:
         logs nothing new; with a different body it is a 409 error. ``explain``: each slot
         also carries an ``explanation`` (see ``explain_rank``); never computed otherwise.
         """
-        req = parse(MultiSlotRankRequest, request, "InvalidRankRequest")
-        _check_rank(req)
+        req = parse(MultiSlotRankRequest, request, "InvalidRankRequest")  # shapes and cross-field rules
         return self._rank(req, explain=explain)
 
     def _rank(self, req: MultiSlotRankRequest, extra: Callable[[Any], dict[str, Any]] | None = None,
@@ -532,13 +482,12 @@ class LocalPersonalizer:
         baseline = next((x for x in ids if x not in req.excluded_actions), None)
         if baseline is None:
             raise PersonalizerError("InvalidRankRequest", "excludedActions leave no action to choose")
-        multi = MultiSlotRankRequest.model_validate({
+        multi = parse(MultiSlotRankRequest, {
             "contextFeatures": req.context_features, "actions": [a.model_dump() for a in req.actions],
             "slots": [{"id": SINGLE_SLOT_ID, "features": [], "excludedActions": req.excluded_actions,
                        "baselineAction": baseline}],
             "eventId": req.event_id, "deferActivation": req.defer_activation,
-        })
-        _check_rank(multi)
+        }, "InvalidRankRequest")
 
         def ranking(prediction: Any) -> dict[str, Any]:
             probs = dict.fromkeys(ids, 0.0)
@@ -628,7 +577,7 @@ class LocalPersonalizer:
                "logged": "it was logged (LoggingOnly)"}.get(stored.status, "its reward wait time had passed")
         raise PersonalizerError(
             "InvalidRewardRequest",
-            f"event '{event_id}' was closed at {_iso(stored.closed)} because {why}; "
+            f"event '{event_id}' was closed at {iso_utc(stored.closed)} because {why}; "
             "this late reward was logged but not learned", 409)
 
     def _merged_rewards(self, p: _Pending, values: Sequence[tuple[str, float]]) -> dict[str, float]:
@@ -663,7 +612,7 @@ class LocalPersonalizer:
                 if stored.status == "discarded":
                     raise PersonalizerError(
                         "InvalidEventIdToActivate",
-                        f"event '{event_id}' was discarded at {_iso(stored.closed)}: not activated within the "
+                        f"event '{event_id}' was discarded at {iso_utc(stored.closed)}: not activated within the "
                         f"reward wait time ({self._config.reward_wait_time})", 409)
                 return {"eventId": event_id, "status": stored.status}
             if p.deferred and not p.activated:
@@ -834,8 +783,7 @@ class LocalPersonalizer:
         Slots are filled in order, each later slot conditioned on the earlier slots'
         greedy choices (earlier slots are pinned to them in the VW example).
         """
-        req = parse(MultiSlotRankRequest, request, "InvalidRankRequest")
-        _check_rank(req)
+        req = parse(MultiSlotRankRequest, request, "InvalidRankRequest")  # shapes and cross-field rules
         canonical = req.model_dump(by_alias=True, exclude={"event_id"})
         head, bodies, allowed, _ = encode_request(canonical, "greedy")
         ids = [a["id"] for a in canonical["actions"]]
@@ -925,7 +873,7 @@ class LocalPersonalizer:
         with self._locked():
             merged = {**self._config.model_dump(by_alias=True), **configuration}
             cfg = parse(ServiceConfiguration, merged, "InvalidServiceConfiguration")
-            cfg.last_configuration_edit_date = _iso(self._clock())
+            cfg.last_configuration_edit_date = iso_utc(self._clock())
             old_args = self.arguments
             previous = self._config
             self._config = cfg
@@ -979,7 +927,7 @@ class LocalPersonalizer:
             config = self._config
             if exploration_percentage is not None and exploration_percentage != config.exploration_percentage:
                 config = config.model_copy(update={"exploration_percentage": float(exploration_percentage),
-                                                   "last_configuration_edit_date": _iso(now)})
+                                                   "last_configuration_edit_date": iso_utc(now)})
             vw = self._workspace(arguments=effective_arguments(contract.arguments, config.exploration_percentage))
             self._vw, self._policy, self._config = vw, contract, config
             try:
@@ -1091,14 +1039,14 @@ class LocalPersonalizer:
     def model_properties(self) -> dict[str, Any]:
         """When the model was created (reset, import, policy change) and last learned."""
         with self._locked():
-            return {"creationTime": _iso(self._created),
-                    "lastModifiedTime": _iso(self._modified if self._modified is not None else self._created)}
+            return {"creationTime": iso_utc(self._created),
+                    "lastModifiedTime": iso_utc(self._modified if self._modified is not None else self._created)}
 
     def log_properties(self) -> dict[str, Any]:
         """The time range the event log covers."""
         with self._locked():
             rng = self._log.date_range()
-            return {"dateRange": None if rng is None else {"from": _iso(rng[0]), "to": _iso(rng[1])}}
+            return {"dateRange": None if rng is None else {"from": iso_utc(rng[0]), "to": iso_utc(rng[1])}}
 
     def delete_logs(self) -> int:
         """Delete closed events and their rewards (a checkpoint first keeps the model); returns how many."""
@@ -1146,7 +1094,7 @@ def labeled_example(head: list[str], bodies: Sequence[str], allowed: Sequence[Se
     for body, allow, c, p, r in zip(bodies, allowed, chosen, probs, rewards, strict=True):
         reward = r or 0.0
         cost = -(1.0 + reward) / 2.0 if mode == "Apprentice" else -reward
-        lines.append(encoding.slot_line(body, allow, f"{c}:{cost!r}:{max(p, 1e-6)!r}"))
+        lines.append(encoding.slot_line(body, allow, f"{c}:{cost!r}:{max(p, MIN_PROBABILITY)!r}"))
     return lines
 
 

@@ -48,6 +48,8 @@ import numpy as np
 
 from .contract import FeatureImportanceContract, PersonalizerError, parse
 from .evaluation import EvaluationCancelled, LoggedData, LoggedEvent, _engine_events, prepare, replay
+from .interface import JobRecords, LocalEngine
+from .protocol import iso_utc
 from .vw import encoding
 
 log = logging.getLogger(__name__)
@@ -277,7 +279,7 @@ class EngineJobStore:
 
     KIND = "featureImportance"
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: JobRecords) -> None:
         self._engine = engine
 
     def load(self) -> list[dict[str, Any]]:
@@ -321,10 +323,6 @@ class _Job:
                 "result": self.result.to_dict() if self.result else None}
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
 class FeatureImportances:
     """Feature-importance jobs over an engine's log, run one at a time on a background thread.
 
@@ -333,7 +331,7 @@ class FeatureImportances:
     overrides where events come from: ``events(start, end) -> iterable``.
     """
 
-    def __init__(self, engine: Any, *, store: JobStore | None = None, persist: bool = True,
+    def __init__(self, engine: LocalEngine, *, store: JobStore | None = None, persist: bool = True,
                  events: Callable[[float, float], Iterable[LoggedEvent]] | None = None,
                  clock: Callable[[], float] | None = None) -> None:
         self._engine = engine
@@ -344,7 +342,7 @@ class FeatureImportances:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._closed = False
-        if store is None and persist and hasattr(engine, "records"):  # as Evaluations: a store-less engine
+        if store is None and persist:
             store = EngineJobStore(engine)
         self._store = store
         self._load()
@@ -365,7 +363,7 @@ class FeatureImportances:
                                         f"feature importance '{job_id}' already exists", 409)
         if not self._has_events(t0, t1):
             raise PersonalizerError("NoLogsExistInDateRange",
-                                    f"no rewarded events between {_iso(t0)} and {_iso(t1)}", 400)
+                                    f"no rewarded events between {iso_utc(t0)} and {iso_utc(t1)}", 400)
         arguments = self._engine.get_policy()["arguments"]
         with self._lock:
             if job_id in self._jobs:
@@ -532,8 +530,8 @@ class FeatureImportances:
 
     # ---------------------------------------------------------------- rendering
     def _details(self, job: _Job) -> dict[str, Any]:
-        return {"id": job.id, "name": job.name, "startTime": _iso(job.start), "endTime": _iso(job.end),
-                "creationTime": _iso(job.created), "status": _STATUS[job.status],
+        return {"id": job.id, "name": job.name, "startTime": iso_utc(job.start), "endTime": iso_utc(job.end),
+                "creationTime": iso_utc(job.created), "status": _STATUS[job.status],
                 "progress": round(job.progress, 4)}
 
     def _render(self, job: _Job) -> dict[str, Any]:

@@ -35,11 +35,14 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
-from .contract import MultiSlotRankRequest, PersonalizerError, parse_duration
+from .contract import DEFAULT_EXPLORATION, MultiSlotRankRequest, PersonalizerError, parse_duration
 from .evaluation import PRESET_POLICIES, Evaluations, recent_events
+from .interface import LocalEngine
 from .policy_history import same_arguments
+from .protocol import iso_utc
 from .vw import budget
 from .vw.arguments import effective_arguments
 
@@ -71,11 +74,8 @@ def _timestamp(text: str | None) -> float | None:
         value = value.replace(tzinfo=UTC)
     return value.timestamp()
 
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+#: Optimization runs carry times to the second.
+_iso = partial(iso_utc, timespec="seconds")
 
 
 def next_due(configuration: dict[str, Any], last_run: float | None) -> float | None:
@@ -105,7 +105,7 @@ class AutoOptimizer:
     ``close()`` stops it.
     """
 
-    def __init__(self, engine: Any, evaluations: Evaluations, *, clock: Callable[[], float] | None = None,
+    def __init__(self, engine: LocalEngine, evaluations: Evaluations, *, clock: Callable[[], float] | None = None,
                  min_events: int = MIN_EVENTS, margin: float = MARGIN,
                  candidates: dict[str, str] | None = None, poll_seconds: float = POLL_SECONDS,
                  evaluation_timeout: float = EVALUATION_TIMEOUT) -> None:
@@ -169,7 +169,7 @@ class AutoOptimizer:
         mode = config.get("learningMode", "Online")
         if mode != "Online":  # Apprentice and LoggingOnly serve the baseline: no exploration to evaluate from
             return {"decision": "skipped", "reason": f"learning mode is {mode}; automatic optimization needs Online"}
-        exploration = float(config.get("explorationPercentage", 0.2))
+        exploration = float(config.get("explorationPercentage", DEFAULT_EXPLORATION))
         if exploration <= 0:
             return {"decision": "skipped", "reason": "explorationPercentage is 0: nothing to evaluate other "
                                                      "policies from"}

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
+from .protocol import iso_utc
 from .store import PolicyChange
 from .vw.arguments import parse_arguments
 
@@ -74,9 +75,8 @@ def same_arguments(first: str, second: str) -> bool:
     """True when two VW argument strings set the same options to the same values (any order or spelling)."""
     return _options(first) == _options(second)
 
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+#: Policy changes carry times to the millisecond.
+_iso = partial(iso_utc, timespec="milliseconds")
 
 
 def change_to_dict(change: PolicyChange) -> dict[str, Any]:

@@ -7,7 +7,7 @@ the dashboard and replayed exactly, and it knows its oracle (the simulator's
 exact best page per context) and which features matter (``relevance``).
 
 What varies, per seed:
-- catalog: 2..50 actions with categorical, numeric and nested features (some
+- catalog: 2..MAX_ACTIONS actions with categorical, numeric and nested features (some
   used by the hidden preferences, some pure noise), 1..6 slots with features,
   exclusions and baselines; every catalog passes the engine's own rank validation;
 - context: 1..8 features, categorical, numeric (levels in [0, 1]) and nested
@@ -33,8 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .contract import MultiSlotRankRequest, parse
-from .engine import _check_rank
+from .contract import MAX_ACTIONS, MultiSlotRankRequest, parse
 from .simulation import SCENARIO_DIR, Scenario
 
 __all__ = ["EXAMPLE_SEEDS", "FAMILIES", "MAX_CONTEXTS", "check_rank_contract", "generate", "save_examples", "suite"]
@@ -71,11 +70,10 @@ _SIZES = ["large", "medium", "small"]
 def check_rank_contract(scenario: Scenario) -> None:
     """Raise PersonalizerError unless the scenario's catalog is a valid multi-slot rank request.
 
-    The engine's own rules (the contract models and the engine's cross-field check),
-    so a generated catalog can never pass here and fail at rank time.
+    The engine's own rules (the contract model with its cross-field validator), so a
+    generated catalog can never pass here and fail at rank time.
     """
-    request = parse(MultiSlotRankRequest, scenario.rank_request(scenario.contexts[0]), "InvalidRankRequest")
-    _check_rank(request)
+    parse(MultiSlotRankRequest, scenario.rank_request(scenario.contexts[0]), "InvalidRankRequest")
 
 
 def _log_uniform_int(rng: random.Random, low: int, high: int) -> int:
@@ -113,7 +111,7 @@ def _context(rng: random.Random) -> tuple[dict[str, list[Any]], list[str]]:
 
 def _catalog(rng: random.Random) -> tuple[list[dict], list[dict]]:
     """Actions with features that may matter and features that never do; slots with features."""
-    n_actions = _log_uniform_int(rng, 2, 50)
+    n_actions = _log_uniform_int(rng, 2, MAX_ACTIONS)
     n_categories = rng.randint(2, min(len(_CATEGORIES), max(2, n_actions)))
     n_brands = rng.randint(2, len(_BRANDS))
     actions = []

@@ -85,10 +85,22 @@ from .contract import (
     ServiceConfiguration,
     loads,
 )
+from .interface import LocalEngine
+from .protocol import (  # re-exported: callers import them from the server too
+    API_VERSIONS,
+    DELETED_HEADER,
+    ERROR_CODE_HEADER,
+    KEY_HEADER,
+    STATUS_CODES,
+    STATUS_HEADER,
+    VERSIONED_PREFIXES,
+    code_of_status,
+)
 
 if TYPE_CHECKING:  # the manager loads Vowpal Wabbit; create_app imports it when an app is built
     from .evaluation import Evaluations
     from .importance import FeatureImportances
+    from .optimization import AutoOptimizer
 
 __all__ = [
     "API_VERSIONS",
@@ -105,11 +117,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-KEY_HEADER = "Ocp-Apim-Subscription-Key"
-#: ``api-version`` values the unversioned ``/personalizer/...`` paths accept (from the published contract).
-API_VERSIONS = ("2022-09-01-preview",)
-#: Versioned base paths; ``v1.0`` predates multi-slot and serves single-slot and admin routes only.
-VERSIONED_PREFIXES = ("v1.1-preview.1", "v1.1-preview.2", "v1.1-preview.3", "v1.0")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_MAX_MODEL_BYTES = 256 * 1024 * 1024
 #: Seconds an engine call may wait (for the engine worker, then for the engine lock) before a 503.
@@ -122,18 +129,10 @@ DEFAULT_HEADER_TIMEOUT = 10.0
 MAX_HEADER_BYTES = 64 * 1024
 #: ``Retry-After`` seconds sent with 503 answers.
 RETRY_AFTER_SECONDS = 1
-#: Response header carrying the engine's receipt for 204 answers (reward/activate status, logs deleted).
-STATUS_HEADER = "x-personalizer-status"
-DELETED_HEADER = "x-personalizer-deleted"
 
 _KEY_HEADER_BYTES = KEY_HEADER.lower().encode()
 _OPEN_PATHS = frozenset({"/health", "/personalizer/health", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
 _JSON = "application/json"
-_STATUS_CODES = {400: "BadRequest", 401: "Unauthorized", 404: "ResourceNotFound", 405: "OperationNotAllowed",
-                 409: "Conflict", 413: "PayloadSizeExceeded", 415: "UnsupportedMediaType",
-                 431: "RequestHeaderFieldsTooLarge",
-                 429: "TooManyRequests", 500: "InternalServerError", 501: "OperationNotAllowed",
-                 503: "ServiceUnavailable"}
 # Contract operations this server does not implement (feature importances, log exports): a clear 501.
 _UNSUPPORTED = ("/logs/interactions", "/logs/observations")
 #: Route tag of the unversioned paths (``?api-version=...``); the versioned ones are tagged by their version.
@@ -161,14 +160,14 @@ def error_response(exc: PersonalizerError, headers: dict[str, str] | None = None
     """
     extra = {"Retry-After": str(RETRY_AFTER_SECONDS)} if exc.status == 503 else {}
     return Response(_dumps(exc.to_body()), status_code=exc.status, media_type=_JSON,
-                    headers={"x-ms-error-code": exc.code, **extra, **(headers or {})})
+                    headers={ERROR_CODE_HEADER: exc.code, **extra, **(headers or {})})
 
 
 async def _send_error(send: Send, exc: PersonalizerError) -> None:
     """Send an error straight from the ASGI layer (before routing)."""
     body = _dumps(exc.to_body())
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"x-ms-error-code", exc.code.encode())]
+               (ERROR_CODE_HEADER.encode(), exc.code.encode())]
     if exc.status == 503:
         headers.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
@@ -308,55 +307,55 @@ def _receipt(receipt: dict[str, Any] | None) -> Response:
     return Response(status_code=204, headers={STATUS_HEADER: str(status)} if status else None)
 
 
-async def _rank(engine: Any, request: Request, _: str) -> Response:
+async def _rank(engine: LocalEngine, request: Request, _: str) -> Response:
     body = await _json_bytes(request)
     if _flag(request, "explain"):  # extension: why each slot got its action (never computed unless asked)
         return _json(await _offload(request, _decoding(lambda req: engine.rank(req, explain=True)), body), 201)
     return _json(await _offload(request, _decoding(engine.rank), body), 201)
 
 
-async def _reward(engine: Any, request: Request, event_id: str) -> Response:
+async def _reward(engine: LocalEngine, request: Request, event_id: str) -> Response:
     body = await _json_bytes(request)
     return _receipt(await _offload(request, _decoding(lambda value: engine.reward(event_id, value)), body))
 
 
-async def _activate(engine: Any, request: Request, event_id: str) -> Response:
+async def _activate(engine: LocalEngine, request: Request, event_id: str) -> Response:
     return _receipt(await _offload(request, engine.activate, event_id))
 
 
-async def _rank_single(engine: Any, request: Request, _: str) -> Response:
+async def _rank_single(engine: LocalEngine, request: Request, _: str) -> Response:
     body = await _json_bytes(request)
     return _json(await _offload(request, _decoding(engine.rank_single), body), 201)
 
 
-async def _reward_single(engine: Any, request: Request, event_id: str) -> Response:
+async def _reward_single(engine: LocalEngine, request: Request, event_id: str) -> Response:
     body = await _json_bytes(request)
     return _receipt(await _offload(request, _decoding(lambda value: engine.reward_single(event_id, value)), body))
 
 
-async def _get_config(engine: Any, request: Request, _: str) -> Response:
+async def _get_config(engine: LocalEngine, request: Request, _: str) -> Response:
     return _json(await _offload(request, engine.get_service_configuration))
 
 
-async def _put_config(engine: Any, request: Request, _: str) -> Response:
+async def _put_config(engine: LocalEngine, request: Request, _: str) -> Response:
     body = await _json_body(request)
     return _json(await run_in_threadpool(engine.update_service_configuration, body))
 
 
-async def _get_policy(engine: Any, request: Request, _: str) -> Response:
+async def _get_policy(engine: LocalEngine, request: Request, _: str) -> Response:
     return _json(await _offload(request, engine.get_policy))
 
 
-async def _put_policy(engine: Any, request: Request, _: str) -> Response:
+async def _put_policy(engine: LocalEngine, request: Request, _: str) -> Response:
     body = await _json_body(request)
     return _json(await run_in_threadpool(engine.update_policy, body))
 
 
-async def _reset_policy(engine: Any, request: Request, _: str) -> Response:
+async def _reset_policy(engine: LocalEngine, request: Request, _: str) -> Response:
     return _json(await run_in_threadpool(engine.reset_policy))
 
 
-async def _policy_history(engine: Any, request: Request, _: str) -> Response:
+async def _policy_history(engine: LocalEngine, request: Request, _: str) -> Response:
     top = _int_param(request, "top", minimum=1)
     value = await run_in_threadpool(engine.policy_history, top)
     optimizer = getattr(request.app.state, "optimizer", None)
@@ -364,15 +363,15 @@ async def _policy_history(engine: Any, request: Request, _: str) -> Response:
     return _json({"value": value, "autoOptimization": status})
 
 
-async def _policy_change(engine: Any, request: Request, change_id: str) -> Response:
+async def _policy_change(engine: LocalEngine, request: Request, change_id: str) -> Response:
     return _json(await run_in_threadpool(engine.policy_change, change_id))
 
 
-async def _rollback_policy(engine: Any, request: Request, change_id: str) -> Response:
+async def _rollback_policy(engine: LocalEngine, request: Request, change_id: str) -> Response:
     return _json(await run_in_threadpool(engine.rollback_policy, change_id))
 
 
-async def _get_model(engine: Any, request: Request, _: str) -> Response:
+async def _get_model(engine: LocalEngine, request: Request, _: str) -> Response:
     # ``signed=true`` asked the retired service for a signed zip; this server has no signing key and
     # always answers the plain Vowpal Wabbit model (which import_model accepts back).
     model = await run_in_threadpool(engine.export_model)
@@ -380,7 +379,7 @@ async def _get_model(engine: Any, request: Request, _: str) -> Response:
                     headers={"Content-Disposition": 'attachment; filename="model.vw"'})
 
 
-async def _put_model(engine: Any, request: Request, _: str) -> Response:
+async def _put_model(engine: LocalEngine, request: Request, _: str) -> Response:
     """Stream the upload to a temporary file in the data directory (within the body limit, which
     the guard enforces as chunks arrive), then hand it to the engine, read once. One upload at a
     time: the others answer 503 at once, so concurrent uploads cost one model's memory, not four."""
@@ -389,8 +388,7 @@ async def _put_model(engine: Any, request: Request, _: str) -> Response:
     if uploads.locked():
         raise _busy("another model upload is being processed; retry when it is done")
     async with uploads:
-        home = getattr(engine, "home", None)
-        with tempfile.TemporaryFile(prefix="upload-", suffix=".vw", dir=home) as spool:
+        with tempfile.TemporaryFile(prefix="upload-", suffix=".vw", dir=engine.home) as spool:
             async for chunk in request.stream():
                 spool.write(chunk)  # page-cache writes of <= 64 KB chunks: brief, fine on the loop
 
@@ -402,25 +400,25 @@ async def _put_model(engine: Any, request: Request, _: str) -> Response:
     return Response(status_code=204)
 
 
-async def _reset_model(engine: Any, request: Request, _: str) -> Response:
+async def _reset_model(engine: LocalEngine, request: Request, _: str) -> Response:
     await run_in_threadpool(engine.reset_model)
     return Response(status_code=204)
 
 
-async def _model_properties(engine: Any, request: Request, _: str) -> Response:
+async def _model_properties(engine: LocalEngine, request: Request, _: str) -> Response:
     return _json(await _offload(request, engine.model_properties))
 
 
-async def _delete_logs(engine: Any, request: Request, _: str) -> Response:
+async def _delete_logs(engine: LocalEngine, request: Request, _: str) -> Response:
     deleted = await run_in_threadpool(engine.delete_logs)
     return Response(status_code=204, headers={DELETED_HEADER: str(deleted)})
 
 
-async def _log_properties(engine: Any, request: Request, _: str) -> Response:
+async def _log_properties(engine: LocalEngine, request: Request, _: str) -> Response:
     return _json(await _offload(request, engine.log_properties))
 
 
-async def _stats(engine: Any, request: Request, _: str) -> Response:
+async def _stats(engine: LocalEngine, request: Request, _: str) -> Response:
     stats = dict(await _offload(request, engine.stats))
     stats.pop("home", None)  # the server's file system is none of the caller's business
     return _json(stats)
@@ -514,8 +512,8 @@ async def _list_evaluations(evaluations: Evaluations, request: Request, _: str) 
                                  if keep(e)]))
 
 
-def _page(request: Request, items: list[Any]) -> dict[str, Any]:
-    """The 2022 list shape ``{"value", "nextLink"}``: ``skip``, then ``top``, in pages of ``maxpagesize``."""
+def _page(request: Request, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"value", "nextLink"}``: ``items`` after the ``skip``/``top`` parameters, in pages of ``maxpagesize``."""
     skip = _int_param(request, "skip", minimum=0) or 0
     top = _int_param(request, "top", minimum=0)
     page_size = _int_param(request, "maxpagesize", minimum=1) or 100
@@ -695,27 +693,27 @@ def _importances(request: Request) -> FeatureImportances:
     return request.app.state.feature_importances  # type: ignore[no-any-return]
 
 
-async def _create_feature_importance(engine: Any, request: Request, job_id: str) -> Response:
+async def _create_feature_importance(engine: LocalEngine, request: Request, job_id: str) -> Response:
     body = await _json_body(request)
     jobs = _importances(request)
     return _json(await run_in_threadpool(jobs.create, job_id, body))
 
 
-async def _get_feature_importance(engine: Any, request: Request, job_id: str) -> Response:
+async def _get_feature_importance(engine: LocalEngine, request: Request, job_id: str) -> Response:
     return _json(_importances(request).get(job_id))
 
 
-async def _list_feature_importances(engine: Any, request: Request, _: str) -> Response:
+async def _list_feature_importances(engine: LocalEngine, request: Request, _: str) -> Response:
     """``{"value": [FeatureImportanceDetails], "nextLink"}`` after ``skip``/``top``, in pages of ``maxpagesize``."""
     return _json(_page(request, _importances(request).list()))
 
 
-async def _delete_feature_importance(engine: Any, request: Request, job_id: str) -> Response:
+async def _delete_feature_importance(engine: LocalEngine, request: Request, job_id: str) -> Response:
     await run_in_threadpool(_importances(request).delete, job_id)
     return Response(status_code=204)
 
 
-async def _explain_event(engine: Any, request: Request, event_id: str) -> Response:
+async def _explain_event(engine: LocalEngine, request: Request, event_id: str) -> Response:
     return _json(await run_in_threadpool(engine.explain_event, event_id))
 
 
@@ -745,7 +743,7 @@ _OPERATIONS = (*_OPERATIONS,
 # Declared by reference (not ``model=``): FastAPI would build a pydantic field per route and status.
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"description": code, "content": {_JSON: {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
-    for status, code in _STATUS_CODES.items() if status in (400, 401, 404, 409, 413, 415, 500)}
+    for status, code in STATUS_CODES.items() if status in (400, 401, 404, 409, 413, 415, 500)}
 
 
 def _make_endpoint(target: Any, op: _Operation, check_api_version: bool) -> Callable[[Request], Awaitable[Response]]:
@@ -917,7 +915,7 @@ def _too_large(limit: int) -> PersonalizerError:
 # ---------------------------------------------------------------- app factory
 
 def create_app(
-    engine: Any,
+    engine: LocalEngine,
     key: str | Sequence[str] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     *,
@@ -949,11 +947,7 @@ def create_app(
     kept in the engine's database like the evaluations).
     """
 
-    keys = [key] if isinstance(key, str) else list(key or [])
-    for k in keys:
-        if not isinstance(k, str) or not k or not k.isascii() or not k.isprintable() or k != k.strip():
-            raise ValueError("a key must be non-empty printable ASCII without surrounding spaces "
-                             "(an HTTP header value)")
+    keys = _checked_keys(key)
     engine.lock_timeout = lock_timeout
     if max_rank_features is not True:
         engine.max_rank_features = max_rank_features
@@ -974,22 +968,11 @@ def create_app(
         feature_importances = FeatureImportances(engine)
     importances = feature_importances
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_process_due_forever(engine, process_interval))
-        optimizer.start()
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await run_in_threadpool(engine_calls.close)
-            if owns_evaluations:  # cancels a running evaluation; it runs again on the next start
-                await run_in_threadpool(manager.close)
-            await run_in_threadpool(optimizer.close)
-            if owns_importances:  # likewise for a running feature-importance job
-                await run_in_threadpool(importances.close)
+    # Closed in this order when the app stops; closing a manager the app owns cancels its running
+    # evaluation or feature-importance job, which runs again on the next start.
+    closers = [engine_calls.close, *([manager.close] if owns_evaluations else []), optimizer.close,
+               *([importances.close] if owns_importances else [])]
+    lifespan = _lifespan(engine, process_interval, optimizer, closers)
 
     app = FastAPI(
         title="Personalizer Studio",
@@ -1006,6 +989,44 @@ def create_app(
     app.state.model_uploads = asyncio.Lock()
     app.state.optimizer = optimizer
     app.state.feature_importances = importances
+    _add_routes(app, engine, manager)
+    _add_error_handlers(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.add_middleware(_Guard, keys=keys, max_body_bytes=max_body_bytes, max_model_bytes=max_model_bytes)
+    return app
+
+
+def _lifespan(engine: LocalEngine, process_interval: float, optimizer: AutoOptimizer,
+              closers: list[Callable[[], None]]) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """While the app runs, close due events and check the optimization schedule; then run ``closers``."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_process_due_forever(engine, process_interval))
+        optimizer.start()
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for close in closers:
+                await run_in_threadpool(close)
+
+    return lifespan
+
+def _checked_keys(key: str | Sequence[str] | None) -> list[str]:
+    """The subscription keys as a list; ValueError for one that cannot be an HTTP header value."""
+    keys = [key] if isinstance(key, str) else list(key or [])
+    for k in keys:
+        if not isinstance(k, str) or not k or not k.isascii() or not k.isprintable() or k != k.strip():
+            raise ValueError("a key must be non-empty printable ASCII without surrounding spaces "
+                             "(an HTTP header value)")
+    return keys
+
+
+def _add_routes(app: FastAPI, engine: LocalEngine, manager: Evaluations) -> None:
+    """Every operation under each versioned prefix it is served at, and the health routes."""
     prefixes = [(f"/personalizer/{v}", v, False) for v in VERSIONED_PREFIXES] + [
         ("/personalizer", _API_VERSION_TAG, True)]
     for op in _OPERATIONS:
@@ -1029,6 +1050,11 @@ def create_app(
                           tags=["health"], operation_id="health" + path.replace("/", "_"),
                           route_class_override=_LeanRoute)
 
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Personalizer's error body for routing errors (404, 405, ...) and for every PersonalizerError."""
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         status = exc.status_code
@@ -1044,16 +1070,12 @@ def create_app(
                 "OperationNotAllowed", f"method {request.method} is not allowed on {request.url.path}", 405),
                 headers=dict(exc.headers or {}))
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
-        return error_response(PersonalizerError(_STATUS_CODES.get(status, f"Http{status}"), message, status),
+        return error_response(PersonalizerError(code_of_status(status), message, status),
                               headers=dict(exc.headers or {}))
 
     @app.exception_handler(PersonalizerError)
     async def personalizer_error(request: Request, exc: PersonalizerError) -> Response:
         return error_response(exc)
-
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    app.add_middleware(_Guard, keys=keys, max_body_bytes=max_body_bytes, max_model_bytes=max_model_bytes)
-    return app
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -1074,7 +1096,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return doc
 
 
-async def _process_due_forever(engine: Any, interval: float) -> None:
+async def _process_due_forever(engine: LocalEngine, interval: float) -> None:
     """Close events whose reward wait time has passed, even when no request arrives to do it."""
     while True:
         await asyncio.sleep(interval)
@@ -1089,11 +1111,11 @@ async def _process_due_forever(engine: Any, interval: float) -> None:
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version("personalizer-studio")
-    except Exception:
+    except PackageNotFoundError:  # run from a checkout, not installed
         return "0.1.0"
 
 
@@ -1117,7 +1139,7 @@ def _raw_error(exc: PersonalizerError) -> bytes:
     body = _dumps(exc.to_body())
     reason = {431: "Request Header Fields Too Large"}.get(exc.status, "Error")
     return (f"HTTP/1.1 {exc.status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            f"x-ms-error-code: {exc.code}\r\nconnection: close\r\n\r\n").encode() + body
+            f"{ERROR_CODE_HEADER}: {exc.code}\r\nconnection: close\r\n\r\n").encode() + body
 
 
 def _http_protocol(header_timeout: float) -> Any:

@@ -70,9 +70,11 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from .contract import DEFAULT_EXPLORATION, MAX_ACTIONS, rank_rule_violations
 
 __all__ = [
     "Backend",
@@ -96,13 +98,21 @@ _BRUTE_FORCE_LIMIT = 120  # assignments; above this the oracle solves it as a ma
 
 
 class Backend(Protocol):
-    """The one interface every backend offers (engine, HTTP client, references)."""
+    """What a simulation drives: the rank/reward/activate part of ``interface.Personalizer``
+    (the engine and the HTTP client), which the reference backends below implement too."""
 
     def rank(self, request: dict) -> dict: ...
 
     def reward(self, event_id: str, reward: dict) -> None: ...
 
     def activate(self, event_id: str) -> None: ...
+
+
+@runtime_checkable
+class FollowsProgress(Protocol):
+    """A backend that is told how far the run is (the oracle follows drift)."""
+
+    progress: float
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -227,8 +237,8 @@ class Scenario:
                     problems.add(f"context {feature!r} lists a value twice")
                 elif any("|" in str(v) for v in values):
                     problems.add(f"context {feature!r} values may not contain '|' (it joins table keys)")
-        if not isinstance(self.actions, list) or not 1 <= len(self.actions) <= 50:
-            problems.add("'actions' must be a list of 1 to 50 actions")
+        if not isinstance(self.actions, list) or not self.actions:
+            problems.add(f"'actions' must be a list of 1 to {MAX_ACTIONS} actions")
             return
         ids: list[str] = []
         for i, action in enumerate(self.actions):
@@ -238,47 +248,25 @@ class Scenario:
             if not _is_feature_list(action.get("features", [])):
                 problems.add(f"action {action['id']!r}: 'features' must be a list of objects")
             ids.append(action["id"])
-        duplicates = sorted({a for a in ids if ids.count(a) > 1})
-        if duplicates:
-            problems.add(f"action ids must be unique; repeated: {_known(duplicates)}")
-        known = set(ids)
-        if not isinstance(self.slots, list) or not 1 <= len(self.slots) <= max(len(ids), 1):
-            problems.add(f"'slots' must be a list of 1 to {len(ids)} slots (at most one per action)")
+        if not isinstance(self.slots, list):
+            problems.add("'slots' must be a list of slots")
             return
-        slot_ids: list[str] = []
-        baselines: list[str] = []
+        slots: list[tuple[str, list[str], Any]] = []
         for position, slot in enumerate(self.slots):
             if not isinstance(slot, dict) or not isinstance(slot.get("id"), str) or not slot["id"]:
                 problems.add(f"slot #{position + 1} needs a non-empty string 'id'")
                 continue
             sid = slot["id"]
-            slot_ids.append(sid)
             if not _is_feature_list(slot.get("features", [])):
                 problems.add(f"slot {sid!r}: 'features' must be a list of objects")
             excluded = slot.get("excludedActions", [])
             if not isinstance(excluded, list) or not all(isinstance(a, str) for a in excluded):
                 problems.add(f"slot {sid!r}: 'excludedActions' must be a list of action ids")
                 excluded = []
-            for a in excluded:
-                if a not in known:
-                    problems.add(f"slot {sid!r} excludes unknown action {a!r} (known: {_known(ids)})")
-            baseline = slot.get("baselineAction")
-            if baseline not in known:
-                problems.add(f"slot {sid!r}: baselineAction {baseline!r} is not an action id (known: {_known(ids)})")
-            elif baseline in excluded:
-                problems.add(f"slot {sid!r}: baselineAction {baseline!r} is also in its excludedActions")
-            else:
-                baselines.append(baseline)
-            allowed = len(known - set(excluded))
-            if allowed < position + 1:
-                problems.add(
-                    f"slot {sid!r} (position {position + 1}) allows only {allowed} action(s); it needs at "
-                    f"least {position + 1} so it can still be filled after the slots before it"
-                )
-        if len(set(slot_ids)) != len(slot_ids):
-            problems.add("slot ids must be unique")
-        if len(set(baselines)) != len(baselines):
-            problems.add("each slot needs a different baselineAction")
+            slots.append((sid, excluded, slot.get("baselineAction")))
+        # The rank contract's own cross-field rules: a scenario's catalog ranks exactly when a request does.
+        for problem in rank_rule_violations(ids, slots):
+            problems.add(problem)
 
     def _check_relevance(self, problems: _Problems) -> None:
         relevance = self.relevance
@@ -827,7 +815,7 @@ def simulate(
     never = (extra.random(n) < float(settings["missing"])).tolist()
     waiting: collections.deque[tuple[int, str, list[dict]]] = collections.deque()
     prefix = f"sim-{seed}-{uuid.uuid4().hex[:8]}-" if event_prefix is None else event_prefix
-    follows_progress = hasattr(backend, "progress")
+    follows_progress = isinstance(backend, FollowsProgress)
     slot_ids = scenario.slot_ids
     baselines = [s["baselineAction"] for s in scenario.slots]
     keys = ["|".join(map(str, ctx.values())) for ctx in scenario.contexts]
@@ -1010,7 +998,7 @@ class OracleBackend(_ReferenceBackend):
     ``simulate`` keeps ``progress`` current so the oracle follows drift.
     """
 
-    def __init__(self, scenario: Scenario, epsilon: float = 0.2, seed: int | None = None) -> None:
+    def __init__(self, scenario: Scenario, epsilon: float = DEFAULT_EXPLORATION, seed: int | None = None) -> None:
         super().__init__()
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError("epsilon must be in [0, 1]")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .contract import PersonalizerError
+from .settings import load_settings
 
 #: The schema as the first release created it (user_version 0); kept verbatim: migrations start from it.
 _SCHEMA_V0 = """
@@ -160,7 +161,7 @@ class PolicyChange:
 
 def default_home() -> Path:
     """The data directory: ``$PERSONALIZER_HOME`` or ``.personalizer/`` in the working directory."""
-    return Path(os.environ.get("PERSONALIZER_HOME") or ".personalizer")
+    return load_settings().home
 
 
 class EventLog:
@@ -186,8 +187,7 @@ class EventLog:
             # from the same log. EXCLUSIVE locking enforces that and skips shared-memory locking.
             self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self._db.execute("PRAGMA journal_mode=WAL")
-            sync = os.environ.get("PERSONALIZER_SYNC", "NORMAL").upper()
-            self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'FULL' else 'NORMAL'}")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if load_settings().full_sync else 'NORMAL'}")
             # Checkpointing the WAL is what fsyncs; doing it every ~40 MB instead of every
             # ~4 MB takes most of the cost off each commit.
             self._db.execute("PRAGMA wal_autocheckpoint=10000")

@@ -6,17 +6,16 @@ so the suites do not fight over this file.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # seed_data and friends
-
 from timing import FakeClock
 
 from personalizer.engine import LocalPersonalizer
+
+# Fixtures of one area, shared by name (pyproject's ``pythonpath`` puts tests/ on the import path).
+pytest_plugins = ["server_fixtures", "dashboard_fixtures"]
 
 
 @pytest.fixture

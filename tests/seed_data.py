@@ -1,22 +1,17 @@
-"""The seed quickstart's catalog and slots, as test data."""
+"""The seed quickstart's catalog and slots, as test data (read from ``personalizer/scenarios/seed.json``)."""
 
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
-ACTIONS: list[dict[str, Any]] = [
-    {"id": "Red-Polo-Shirt-432", "features": [{"onSale": "true", "price": 20, "category": "Clothing"}]},
-    {"id": "Tennis-Racket-133", "features": [{"onSale": "false", "price": 70, "category": "Sports"}]},
-    {"id": "31-Inch-Monitor-771", "features": [{"onSale": "true", "price": 200, "category": "Electronics"}]},
-    {"id": "XBox-Series X-117", "features": [{"onSale": "false", "price": 499, "category": "Electronics"}]},
-]
-SLOTS: list[dict[str, Any]] = [
-    {"id": "BigHeroPosition", "features": [{"size": "large", "position": "left"}],
-     "excludedActions": ["31-Inch-Monitor-771"], "baselineAction": "Red-Polo-Shirt-432"},
-    {"id": "SmallSidebar", "features": [{"size": "small", "position": "right"}],
-     "excludedActions": ["Tennis-Racket-133"], "baselineAction": "XBox-Series X-117"},
-]
+from personalizer.simulation import SCENARIO_DIR
+
+# The packaged seed scenario is the one source of the catalog (the dashboard and quickstart load it too).
+_SEED = json.loads((SCENARIO_DIR / "seed.json").read_text(encoding="utf-8"))
+ACTIONS: list[dict[str, Any]] = _SEED["actions"]
+SLOTS: list[dict[str, Any]] = _SEED["slots"]
 
 
 def seed_request(time: str = "morning", device: str = "mobile", event_id: str | None = None,

@@ -13,6 +13,7 @@ Both bind 127.0.0.1 on a free port and are always stopped by the fixture.
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import socket
@@ -26,6 +27,7 @@ from typing import Any
 
 import pytest
 import requests
+import seed_data
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key-0123456789abcdef"
@@ -135,23 +137,13 @@ class ProcessServer:
 
 
 def seed_actions() -> list[dict[str, Any]]:
-    """The seed quickstart's four products."""
-    return [
-        {"id": "Red-Polo-Shirt-432", "features": [{"onSale": "true", "price": 20, "category": "Clothing"}]},
-        {"id": "Tennis-Racket-133", "features": [{"onSale": "false", "price": 70, "category": "Sports"}]},
-        {"id": "31-Inch-Monitor-771", "features": [{"onSale": "true", "price": 200, "category": "Electronics"}]},
-        {"id": "XBox-Series X-117", "features": [{"onSale": "false", "price": 499, "category": "Electronics"}]},
-    ]
+    """The seed quickstart's four products (a fresh copy)."""
+    return copy.deepcopy(seed_data.ACTIONS)
 
 
 def seed_slots() -> list[dict[str, Any]]:
-    """The seed quickstart's two slots."""
-    return [
-        {"id": "BigHeroPosition", "features": [{"size": "large", "position": "left"}],
-         "excludedActions": ["31-Inch-Monitor-771"], "baselineAction": "Red-Polo-Shirt-432"},
-        {"id": "SmallSidebar", "features": [{"size": "small", "position": "right"}],
-         "excludedActions": ["Tennis-Racket-133"], "baselineAction": "XBox-Series X-117"},
-    ]
+    """The seed quickstart's two slots (a fresh copy)."""
+    return copy.deepcopy(seed_data.SLOTS)
 
 
 def rank_request(event_id: str | None = None, time_of_day: str = "morning", device: str = "mobile",

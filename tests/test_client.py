@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from server_fixtures import KEY, ThreadedServer, free_port, live_server_fixture, rank_request, server_engine_fixture  # noqa: F401
+from server_fixtures import KEY, ThreadedServer, free_port, rank_request
 
 from personalizer.client import PersonalizerClient, normalize_endpoint
 from personalizer.contract import PersonalizerError

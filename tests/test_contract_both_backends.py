@@ -7,6 +7,7 @@ the same answers, the same receipts, the same error codes and statuses.
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ from server_fixtures import KEY, ThreadedServer, rank_request
 from personalizer.client import PersonalizerClient
 from personalizer.contract import PersonalizerError
 from personalizer.engine import LocalPersonalizer
+from personalizer.interface import LocalEngine, Personalizer
 
 
 @pytest.fixture(params=["embedded", "remote"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Personalizer]:
     """The embedded engine, or a client talking to a server around an identical engine."""
     engine = LocalPersonalizer(tmp_path / "data")
     try:
@@ -38,6 +40,23 @@ def error_of(call: Any, *args: Any) -> tuple[str, int]:
         call(*args)
     assert info.value.message
     return info.value.code, info.value.status
+
+
+# ---------------------------------------------------------------- the Personalizer type
+
+def test_both_backends_are_a_personalizer(backend: Any) -> None:
+    """Every operation of the Protocol exists on both, taking the Protocol's arguments the same way."""
+    assert isinstance(backend, Personalizer)
+    assert isinstance(backend, LocalEngine) == isinstance(backend, LocalPersonalizer)
+    operations = sorted(n for n, v in vars(Personalizer).items() if callable(v) and not n.startswith("_"))
+    assert len(operations) == 21
+    for name in operations:
+        wanted = inspect.signature(getattr(Personalizer, name)).parameters
+        offered = inspect.signature(getattr(type(backend), name)).parameters
+        for param in wanted.values():
+            assert param.name in offered and offered[param.name].kind == param.kind, (name, param.name)
+        extra = [p for p in offered.values() if p.name not in wanted]
+        assert all(p.default is not inspect.Parameter.empty for p in extra), (name, extra)
 
 
 # ---------------------------------------------------------------- rank

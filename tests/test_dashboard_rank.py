@@ -197,7 +197,7 @@ def test_an_invalid_scenario_upload_names_the_problem(app: AppTest) -> None:
     bad["slots"][0]["baselineAction"] = "Nope-1"
     _upload(app, json.dumps(bad).encode(), "bad.json")
     message = unescape(app.main.error[0].value)
-    assert "baselineAction 'Nope-1' is not an action id" in message
+    assert "baselineAction 'Nope-1' is not one of the actions" in message
 
 
 def test_ids_and_features_from_an_uploaded_scenario_render_as_text(app: AppTest) -> None:

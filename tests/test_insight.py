@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from server_fixtures import KEY, ThreadedServer, live_server_fixture, rank_request, server_engine_fixture  # noqa: F401
+from server_fixtures import KEY, ThreadedServer, rank_request
 
 from personalizer import LocalPersonalizer, PersonalizerError
 from personalizer.client import PersonalizerClient

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from server_fixtures import KEY, ThreadedServer, live_server_fixture, rank_request, server_engine_fixture  # noqa: F401
+from server_fixtures import KEY, ThreadedServer, rank_request
 
 sdk = pytest.importorskip("azure.ai.personalizer")
 from azure.core.credentials import AzureKeyCredential  # noqa: E402

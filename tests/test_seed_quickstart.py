@@ -13,14 +13,7 @@ import uuid
 from typing import Any
 
 import requests
-from server_fixtures import (  # noqa: F401
-    KEY,
-    ThreadedServer,
-    live_server_fixture,
-    seed_actions,
-    seed_slots,
-    server_engine_fixture,
-)
+from server_fixtures import KEY, ThreadedServer, seed_actions, seed_slots
 
 
 def quickstart(base_url: str, header_name: str = "Ocp-Apim-Subscription-Key") -> dict[str, Any]:

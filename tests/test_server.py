@@ -5,18 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from server_fixtures import (  # noqa: F401
-    KEY,
-    ThreadedServer,
-    live_server_fixture,
-    open_server_fixture,
-    rank_request,
-    server_engine_fixture,
-)
+from server_fixtures import KEY, ThreadedServer, rank_request
 
 from personalizer.engine import LocalPersonalizer
 from personalizer.server import API_VERSIONS, VERSIONED_PREFIXES
@@ -275,24 +269,26 @@ def test_invalid_requests_are_400_with_the_engine_code_and_change_nothing(live_s
     assert counts(live_server.engine) == before
 
 
-class _Exploding:
-    """An engine whose rank fails with an internal detail the client must not see."""
+class _Exploding(LocalPersonalizer):
+    """A real engine whose rank fails with an internal detail the client must not see (a bug)."""
 
-    def rank(self, request: dict[str, Any]) -> dict[str, Any]:
+    def rank(self, request: dict[str, Any], *, explain: bool = False) -> dict[str, Any]:
         raise RuntimeError("internal detail /srv/secret/path")
 
-    def process_due(self) -> int:
-        return 0
 
-
-def test_unexpected_errors_are_a_personalizer_500_without_internals(caplog: pytest.LogCaptureFixture) -> None:
+def test_unexpected_errors_are_a_personalizer_500_without_internals(caplog: pytest.LogCaptureFixture,
+                                                                    tmp_path: Path) -> None:
     caplog.set_level(logging.DEBUG)
-    with ThreadedServer(_Exploding()) as server:
-        resp = post_json(f"{server.base}/personalizer/v1.1-preview.1/multislot/rank", rank_request())
-        error = assert_error(resp, 500, "InternalServerError")
-        assert "secret" not in error["message"] and "RuntimeError" not in resp.text
-        # The server keeps serving.
-        assert requests.get(f"{server.base}/health", timeout=10).status_code == 200
+    engine = _Exploding(tmp_path / "data")
+    try:
+        with ThreadedServer(engine) as server:
+            resp = post_json(f"{server.base}/personalizer/v1.1-preview.1/multislot/rank", rank_request())
+            error = assert_error(resp, 500, "InternalServerError")
+            assert "secret" not in error["message"] and "RuntimeError" not in resp.text
+            # The server keeps serving.
+            assert requests.get(f"{server.base}/health", timeout=10).status_code == 200
+    finally:
+        engine.close()
     assert "internal detail" in caplog.text  # logged for the operator ...
     assert KEY not in caplog.text  # ... without the key
 

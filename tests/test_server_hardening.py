@@ -23,18 +23,7 @@ from typing import Any
 
 import pytest
 import requests
-from server_fixtures import (  # noqa: F401  (fixtures are used by name)
-    HEADERS,
-    KEY,
-    ROOT,
-    ProcessServer,
-    ThreadedServer,
-    free_port,
-    live_server_fixture,
-    rank_request,
-    server_engine_fixture,
-    shaped_request,
-)
+from server_fixtures import HEADERS, KEY, ROOT, ProcessServer, ThreadedServer, free_port, rank_request, shaped_request
 
 from personalizer.contract import MultiSlotRankRequest
 from personalizer.engine import DEFAULT_POLICY_ARGUMENTS, LocalPersonalizer

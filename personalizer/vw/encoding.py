@@ -130,6 +130,12 @@ def slot_body(slot_id: str, features: Sequence[dict[str, Any]], seed: str | None
     return f"{seed_tag(seed)}{namespaces(features, SLOT_NAMESPACE, '_id=' + escape(slot_id))}"
 
 
+def seeded_slot_body(untagged: str, event_id: str, position: int) -> str:
+    """``slot_body`` of a slot from its untagged body (``slot_body(id, features, None)``) and the event:
+    what every event of one request shares is encoded once, only the seed tag differs."""
+    return seed_tag(slot_seed(event_id, position)) + untagged
+
+
 def seed_tag(seed: str | None) -> str:
     """The tag ``'seed=<seed>`` that makes VW's exploration draw deterministic ('' for no seed)."""
     return f"'seed={escape(seed)}" if seed is not None else ""
