@@ -1,6 +1,6 @@
 """Fixtures and helpers for the dashboard's AppTest tests.
 
-Import them into a test module (``from dashboard_fixtures import app_fixture``);
+tests/conftest.py registers this module as a pytest plugin, so test modules use the fixtures by name;
 the fixtures are named ``app`` and ``studio_home``.
 
 Each test gets its own data directory (``PERSONALIZER_HOME`` in a temp dir), so

@@ -3,18 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from dashboard_fixtures import (  # noqa: F401
-    EVALUATE,
-    TRENDS,
-    app_fixture,
-    chart_data,
-    charts,
-    run_simulator,
-    shared_engine,
-    spec,
-    studio_home_fixture,
-    texts,
-)
+from dashboard_fixtures import EVALUATE, TRENDS, chart_data, charts, run_simulator, shared_engine, spec, texts
 from streamlit.testing.v1 import AppTest
 
 from personalizer.dashboard.backend import evaluations_for

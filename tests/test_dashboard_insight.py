@@ -6,18 +6,7 @@ import html.parser
 from pathlib import Path
 
 import pytest
-from dashboard_fixtures import (  # noqa: F401
-    APP,
-    RANK,
-    TRENDS,
-    app_fixture,
-    chart_data,
-    charts,
-    shared_engine,
-    spec,
-    studio_home_fixture,
-    texts,
-)
+from dashboard_fixtures import APP, RANK, TRENDS, chart_data, charts, shared_engine, spec, texts
 from streamlit.testing.v1 import AppTest
 
 from personalizer.dashboard import report

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-from dashboard_fixtures import (  # noqa: F401
-    EVALUATE,
-    app_fixture,
-    shared_engine,
-    studio_home_fixture,
-    texts,
-)
+from dashboard_fixtures import EVALUATE, shared_engine, texts
 from streamlit.testing.v1 import AppTest
 
 from personalizer.dashboard.policy_history import details, headline, lift_text

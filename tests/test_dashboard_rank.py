@@ -6,18 +6,7 @@ import json
 import re
 
 import pytest
-from dashboard_fixtures import (  # noqa: F401
-    APP,
-    SLOTS,
-    app_fixture,
-    event_id,
-    history,
-    raw_texts,
-    shared_engine,
-    studio_home_fixture,
-    texts,
-    unescape,
-)
+from dashboard_fixtures import APP, SLOTS, event_id, history, raw_texts, shared_engine, texts, unescape
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.errors import AppTestError
 

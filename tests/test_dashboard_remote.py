@@ -8,18 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dashboard_fixtures import (  # noqa: F401
-    APP,
-    EVALUATE,
-    TRENDS,
-    app_fixture,
-    history,
-    run_simulator,
-    shared_engine,
-    studio_home_fixture,
-    texts,
-    unescape,
-)
+from dashboard_fixtures import APP, EVALUATE, TRENDS, history, run_simulator, shared_engine, texts, unescape
 from server_fixtures import KEY, ThreadedServer
 from streamlit.testing.v1 import AppTest
 

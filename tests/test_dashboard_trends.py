@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from dashboard_fixtures import (  # noqa: F401
+from dashboard_fixtures import (
     SIMULATOR,
     TRENDS,
-    app_fixture,
     chart_data,
     charts,
     history,
     run_simulator,
     shared_engine,
     spec,
-    studio_home_fixture,
     texts,
 )
 from streamlit.testing.v1 import AppTest

@@ -12,19 +12,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dashboard_fixtures import (  # noqa: F401
+from dashboard_fixtures import (
     EVALUATE,
     RANK,
     SIMULATOR,
     TRENDS,
-    app_fixture,
     chart_data,
     charts,
     history,
     run_simulator,
     shared_engine,
     spec,
-    studio_home_fixture,
     texts,
     unescape,
 )
