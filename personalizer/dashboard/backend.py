@@ -36,10 +36,11 @@ from ..contract import PersonalizerError
 from ..engine import LocalPersonalizer
 from ..evaluation import Evaluations
 from ..importance import FeatureImportances
+from ..settings import load_settings
 from .lift import LiftReport, from_events
 from .log_trends import LogRows
 from .ranking import Backend
-from .remote import RemoteSettings, endpoint_problem, remote_settings
+from .remote import ENV_ENDPOINT, ENV_KEY, RemoteSettings, endpoint_problem, remote_settings
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class BackendChoice:
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> str:
     """The embedded engine's data directory: ``home``, else ``$PERSONALIZER_HOME``, else ``./.personalizer``."""
-    chosen = home or os.environ.get("PERSONALIZER_HOME") or ".personalizer"
+    chosen = home or load_settings().home
     return str(Path(chosen).expanduser().resolve())
 
 
@@ -94,7 +95,9 @@ def _secrets() -> Mapping[str, Any] | None:
 
 def configured_remote() -> RemoteSettings:
     """Remote endpoint and key from secrets.toml or the environment (empty when neither has them)."""
-    return remote_settings(_secrets(), os.environ)
+    settings = load_settings()
+    environ = {ENV_ENDPOINT: settings.endpoint or "", ENV_KEY: settings.keys()[0] if settings.keys() else ""}
+    return remote_settings(_secrets(), environ)
 
 
 def embedded_choice() -> BackendChoice:
