@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     serve_cmd.add_argument("--data", default=None,
                            help="data directory (default $PERSONALIZER_HOME or ./.personalizer)")
+    serve_cmd.add_argument("--store", default=None,
+                           help="where the event log lives: a data directory (SQLite, the default) or a "
+                                "postgresql://user@host:port/db URL (PostgreSQL); $PERSONALIZER_STORE. "
+                                "Overrides --data")
     serve_cmd.add_argument("--key", action="append", default=None,
                            help="subscription key clients must send in Ocp-Apim-Subscription-Key; give it twice "
                                 "for two valid keys (rotation). Default $PERSONALIZER_KEY and $PERSONALIZER_KEY_2, "
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from .server import serve
 
     try:
-        serve(args.host, args.port, args.data, keys, allow_no_key=args.allow_no_key,
+        serve(args.host, args.port, args.store or args.data, keys, allow_no_key=args.allow_no_key,
               max_body_bytes=args.max_body_bytes, max_model_bytes=args.max_model_bytes,
               lock_timeout=args.lock_timeout if args.lock_timeout > 0 else None,
               max_rank_features=args.max_rank_features, timeout_keep_alive=args.timeout_keep_alive,

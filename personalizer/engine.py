@@ -45,8 +45,9 @@ from .contract import (
     ServiceConfiguration,
     parse,
 )
+from .eventstore import EventStore, open_store
 from .policy_history import ChangeNote, change_to_dict, same_arguments
-from .store import EventLog, StoredEvent, storage_error
+from .store import StoredEvent, storage_error
 from .vw import budget, encoding, trial
 from .vw import explain as vw_explain
 from .vw import workspace as vw_workspace
@@ -229,7 +230,8 @@ class _TimedLock:
 class LocalPersonalizer:
     """In-process Personalizer: ``rank``, ``reward``, ``activate`` with a durable log.
 
-    ``home`` is the data directory (default ``$PERSONALIZER_HOME`` or ``.personalizer``).
+    ``home`` is the data directory (default ``$PERSONALIZER_STORE``, ``$PERSONALIZER_HOME`` or
+    ``.personalizer``), or a ``postgresql://`` URL for a log in PostgreSQL (``eventstore.open_store``).
     ``policy_arguments`` and ``configuration`` seed a new data directory; a directory
     that already has settings keeps its own. ``clock`` returns epoch seconds (tests
     inject one to control reward wait times).
@@ -246,7 +248,7 @@ class LocalPersonalizer:
     ) -> None:
         self._clock: Clock = clock or time.time
         self._lock = threading.RLock()
-        self._log = EventLog(home)
+        self._log: EventStore = open_store(home)
         self.home = self._log.home
         self._checkpoint_every = checkpoint_every
         self._pending: dict[str, _Pending] = {}

@@ -390,6 +390,7 @@ async def _put_model(engine: Any, request: Request, _: str) -> Response:
         raise _busy("another model upload is being processed; retry when it is done")
     async with uploads:
         home = getattr(engine, "home", None)
+        home = home if isinstance(home, os.PathLike) else None  # a PostgreSQL store: the system's temp dir
         with tempfile.TemporaryFile(prefix="upload-", suffix=".vw", dir=home) as spool:
             async for chunk in request.stream():
                 spool.write(chunk)  # page-cache writes of <= 64 KB chunks: brief, fine on the loop

@@ -14,6 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # seed_data and friends
 
+from pg_fixtures import pg_cluster, pg_url  # noqa: F401  (PostgreSQL fixtures, for every suite)
 from timing import FakeClock
 
 from personalizer.engine import LocalPersonalizer

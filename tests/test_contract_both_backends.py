@@ -19,12 +19,14 @@ from personalizer.contract import PersonalizerError
 from personalizer.engine import LocalPersonalizer
 
 
-@pytest.fixture(params=["embedded", "remote"])
+@pytest.fixture(params=["embedded", "remote", "embedded-pg", "remote-pg"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    """The embedded engine, or a client talking to a server around an identical engine."""
-    engine = LocalPersonalizer(tmp_path / "data")
+    """The embedded engine, or a client talking to a server around an identical engine; on a SQLite
+    data directory, or (``-pg``) on a fresh PostgreSQL database."""
+    store = request.getfixturevalue("pg_url") if request.param.endswith("-pg") else tmp_path / "data"
+    engine = LocalPersonalizer(store)
     try:
-        if request.param == "embedded":
+        if request.param.startswith("embedded"):
             yield engine
         else:
             with ThreadedServer(engine) as server, PersonalizerClient(server.base, KEY, retries=0) as client:
