@@ -408,6 +408,13 @@ class LocalPersonalizer:
                 self._vw = self._workspace()
                 start = origin.learn_seq if origin is not None else 0
         self._modified: float | None = None
+        return self._replay_after(start), cp is None
+
+    def _replay_after(self, start: int) -> int:
+        """Learn every event the log says was learned after ``start``, in learning order; returns how many.
+
+        Restart replays with it; a scaled-out trainer (``scaled.TrainerEngine``) follows the log with it.
+        """
         replayed = 0
         for ev in self._log.learned_after(start):
             head, bodies, allowed, index = encode_request(ev.request, ev.event_id)
@@ -416,7 +423,7 @@ class LocalPersonalizer:
             self._learn_example(ev.event_id, head, bodies, allowed, chosen, probs, ev.labels or [], ev.mode)
             self._modified = ev.closed
             replayed += 1
-        return replayed, cp is None
+        return replayed
 
     def _reload_pending(self) -> None:
         """Pending events from the log: the small ``_Pending`` entries, rewards joined again."""

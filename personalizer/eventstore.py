@@ -93,11 +93,14 @@ def default_location() -> str | None:
     return os.environ.get("PERSONALIZER_STORE") or None
 
 
-def open_store(location: str | os.PathLike[str] | None = None) -> EventStore:
+def open_store(location: str | os.PathLike[str] | EventStore | None = None) -> EventStore:
     """The store ``location`` names: PostgreSQL for a ``postgresql://`` URL, else SQLite in that directory.
 
-    ``None`` falls back to ``$PERSONALIZER_STORE``, then to the default data directory.
+    ``None`` falls back to ``$PERSONALIZER_STORE``, then to the default data directory; a store that is
+    already open is used as it is (the scaled-out roles open theirs with role-specific options).
     """
+    if hasattr(location, "add_event"):
+        return location  # type: ignore[return-value]
     if location is None:
         location = default_location()
     if is_postgres_url(location):

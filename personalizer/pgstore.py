@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -99,11 +100,19 @@ _MIGRATIONS: tuple[str, ...] = (
         details     TEXT
     );
     """,
+    # 2: the id of the published model (checkpoint) that ranked each event (scaled-out replicas).
+    """
+    ALTER TABLE events ADD COLUMN model_id BIGINT;
+    """,
 )
 #: The schema version this code writes.
 SCHEMA_VERSION = len(_MIGRATIONS)
 #: Advisory-lock key taken (for one transaction) while the schema is created or migrated.
 _MIGRATION_LOCK = 0x50534D4947
+#: Advisory-lock key taken (for one transaction) to assign learning orders: gapless, in commit order.
+_LEARN_ORDER_LOCK = 0x50534C4F
+#: The channel a trainer notifies when it publishes a model (payload: the checkpoint id).
+MODELS_CHANNEL = "personalizer_models"
 
 _EVENT_COLUMNS = ("seq, event_id, created, request_hash, request, response, mode, deferred, activated,"
                   " status, closed, learn_seq, labels")
@@ -127,9 +136,13 @@ class PgEventLog:
         self.path = self.home
         self._local = threading.local()
         self._lease: psycopg.Connection[Any] | None = None
+        #: The published model (checkpoint id) that ranks now; logged with each event (replicas set it).
+        self.current_model_id: int | None = None
         try:
             if own:
-                self._lease = psycopg.connect(url, autocommit=True)
+                # Named so an operator (and the chaos test) can see which process leads: pg_stat_activity.
+                self._lease = psycopg.connect(url, autocommit=True,
+                                              application_name=f"personalizer-owner-{os.getpid()}")
                 got = self._lease.execute("SELECT pg_try_advisory_lock(%s)", (OWNER_LOCK,)).fetchone()
                 if not (got and got[0]):
                     raise PersonalizerError(
@@ -244,9 +257,10 @@ class PgEventLog:
         with self._conn() as conn:
             try:
                 row = conn.execute(
-                    "INSERT INTO events (event_id, created, request_hash, request, response, mode, deferred, status)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, 'pending') RETURNING seq",
-                    (event_id, created, request_hash, request_json, json.dumps(response), mode, deferred),
+                    "INSERT INTO events (event_id, created, request_hash, request, response, mode, deferred, status,"
+                    " model_id) VALUES (%s, %s, %s, %s, %s, %s, %s, 'pending', %s) RETURNING seq",
+                    (event_id, created, request_hash, request_json, json.dumps(response), mode, deferred,
+                     self.current_model_id),
                 ).fetchone()
             except psycopg.Error as exc:
                 raise pg_error(exc, self.home) from None
@@ -330,6 +344,67 @@ class PgEventLog:
             self._execute(
                 "DELETE FROM rewards WHERE event_id IN (SELECT event_id FROM events WHERE status <> 'pending')")
             return self._execute("DELETE FROM events WHERE status <> 'pending'")
+
+    # ------------------------------------------------------------ scale-out (replicas and the trainer)
+    def db_now(self) -> float:
+        """The database's clock (epoch seconds): every process of a deployment measures reward waits by it."""
+        row = self._fetchone("SELECT extract(epoch FROM clock_timestamp())::float8")
+        assert row is not None
+        return float(row[0])
+
+    def lock_event(self, event_id: str) -> StoredEvent | None:
+        """The event, its row locked until the caller's ``transaction()`` ends (or None)."""
+        row = self._fetchone(f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = %s FOR UPDATE", (event_id,))
+        return _event(row) if row else None
+
+    def claim_due(self, wait_seconds: float, now: float, limit: int = 500) -> list[StoredEvent]:
+        """Pending events whose reward wait ended by ``now``, locked for the caller's transaction; rows another
+        process holds (a replica answering a reward) are skipped, not waited for."""
+        rows = self._fetchall(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE status = 'pending'"
+            " AND COALESCE(activated, created) + %s <= %s ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED",
+            (wait_seconds, now, limit))
+        return [_event(row) for row in rows]
+
+    def next_learn_seqs(self, n: int) -> int:
+        """The first of ``n`` learning orders for this transaction (call inside ``transaction()``).
+
+        An advisory lock held to commit serializes assignment, so orders are gapless and commit in order:
+        a follower reading ``learned_after`` never skips one that commits later.
+        """
+        with self._conn() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LEARN_ORDER_LOCK,))
+            row = conn.execute("SELECT COALESCE(MAX(learn_seq), 0) FROM events").fetchone()
+        return int(row[0]) + 1 if row else 1
+
+    def holds_lease(self) -> bool:
+        """True while this process's owner lock (the trainer's leadership) is held by its live session."""
+        if self._lease is None or self._lease.closed:
+            return False
+        try:
+            pid = self._lease.info.backend_pid
+            row = self._fetchone(
+                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = %s"
+                " AND classid = %s AND objid = %s AND objsubid = 1",
+                (pid, (OWNER_LOCK >> 32) & 0xFFFFFFFF, OWNER_LOCK & 0xFFFFFFFF))
+        except PersonalizerError:
+            return False
+        return row is not None
+
+    def notify_model(self, checkpoint_id: int) -> None:
+        """Tell listening replicas a model was published (delivered when the caller's transaction commits)."""
+        self._execute("SELECT pg_notify(%s, %s)", (MODELS_CHANNEL, str(checkpoint_id)))
+
+    def newest_checkpoint_id(self) -> int | None:
+        """The id of the newest checkpoint (the published model), or None."""
+        row = self._fetchone("SELECT MAX(id) FROM checkpoints")
+        return None if row is None or row[0] is None else int(row[0])
+
+    def checkpoint_by_id(self, checkpoint_id: int) -> Checkpoint | None:
+        """One checkpoint with its model, or None (pruned)."""
+        row = self._fetchone("SELECT id, learn_seq, created, reason, arguments, model FROM checkpoints WHERE id = %s",
+                             (checkpoint_id,))
+        return Checkpoint(*row[:5], bytes(row[5])) if row else None
 
     # ------------------------------------------------------------ rewards
     def add_rewards(self, event_id: str, rewards: list[tuple[str, float]], when: float, late: bool = False) -> None:
