@@ -77,7 +77,8 @@ class Deployment:
 
     def __init__(self, url: str, tmp: Path, replicas: int = 2, trainers: int = 1,
                  configuration: dict[str, Any] | None = None) -> None:
-        LocalPersonalizer(url, configuration=configuration).close()  # settings and the first model
+        if configuration is not None:  # settings and the first model before anything starts
+            LocalPersonalizer(url, configuration=configuration).close()
         self.url = url
         self.trainers = [Trainer(url, tmp / f"trainer-{i}.log") for i in range(trainers)]
         wait_for(lambda: leader_pid(url), 30, "a trainer to lead")
@@ -107,8 +108,14 @@ class Deployment:
 
 @pytest.fixture
 def deployment(pg_url: str, tmp_path: Path) -> Iterator[Deployment]:
-    dep = Deployment(pg_url, tmp_path, configuration={"rewardWaitTime": "PT5S", "modelExportFrequency": "PT1S"})
+    """The README's way: an empty database, the trainer creates everything, configured through a replica."""
+    dep = Deployment(pg_url, tmp_path)
     try:
+        short = {"rewardWaitTime": "PT5S", "modelExportFrequency": "PT1S"}
+        dep.clients[0].update_service_configuration(short)
+        wait_for(lambda: all(c.get_service_configuration()["rewardWaitTime"] == "PT5S" for c in dep.clients), 10,
+                 "every replica to apply the shared configuration")
+        time.sleep(0.5)  # the trainer reads it on its next round (every 0.2 s when idle)
         yield dep
     finally:
         dep.stop()
