@@ -258,3 +258,50 @@ def test_sigkill_a_replica_and_the_leading_trainer_mid_load(pg_url: str, tmp_pat
 def _pending(url: str) -> int:
     with psycopg.connect(url) as conn:
         return int(conn.execute("SELECT COUNT(*) FROM events WHERE status = 'pending'").fetchone()[0])
+
+
+def test_a_trainer_that_lost_its_lease_writes_nothing_more(pg_url: str) -> None:
+    from personalizer.scaled import ReplicaEngine, TrainerEngine
+
+    trainer = TrainerEngine(pg_url)
+    replica = ReplicaEngine(pg_url)
+    try:
+        replica.update_service_configuration({"rewardWaitTime": "PT5S"})
+        event = replica.rank(rank_request("evt-orphan"))["eventId"]
+        with psycopg.connect(pg_url, autocommit=True) as conn:  # as if its session died (network, restart)
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                         " WHERE application_name = %s", (f"personalizer-owner-{os.getpid()}",))
+            conn.execute("UPDATE events SET created = created - 60 WHERE event_id = %s", (event,))  # due now
+        with pytest.raises(PersonalizerError) as info:
+            trainer.step()
+        assert info.value.status == 503 and "leadership" in info.value.message
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT status FROM events WHERE event_id = %s", (event,)).fetchone() == ("pending",)
+        taken_over = TrainerEngine(pg_url)  # the lock went with the dead session: another trainer leads
+        try:
+            assert taken_over.step() == 1
+        finally:
+            taken_over.close()
+    finally:
+        replica.close()
+        trainer.close()
+
+
+def test_a_replica_keeps_its_model_when_a_new_one_does_not_load(pg_url: str) -> None:
+    from personalizer.scaled import ReplicaEngine
+
+    LocalPersonalizer(pg_url).close()
+    replica = ReplicaEngine(pg_url)
+    try:
+        serving = replica.model_id
+        assert serving is not None and replica.health_details()["modelError"] is None
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("INSERT INTO checkpoints (learn_seq, created, reason, arguments, model)"
+                         " VALUES (0, 0, 'periodic', '--ccb_explore_adf', 'not a model'::bytea)")
+        replica._refresh()
+        health = replica.health_details()
+        assert replica.model_id == serving and health["modelId"] == serving
+        assert health["modelError"] and "did not load" in health["modelError"]
+        assert replica.rank(rank_request())["slots"]  # still ranking with the old model
+    finally:
+        replica.close()
