@@ -66,6 +66,8 @@ RETIRED_POLICY_ARGUMENTS = "--ccb_explore_adf --epsilon 0.2 --power_t 0 -l 0.001
 DEFAULT_POLICY_ARGUMENTS = "--ccb_explore_adf --epsilon 0.2 --cb_type mtr --squarecb -q @_ -q ~_"
 DEFAULT_POLICY_NAME = "Personalizer Studio default"
 SINGLE_SLOT_ID = "__single__"
+#: Seconds between two rounds of log retention (``logRetentionDays``), each deleting one bounded batch.
+RETENTION_INTERVAL = 60.0
 
 Clock = Callable[[], float]
 log = logging.getLogger(__name__)
@@ -690,9 +692,33 @@ class LocalPersonalizer:
 
     # ------------------------------------------------------------ join and learn
     def process_due(self) -> int:
-        """Close every event whose reward wait time has passed; returns how many."""
+        """Close every event whose reward wait time has passed; returns how many.
+
+        Also enforces ``logRetentionDays`` (``enforce_retention``), in one bounded batch at most once a minute.
+        """
         with self._locked():
-            return self._process_due(self._clock())
+            closed = self._process_due(self._clock())
+        if self._clock() >= getattr(self, "_retention_due", 0.0):
+            self._retention_due = self._clock() + RETENTION_INTERVAL
+            try:
+                self.enforce_retention()
+            except PersonalizerError as exc:  # e.g. a full disk: retried next time
+                log.warning("log retention failed: %s", exc.message)
+        return closed
+
+    def enforce_retention(self, limit: int = 1000) -> int:
+        """Delete up to ``limit`` closed events older than ``logRetentionDays`` (-1: keep everything), with their
+        rewards; returns how many. Learned events after the newest checkpoint stay until one covers them."""
+        with self._locked():
+            days = self._config.log_retention_days
+            if days < 0:
+                return 0
+            newest = self._log.latest_checkpoint()
+            deleted = self._log.delete_expired(self._clock() - days * 86400.0, newest.learn_seq if newest else 0,
+                                               limit)
+            if deleted:
+                self._counts = None
+            return deleted
 
     def _process_due(self, now: float) -> int:
         closed = 0

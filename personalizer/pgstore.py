@@ -345,6 +345,20 @@ class PgEventLog:
                 "DELETE FROM rewards WHERE event_id IN (SELECT event_id FROM events WHERE status <> 'pending')")
             return self._execute("DELETE FROM events WHERE status <> 'pending'")
 
+    def delete_expired(self, cutoff: float, learned_upto: int, limit: int = 1000) -> int:
+        """Delete up to ``limit`` closed events ranked before ``cutoff``, with their rewards; returns how many.
+
+        Learned events after ``learned_upto`` (the newest checkpoint) are kept: a restart replays them.
+        """
+        with self.transaction():
+            rows = self._fetchall(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE created < %s AND status <> 'pending'"
+                " AND (learn_seq IS NULL OR learn_seq <= %s) ORDER BY seq LIMIT %s) RETURNING event_id",
+                (cutoff, learned_upto, limit))
+            if rows:
+                self._execute("DELETE FROM rewards WHERE event_id = ANY(%s)", ([r[0] for r in rows],))
+        return len(rows)
+
     # ------------------------------------------------------------ scale-out (replicas and the trainer)
     def db_now(self) -> float:
         """The database's clock (epoch seconds): every process of a deployment measures reward waits by it."""

@@ -10,7 +10,8 @@ order assigned in the same transaction); the trainer learns it.
 lock: it dies with the process). It claims due events (``FOR UPDATE SKIP LOCKED``), closes them with
 their labels and learning orders, commits, learns every event the log says was learned after its
 model, and publishes the model every ``modelExportFrequency`` (at least 1 s) as a checkpoint with a
-``NOTIFY``. Standbys wait for the lock and take over within about a second of the leader's death.
+``NOTIFY``; it also enforces ``logRetentionDays`` in bounded batches. Standbys wait for the lock and
+take over within about a second of the leader's death.
 
 Both reuse the embedded engine (``LocalPersonalizer``): validation, encoding, prediction, learning
 and replay are its own code; only where state lives differs (the database, not memory).
@@ -22,10 +23,11 @@ import contextlib
 import logging
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from .contract import PersonalizerError, parse_duration
-from .engine import LocalPersonalizer, _iso, _unknown_event
+from .engine import RETENTION_INTERVAL, LocalPersonalizer, _unknown_event
 from .pgstore import MODELS_CHANNEL, PgEventLog
 from .store import StoredEvent
 from .vw import workspace as vw_workspace
@@ -36,6 +38,12 @@ log = logging.getLogger(__name__)
 MODEL_POLL_SECONDS = 2.0
 #: Shortest model export interval honoured.
 MIN_EXPORT_SECONDS = 1.0
+
+
+def _iso(ts: float | None) -> str | None:
+    """A Unix time as ISO-8601 UTC with a ``Z``, as the engine writes it (``protocol.iso_utc`` after the
+    structure merge; kept here so this module does not depend on a private helper's location)."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _labels(slot_ids: list[str], rewards: list[tuple[str, float, float]], aggregation: str,
@@ -241,6 +249,10 @@ class ReplicaEngine(_SharedLog, LocalPersonalizer):
             "NotSupportedOnReplica", f"{what} is not available on a scaled-out replica yet; stop the deployment "
             "and run it with one 'serve --store URL' (role all)", 501)
 
+    def enforce_retention(self, limit: int = 1000) -> int:
+        """The trainer enforces ``logRetentionDays``; a replica deletes nothing."""
+        return 0
+
     def update_policy(self, *_: Any, **__: Any) -> dict[str, Any]:
         raise self._not_on_replica("changing the learning policy")
 
@@ -282,6 +294,7 @@ class TrainerEngine(_SharedLog, LocalPersonalizer):
     def __init__(self, url: str) -> None:
         store = PgEventLog(url, own=True)  # raises 503 "in use" while another trainer leads
         self._published_at = 0.0
+        self._retention_due = 0.0
         super().__init__(store, clock=store.db_now)
         self._publish()
 
@@ -324,6 +337,11 @@ class TrainerEngine(_SharedLog, LocalPersonalizer):
         self._since_checkpoint += learned
         if self._since_checkpoint and self._clock() - self._published_at >= self._export_seconds():
             self._publish()
+        if self._clock() >= self._retention_due:
+            self._retention_due = self._clock() + RETENTION_INTERVAL
+            with self._log.transaction():
+                if self._log.holds_lease():
+                    self.enforce_retention()
         return len(due)
 
     def _replay_after(self, start: int) -> int:
