@@ -22,7 +22,6 @@ from .server import (
 from .settings import Settings, load_settings
 from .vw.budget import DEFAULT_MAX_RANK_FEATURES
 
-KEY_VARIABLES = ("PERSONALIZER_KEY", "PERSONALIZER_KEY_2")
 
 
 def _env(settings: Settings, name: str, default: object) -> str:
@@ -56,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     serve_cmd.add_argument("--data", default=None,
                            help="data directory (default $PERSONALIZER_HOME or ./.personalizer)")
+    serve_cmd.add_argument("--store", default=None,
+                           help="where the event log lives: a data directory (SQLite, the default) or a "
+                                "postgresql://user@host:port/db URL (PostgreSQL); $PERSONALIZER_STORE. "
+                                "Overrides --data")
     serve_cmd.add_argument("--key", action="append", default=None,
                            help="subscription key clients must send in Ocp-Apim-Subscription-Key; give it twice "
                                 "for two valid keys (rotation). Default $PERSONALIZER_KEY and $PERSONALIZER_KEY_2, "
@@ -85,23 +88,57 @@ def main(argv: list[str] | None = None) -> int:
                            default=_env(settings, "header_timeout", DEFAULT_HEADER_TIMEOUT),
                            help=f"seconds a client has to send a request's headers (default "
                                 f"{DEFAULT_HEADER_TIMEOUT:g}; 0: no limit; $PERSONALIZER_HEADER_TIMEOUT)")
+    serve_cmd.add_argument("--role", choices=["all", "replica"], default=_env(settings, "role", "all"),
+                           help="all: rank, reward and learn in this process (default); replica: a stateless "
+                                "API replica of a scaled-out deployment on --store postgresql://... "
+                                "(run 'train' beside it); $PERSONALIZER_ROLE")
     serve_cmd.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    train_cmd = commands.add_parser("train", help="run the trainer of a scaled-out deployment (PostgreSQL)")
+    train_cmd.add_argument("--store", default=None,
+                           help="the shared log: a postgresql://user@host:port/db URL (default $PERSONALIZER_STORE)")
+    train_cmd.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve_cmd.add_argument("--access-log", action="store_true", help="log every request line (off: faster)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
+    if args.command == "train":
+        return _train(args.store or settings.store or "")
     keys = args.key if args.key is not None else settings.keys()
     from .contract import PersonalizerError
     from .server import serve
 
     try:
-        serve(args.host, args.port, args.data, keys, allow_no_key=args.allow_no_key,
+        serve(args.host, args.port, args.store or args.data, keys, allow_no_key=args.allow_no_key,
               max_body_bytes=args.max_body_bytes, max_model_bytes=args.max_model_bytes,
               lock_timeout=args.lock_timeout if args.lock_timeout > 0 else None,
               max_rank_features=args.max_rank_features, timeout_keep_alive=args.timeout_keep_alive,
-              header_timeout=args.header_timeout, log_level=args.log_level, access_log=args.access_log)
+              header_timeout=args.header_timeout, log_level=args.log_level, access_log=args.access_log,
+              role=args.role)
     except (PersonalizerError, ValueError, OSError) as exc:  # e.g. the data directory is in use, a bad key
         print(f"error: {exc.message if isinstance(exc, PersonalizerError) else exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _train(store: str) -> int:
+    """Run the trainer (leader or standby) until SIGTERM or SIGINT."""
+    import signal
+    import threading
+
+    from .contract import PersonalizerError
+    from .eventstore import is_postgres_url
+    from .scaled import run_trainer
+
+    if not is_postgres_url(store):
+        print("error: train needs --store postgresql://... (or $PERSONALIZER_STORE)", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        run_trainer(store, stop=stop)
+    except PersonalizerError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
         return 1
     return 0
 

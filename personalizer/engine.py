@@ -44,9 +44,10 @@ from .contract import (
     ServiceConfiguration,
     parse,
 )
+from .eventstore import EventStore, open_store
 from .policy_history import ChangeNote, change_to_dict, same_arguments
 from .protocol import iso_utc, new_event_id
-from .store import EventLog, StoredEvent, storage_error
+from .store import StoredEvent, storage_error
 from .vw import budget, encoding, trial
 from .vw import explain as vw_explain
 from .vw import workspace as vw_workspace
@@ -75,6 +76,8 @@ DEFAULT_LEARNER = "--cb_type mtr --squarecb -q @_ -q ~_"
 DEFAULT_POLICY_ARGUMENTS = policy_arguments(DEFAULT_LEARNER)
 DEFAULT_POLICY_NAME = "Personalizer Studio default"
 SINGLE_SLOT_ID = "__single__"
+#: Seconds between two rounds of log retention (``logRetentionDays``), each deleting one bounded batch.
+RETENTION_INTERVAL = 60.0
 
 Clock = Callable[[], float]
 log = logging.getLogger(__name__)
@@ -180,7 +183,8 @@ class _TimedLock:
 class LocalPersonalizer:
     """In-process Personalizer: ``rank``, ``reward``, ``activate`` with a durable log.
 
-    ``home`` is the data directory (default ``$PERSONALIZER_HOME`` or ``.personalizer``).
+    ``home`` is the data directory (default ``$PERSONALIZER_STORE``, ``$PERSONALIZER_HOME`` or
+    ``.personalizer``), or a ``postgresql://`` URL for a log in PostgreSQL (``eventstore.open_store``).
     ``policy_arguments`` and ``configuration`` seed a new data directory; a directory
     that already has settings keeps its own. ``clock`` returns epoch seconds (tests
     inject one to control reward wait times).
@@ -197,7 +201,7 @@ class LocalPersonalizer:
     ) -> None:
         self._clock: Clock = clock or time.time
         self._lock = threading.RLock()
-        self._log = EventLog(home)
+        self._log: EventStore = open_store(home)
         self.home = self._log.home
         self._checkpoint_every = checkpoint_every
         self._pending: dict[str, _Pending] = {}
@@ -357,6 +361,13 @@ class LocalPersonalizer:
                 self._vw = self._workspace()
                 start = origin.learn_seq if origin is not None else 0
         self._modified: float | None = None
+        return self._replay_after(start), cp is None
+
+    def _replay_after(self, start: int) -> int:
+        """Learn every event the log says was learned after ``start``, in learning order; returns how many.
+
+        Restart replays with it; a scaled-out trainer (``scaled.TrainerEngine``) follows the log with it.
+        """
         replayed = 0
         for ev in self._log.learned_after(start):
             head, bodies, allowed, index = encode_request(ev.request, ev.event_id)
@@ -365,7 +376,7 @@ class LocalPersonalizer:
             self._learn_example(ev.event_id, head, bodies, allowed, chosen, probs, ev.labels or [], ev.mode)
             self._modified = ev.closed
             replayed += 1
-        return replayed, cp is None
+        return replayed
 
     def _reload_pending(self) -> None:
         """Pending events from the log: the small ``_Pending`` entries, rewards joined again."""
@@ -630,9 +641,33 @@ class LocalPersonalizer:
 
     # ------------------------------------------------------------ join and learn
     def process_due(self) -> int:
-        """Close every event whose reward wait time has passed; returns how many."""
+        """Close every event whose reward wait time has passed; returns how many.
+
+        Also enforces ``logRetentionDays`` (``enforce_retention``), in one bounded batch at most once a minute.
+        """
         with self._locked():
-            return self._process_due(self._clock())
+            closed = self._process_due(self._clock())
+        if self._clock() >= getattr(self, "_retention_due", 0.0):
+            self._retention_due = self._clock() + RETENTION_INTERVAL
+            try:
+                self.enforce_retention()
+            except PersonalizerError as exc:  # e.g. a full disk: retried next time
+                log.warning("log retention failed: %s", exc.message)
+        return closed
+
+    def enforce_retention(self, limit: int = 1000) -> int:
+        """Delete up to ``limit`` closed events older than ``logRetentionDays`` (-1: keep everything), with their
+        rewards; returns how many. Learned events after the newest checkpoint stay until one covers them."""
+        with self._locked():
+            days = self._config.log_retention_days
+            if days < 0:
+                return 0
+            newest = self._log.latest_checkpoint()
+            deleted = self._log.delete_expired(self._clock() - days * 86400.0, newest.learn_seq if newest else 0,
+                                               limit)
+            if deleted:
+                self._counts = None
+            return deleted
 
     def _process_due(self, now: float) -> int:
         closed = 0

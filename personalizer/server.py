@@ -388,7 +388,8 @@ async def _put_model(engine: LocalEngine, request: Request, _: str) -> Response:
     if uploads.locked():
         raise _busy("another model upload is being processed; retry when it is done")
     async with uploads:
-        with tempfile.TemporaryFile(prefix="upload-", suffix=".vw", dir=engine.home) as spool:
+        home = engine.home if isinstance(engine.home, os.PathLike) else None  # PostgreSQL: the system temp dir
+        with tempfile.TemporaryFile(prefix="upload-", suffix=".vw", dir=home) as spool:
             async for chunk in request.stream():
                 spool.write(chunk)  # page-cache writes of <= 64 KB chunks: brief, fine on the loop
 
@@ -1043,7 +1044,9 @@ def _add_routes(app: FastAPI, engine: LocalEngine, manager: Evaluations) -> None
             )
 
     async def health(request: Request) -> Response:
-        return _json({"status": "ok", "service": "personalizer-studio", "version": app.version})
+        details = getattr(engine, "health_details", None)  # a scaled-out replica: role, model id and age
+        return _json({"status": "ok", "service": "personalizer-studio", "version": app.version,
+                      **(details() if details is not None else {})})
 
     for path in ("/health", "/personalizer/health"):
         app.router.add_api_route(path, health, methods=["GET"], summary="Liveness for orchestration (no key needed).",
@@ -1225,8 +1228,12 @@ def serve(
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     log_level: str = "info",
     access_log: bool = False,
+    role: str = "all",
 ) -> None:
     """Run the server on ``host:port`` over the data directory ``data`` until SIGTERM or SIGINT.
+
+    ``role`` ``replica`` (``data`` a ``postgresql://`` URL) serves a stateless replica of a scaled-out
+    deployment (``scaled.ReplicaEngine``); ``all``, the default, the embedded engine.
 
     Serving a non-loopback ``host`` without a key is refused (ValueError) unless
     ``allow_no_key``: anyone who can reach the port could rank, reward, replace the model
@@ -1242,7 +1249,15 @@ def serve(
     if not keys and not is_loopback(host) and not allow_no_key:
         raise ValueError(f"refusing to serve {host} without a key: anyone who can reach it could change the model "
                          "or delete the log; set PERSONALIZER_KEY, or pass --allow-no-key if that is intended")
-    engine = LocalPersonalizer(data)
+    if role == "replica":
+        from .eventstore import is_postgres_url
+        from .scaled import ReplicaEngine
+
+        if not is_postgres_url(str(data or "")):
+            raise ValueError("--role replica needs --store postgresql://...: replicas share a PostgreSQL log")
+        engine: Any = ReplicaEngine(str(data))
+    else:
+        engine = LocalPersonalizer(data)
     try:
         app = create_app(engine, key=keys, max_body_bytes=max_body_bytes, max_model_bytes=max_model_bytes,
                          lock_timeout=lock_timeout, max_rank_features=max_rank_features)

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     key_2: SecretStr | None = None
     #: A remote server for the dashboard (``http(s)://host:port``).
     endpoint: str | None = None
+    #: Where the event log lives: a data directory (SQLite) or a ``postgresql://`` URL; None: ``home``.
+    store: str | None = None
+    #: The server's role: ``all`` (rank, reward and learn) or ``replica`` (scaled out on PostgreSQL).
+    role: str | None = None
     # Server options as text: the command line converts them with its own types, so a bad
     # value is a usage error naming the option (the defaults live beside the server code).
     max_body_bytes: str | None = None

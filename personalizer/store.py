@@ -340,6 +340,23 @@ class EventLog:
             n = self._db.execute("DELETE FROM events WHERE status != 'pending'").rowcount
         return int(n)
 
+    def delete_expired(self, cutoff: float, learned_upto: int, limit: int = 1000) -> int:
+        """Delete up to ``limit`` closed events ranked before ``cutoff``, with their rewards; returns how many.
+
+        Learned events after ``learned_upto`` (the newest checkpoint) are kept: a restart replays them.
+        """
+        with self.transaction():
+            ids = [r[0] for r in self._db.execute(
+                "SELECT event_id FROM events WHERE created < ? AND status != 'pending'"
+                " AND (learn_seq IS NULL OR learn_seq <= ?) ORDER BY seq LIMIT ?",
+                (cutoff, learned_upto, limit)).fetchall()]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" for _ in chunk)
+                self._db.execute(f"DELETE FROM rewards WHERE event_id IN ({marks})", chunk)
+                self._db.execute(f"DELETE FROM events WHERE event_id IN ({marks})", chunk)
+        return len(ids)
+
     # ------------------------------------------------------------ rewards
     def add_rewards(self, event_id: str, rewards: list[tuple[str, float]], when: float, late: bool = False) -> None:
         """Log rewards for an event (every call is kept, whatever the aggregation)."""

@@ -15,7 +15,7 @@ from timing import FakeClock
 from personalizer.engine import LocalPersonalizer
 
 # Fixtures of one area, shared by name (pyproject's ``pythonpath`` puts tests/ on the import path).
-pytest_plugins = ["server_fixtures", "dashboard_fixtures"]
+pytest_plugins = ["server_fixtures", "dashboard_fixtures", "pg_fixtures"]
 
 
 @pytest.fixture

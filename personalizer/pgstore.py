@@ -1,0 +1,577 @@
+"""The event log on PostgreSQL (psycopg 3 with its connection pool): the same semantics as
+``store.EventLog``, for a log shared by several processes.
+
+Tables mirror the SQLite schema (events, rewards, settings, checkpoints, evaluations,
+feature_importances, policy_changes); the schema is versioned in ``schema_version`` and
+created or migrated forward by the project under an advisory lock, so two processes
+starting at once do not race. A database from a newer version is refused.
+
+One process runs the embedded engine (role ``all``) on a database at a time, as one
+process owns a SQLite data directory: it holds a session advisory lock (``OWNER_LOCK``)
+on a dedicated connection for its lifetime, so a second engine is refused rather than
+learning a diverging model from the same log. The lock dies with the session: a killed
+process releases it.
+
+Request JSON is kept as the exact text the engine logged (``text``, not ``jsonb``):
+rebuilding an example must see the same features in the same order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import ConnectionPool
+
+from .contract import PersonalizerError
+from .store import RECORD_TABLES, Checkpoint, PolicyChange, StoredEvent, _change, _event
+
+#: Advisory-lock key held by the process that runs the engine on this database (the ASCII of "PSOWNER").
+OWNER_LOCK = 0x50534F574E4552
+
+#: Forward migrations: ``_MIGRATIONS[n - 1]`` takes the database from version ``n - 1`` to ``n``.
+_MIGRATIONS: tuple[str, ...] = (
+    # 1: everything SQLite's schema version 3 holds.
+    """
+    CREATE TABLE events (
+        seq          BIGSERIAL PRIMARY KEY,
+        event_id     TEXT NOT NULL UNIQUE,
+        created      DOUBLE PRECISION NOT NULL,
+        request_hash TEXT NOT NULL,
+        request      TEXT NOT NULL,
+        response     TEXT NOT NULL,
+        mode         TEXT NOT NULL,
+        deferred     BOOLEAN NOT NULL,
+        activated    DOUBLE PRECISION,
+        status       TEXT NOT NULL,
+        closed       DOUBLE PRECISION,
+        learn_seq    BIGINT UNIQUE,
+        labels       TEXT
+    );
+    CREATE INDEX events_pending ON events(seq) WHERE status = 'pending';
+    CREATE INDEX events_created ON events(created);
+    CREATE TABLE rewards (
+        id          BIGSERIAL PRIMARY KEY,
+        event_id    TEXT NOT NULL,
+        slot_id     TEXT NOT NULL,
+        value       DOUBLE PRECISION NOT NULL,
+        received    DOUBLE PRECISION NOT NULL,
+        late        BOOLEAN NOT NULL DEFAULT FALSE
+    );
+    CREATE INDEX rewards_event ON rewards(event_id);
+    CREATE TABLE settings (
+        key         TEXT PRIMARY KEY,
+        value       TEXT NOT NULL
+    );
+    CREATE TABLE checkpoints (
+        id          BIGSERIAL PRIMARY KEY,
+        learn_seq   BIGINT NOT NULL,
+        created     DOUBLE PRECISION NOT NULL,
+        reason      TEXT NOT NULL,
+        arguments   TEXT NOT NULL,
+        model       BYTEA NOT NULL
+    );
+    CREATE TABLE evaluations (
+        id          TEXT PRIMARY KEY,
+        created     DOUBLE PRECISION NOT NULL,
+        record      TEXT NOT NULL
+    );
+    CREATE TABLE feature_importances (
+        id          TEXT PRIMARY KEY,
+        created     DOUBLE PRECISION NOT NULL,
+        record      TEXT NOT NULL
+    );
+    CREATE TABLE policy_changes (
+        id          BIGSERIAL PRIMARY KEY,
+        created     DOUBLE PRECISION NOT NULL,
+        who         TEXT NOT NULL,
+        action      TEXT NOT NULL,
+        evaluation_id TEXT,
+        before      TEXT NOT NULL,
+        after       TEXT NOT NULL,
+        details     TEXT
+    );
+    """,
+    # 2: the id of the published model (checkpoint) that ranked each event (scaled-out replicas).
+    """
+    ALTER TABLE events ADD COLUMN model_id BIGINT;
+    """,
+)
+#: The schema version this code writes.
+SCHEMA_VERSION = len(_MIGRATIONS)
+#: Advisory-lock key taken (for one transaction) while the schema is created or migrated.
+_MIGRATION_LOCK = 0x50534D4947
+#: Advisory-lock key taken (for one transaction) to assign learning orders: gapless, in commit order.
+_LEARN_ORDER_LOCK = 0x50534C4F
+#: The channel a trainer notifies when it publishes a model (payload: the checkpoint id).
+MODELS_CHANNEL = "personalizer_models"
+
+_EVENT_COLUMNS = ("seq, event_id, created, request_hash, request, response, mode, deferred, activated,"
+                  " status, closed, learn_seq, labels")
+_CHANGE_COLUMNS = "id, created, who, action, evaluation_id, before, after, details"
+#: Names of server-side cursors (unique per process: two may be open on one pinned connection).
+_CURSOR_NAMES = (f"personalizer_stream_{n}" for n in itertools.count())
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+class PgEventLog:
+    """PostgreSQL-backed event log. Thread-safe: each call borrows a pooled connection, and
+    ``transaction()`` pins one to the calling thread until it commits."""
+
+    def __init__(self, url: str, *, own: bool = True, pool_size: int = 4) -> None:
+        self.url = url
+        self.home = redact(url)
+        self.path = self.home
+        self._local = threading.local()
+        self._lease: psycopg.Connection[Any] | None = None
+        #: The published model (checkpoint id) that ranks now; logged with each event (replicas set it).
+        self.current_model_id: int | None = None
+        try:
+            if own:
+                # Named so an operator (and the chaos test) can see which process leads: pg_stat_activity.
+                self._lease = psycopg.connect(url, autocommit=True,
+                                              application_name=f"personalizer-owner-{os.getpid()}")
+                got = self._lease.execute("SELECT pg_try_advisory_lock(%s)", (OWNER_LOCK,)).fetchone()
+                if not (got and got[0]):
+                    raise PersonalizerError(
+                        "InternalServerError",
+                        f"the database {self.home} is in use by another Personalizer engine", 503)
+            self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, kwargs={"autocommit": True},
+                                        open=False, name="personalizer")
+            self._pool.open(wait=True, timeout=10)
+            self._migrate()
+        except BaseException as exc:
+            self._close_quietly()
+            if isinstance(exc, psycopg.Error):
+                raise pg_error(exc, self.home) from None
+            if exc.__class__.__name__ == "PoolTimeout":
+                raise PersonalizerError("ServiceUnavailable",
+                                        f"cannot connect to the event log {self.home} ({exc})", 503) from None
+            raise
+
+    def _close_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            if getattr(self, "_pool", None) is not None:
+                self._pool.close()
+        with contextlib.suppress(Exception):
+            if self._lease is not None:
+                self._lease.close()
+
+    def _migrate(self) -> None:
+        """Bring the schema to ``SCHEMA_VERSION`` in one transaction; refuse a newer one."""
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise PersonalizerError(
+                    "DatabaseVersionNotSupported",
+                    f"the database {self.home} has schema version {version}, newer than this version of "
+                    f"Personalizer Studio supports ({SCHEMA_VERSION}); upgrade Personalizer Studio", 503)
+            for script in _MIGRATIONS[version:]:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            if row is None:
+                conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
+            elif version != SCHEMA_VERSION:
+                conn.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
+
+    def schema_version(self) -> int:
+        """The schema version of the database."""
+        row = self._fetchone("SELECT version FROM schema_version")
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        """Close the pool and release the database (the owner lock goes with its session)."""
+        self._close_quietly()
+
+    # ------------------------------------------------------------ connections
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        """The thread's pinned transaction connection, or a pooled one (autocommit) for one call."""
+        pinned = getattr(self._local, "conn", None)
+        if pinned is not None:
+            yield pinned
+            return
+        try:
+            with self._pool.connection(timeout=10) as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise pg_error(exc, self.home) from None
+
+    def _execute(self, sql: str, params: Any = ()) -> int:
+        """One write statement; returns the rows it touched. A failure is a Personalizer error."""
+        with self._conn() as conn:
+            try:
+                return conn.execute(sql, params).rowcount
+            except psycopg.Error as exc:
+                raise pg_error(exc, self.home) from None
+
+    def _fetchone(self, sql: str, params: Any = ()) -> tuple[Any, ...] | None:
+        with self._conn() as conn:
+            try:
+                return conn.execute(sql, params).fetchone()
+            except psycopg.Error as exc:
+                raise pg_error(exc, self.home) from None
+
+    def _fetchall(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        with self._conn() as conn:
+            try:
+                return conn.execute(sql, params).fetchall()
+            except psycopg.Error as exc:
+                raise pg_error(exc, self.home) from None
+
+    def _stream(self, sql: str, params: Any = ()) -> Iterator[tuple[Any, ...]]:
+        """Rows of a query in batches through a server-side cursor (a large log is never all in memory)."""
+        with self._conn() as conn:
+            try:
+                with conn.transaction(), conn.cursor(name=next(_CURSOR_NAMES)) as cur:
+                    cur.itersize = 2000
+                    cur.execute(sql, params)
+                    yield from cur
+            except psycopg.Error as exc:
+                raise pg_error(exc, self.home) from None
+
+    def transaction(self) -> _PgTransaction:
+        """Context manager grouping this thread's writes into one commit."""
+        return _PgTransaction(self)
+
+    # ------------------------------------------------------------ events
+    def add_event(self, event_id: str, created: float, request_hash: str, request_json: str,
+                  response: dict[str, Any], mode: str, deferred: bool) -> int:
+        """Log a ranked event as pending; returns its sequence number."""
+        with self._conn() as conn:
+            try:
+                row = conn.execute(
+                    "INSERT INTO events (event_id, created, request_hash, request, response, mode, deferred, status,"
+                    " model_id) VALUES (%s, %s, %s, %s, %s, %s, %s, 'pending', %s) RETURNING seq",
+                    (event_id, created, request_hash, request_json, json.dumps(response), mode, deferred,
+                     self.current_model_id),
+                ).fetchone()
+            except psycopg.Error as exc:
+                raise pg_error(exc, self.home) from None
+        return int(row[0]) if row else 0
+
+    def get_event(self, event_id: str) -> StoredEvent | None:
+        """The event with this id, or None."""
+        row = self._fetchone(f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = %s", (event_id,))
+        return _event(row) if row else None
+
+    def event_source(self, event_id: str) -> tuple[str, str, dict[str, Any]] | None:
+        """(request JSON text, mode, response) of an event: what rebuilding its VW example needs."""
+        row = self._fetchone("SELECT request, mode, response FROM events WHERE event_id = %s", (event_id,))
+        return None if row is None else (row[0], row[1], json.loads(row[2]))
+
+    def event_answer(self, event_id: str) -> tuple[str, dict[str, Any]] | None:
+        """(request hash, response) of an event: what answering a retried rank needs."""
+        row = self._fetchone("SELECT request_hash, response FROM events WHERE event_id = %s", (event_id,))
+        return None if row is None else (row[0], json.loads(row[1]))
+
+    def pending_summaries(self) -> Iterator[tuple[str, float, str, bool, float | None, list[str]]]:
+        """(event_id, created, mode, deferred, activated, slot ids) of each pending event, in rank order."""
+        for event_id, created, mode, deferred, activated, response in self._stream(
+                "SELECT event_id, created, mode, deferred, activated, response FROM events"
+                " WHERE status = 'pending' ORDER BY seq"):
+            yield event_id, created, mode, bool(deferred), activated, [s["id"] for s in json.loads(response)["slots"]]
+
+    def pending_rewards(self) -> list[tuple[str, str, float]]:
+        """(event_id, slot_id, value) of every on-time reward of a pending event, in arrival order."""
+        return [tuple(r) for r in self._fetchall(  # type: ignore[misc]
+            "SELECT r.event_id, r.slot_id, r.value FROM rewards r JOIN events e ON e.event_id = r.event_id"
+            " WHERE e.status = 'pending' AND NOT r.late ORDER BY r.id")]
+
+    def set_activated(self, event_id: str, when: float) -> None:
+        """Record that a deferred event was activated."""
+        self._execute("UPDATE events SET activated = %s WHERE event_id = %s", (when, event_id))
+
+    def close_event(self, event_id: str, status: str, when: float, learn_seq: int | None,
+                    labels: list[float | None] | None) -> None:
+        """Mark an event learned, logged (not learned, e.g. LoggingOnly) or discarded (never activated)."""
+        self._execute(
+            "UPDATE events SET status = %s, closed = %s, learn_seq = %s, labels = %s WHERE event_id = %s",
+            (status, when, learn_seq, None if labels is None else json.dumps(labels), event_id))
+
+    def learned_after(self, learn_seq: int) -> Iterator[StoredEvent]:
+        """Events learned after ``learn_seq``, in learning order (for replay)."""
+        for row in self._stream(f"SELECT {_EVENT_COLUMNS} FROM events WHERE learn_seq > %s ORDER BY learn_seq",
+                                (learn_seq,)):
+            yield _event(row)
+
+    def max_learn_seq(self) -> int:
+        """The learning order of the last learned event (0 when none)."""
+        row = self._fetchone("SELECT COALESCE(MAX(learn_seq), 0) FROM events")
+        return int(row[0]) if row else 0
+
+    def iter_events(self, start: float | None = None, end: float | None = None,
+                    statuses: tuple[str, ...] = ("learned", "logged", "pending")) -> Iterator[StoredEvent]:
+        """Events ranked in [start, end), in rank order (for evaluation and export)."""
+        for row in self._stream(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE created >= %s AND created < %s"
+                " AND status = ANY(%s) ORDER BY seq",
+                (start if start is not None else float("-inf"), end if end is not None else float("inf"),
+                 list(statuses))):
+            yield _event(row)
+
+    def counts(self) -> dict[str, int]:
+        """Number of events per status, and of rewards."""
+        out = {str(k): int(v) for k, v in self._fetchall("SELECT status, COUNT(*) FROM events GROUP BY status")}
+        row = self._fetchone("SELECT COUNT(*) FROM rewards")
+        out["rewards"] = int(row[0]) if row else 0
+        return out
+
+    def date_range(self) -> tuple[float, float] | None:
+        """Time of the first and last logged event."""
+        row = self._fetchone("SELECT MIN(created), MAX(created) FROM events")
+        return None if row is None or row[0] is None else (float(row[0]), float(row[1]))
+
+    def delete_closed(self) -> int:
+        """Delete every event that is no longer pending, with its rewards; returns how many."""
+        with self.transaction():
+            self._execute(
+                "DELETE FROM rewards WHERE event_id IN (SELECT event_id FROM events WHERE status <> 'pending')")
+            return self._execute("DELETE FROM events WHERE status <> 'pending'")
+
+    def delete_expired(self, cutoff: float, learned_upto: int, limit: int = 1000) -> int:
+        """Delete up to ``limit`` closed events ranked before ``cutoff``, with their rewards; returns how many.
+
+        Learned events after ``learned_upto`` (the newest checkpoint) are kept: a restart replays them.
+        """
+        with self.transaction():
+            rows = self._fetchall(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE created < %s AND status <> 'pending'"
+                " AND (learn_seq IS NULL OR learn_seq <= %s) ORDER BY seq LIMIT %s) RETURNING event_id",
+                (cutoff, learned_upto, limit))
+            if rows:
+                self._execute("DELETE FROM rewards WHERE event_id = ANY(%s)", ([r[0] for r in rows],))
+        return len(rows)
+
+    # ------------------------------------------------------------ scale-out (replicas and the trainer)
+    def db_now(self) -> float:
+        """The database's clock (epoch seconds): every process of a deployment measures reward waits by it."""
+        row = self._fetchone("SELECT extract(epoch FROM clock_timestamp())::float8")
+        assert row is not None
+        return float(row[0])
+
+    def lock_event(self, event_id: str) -> StoredEvent | None:
+        """The event, its row locked until the caller's ``transaction()`` ends (or None)."""
+        row = self._fetchone(f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = %s FOR UPDATE", (event_id,))
+        return _event(row) if row else None
+
+    def claim_due(self, wait_seconds: float, now: float, limit: int = 500) -> list[StoredEvent]:
+        """Pending events whose reward wait ended by ``now``, locked for the caller's transaction; rows another
+        process holds (a replica answering a reward) are skipped, not waited for."""
+        rows = self._fetchall(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE status = 'pending'"
+            " AND COALESCE(activated, created) + %s <= %s ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED",
+            (wait_seconds, now, limit))
+        return [_event(row) for row in rows]
+
+    def next_learn_seqs(self, n: int) -> int:
+        """The first of ``n`` learning orders for this transaction (call inside ``transaction()``).
+
+        An advisory lock held to commit serializes assignment, so orders are gapless and commit in order:
+        a follower reading ``learned_after`` never skips one that commits later.
+        """
+        with self._conn() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LEARN_ORDER_LOCK,))
+            row = conn.execute("SELECT COALESCE(MAX(learn_seq), 0) FROM events").fetchone()
+        return int(row[0]) + 1 if row else 1
+
+    def holds_lease(self) -> bool:
+        """True while this process's owner lock (the trainer's leadership) is held by its live session."""
+        if self._lease is None or self._lease.closed:
+            return False
+        try:
+            pid = self._lease.info.backend_pid
+            row = self._fetchone(
+                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = %s"
+                " AND classid = %s AND objid = %s AND objsubid = 1",
+                (pid, (OWNER_LOCK >> 32) & 0xFFFFFFFF, OWNER_LOCK & 0xFFFFFFFF))
+        except PersonalizerError:
+            return False
+        return row is not None
+
+    def notify_model(self, checkpoint_id: int) -> None:
+        """Tell listening replicas a model was published (delivered when the caller's transaction commits)."""
+        self._execute("SELECT pg_notify(%s, %s)", (MODELS_CHANNEL, str(checkpoint_id)))
+
+    def newest_checkpoint_id(self) -> int | None:
+        """The id of the newest checkpoint (the published model), or None."""
+        row = self._fetchone("SELECT MAX(id) FROM checkpoints")
+        return None if row is None or row[0] is None else int(row[0])
+
+    def checkpoint_by_id(self, checkpoint_id: int) -> Checkpoint | None:
+        """One checkpoint with its model, or None (pruned)."""
+        row = self._fetchone("SELECT id, learn_seq, created, reason, arguments, model FROM checkpoints WHERE id = %s",
+                             (checkpoint_id,))
+        return Checkpoint(*row[:5], bytes(row[5])) if row else None
+
+    # ------------------------------------------------------------ rewards
+    def add_rewards(self, event_id: str, rewards: list[tuple[str, float]], when: float, late: bool = False) -> None:
+        """Log rewards for an event (every call is kept, whatever the aggregation)."""
+        with self._conn() as conn:
+            try:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO rewards (event_id, slot_id, value, received, late) VALUES (%s, %s, %s, %s, %s)",
+                        [(event_id, slot, value, when, late) for slot, value in rewards])
+            except psycopg.Error as exc:
+                raise pg_error(exc, self.home) from None
+
+    def rewards_of(self, event_id: str) -> list[tuple[str, float, float]]:
+        """(slot_id, value, received) of an event's on-time rewards, in arrival order."""
+        return [tuple(r) for r in self._fetchall(  # type: ignore[misc]
+            "SELECT slot_id, value, received FROM rewards WHERE event_id = %s AND NOT late ORDER BY id",
+            (event_id,))]
+
+    # ------------------------------------------------------------ settings
+    def get_setting(self, key: str) -> Any:
+        """A stored JSON setting, or None."""
+        row = self._fetchone("SELECT value FROM settings WHERE key = %s", (key,))
+        return json.loads(row[0]) if row else None
+
+    def set_setting(self, key: str, value: Any) -> None:
+        """Store a JSON setting."""
+        self._execute("INSERT INTO settings (key, value) VALUES (%s, %s)"
+                      " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (key, json.dumps(value)))
+
+    # ------------------------------------------------------------ checkpoints
+    def add_checkpoint(self, learn_seq: int, created: float, reason: str, arguments: str, model: bytes,
+                       keep: int = 3) -> None:
+        """Save a model checkpoint; keeps the newest ``keep`` and the current model's origin
+        (the newest checkpoint not made periodically), as ``store.EventLog`` does."""
+        with self.transaction():
+            self._execute(
+                "INSERT INTO checkpoints (learn_seq, created, reason, arguments, model) VALUES (%s, %s, %s, %s, %s)",
+                (learn_seq, created, reason, arguments, model))
+            self._execute(
+                "DELETE FROM checkpoints WHERE id NOT IN (SELECT id FROM checkpoints ORDER BY id DESC LIMIT %s)"
+                " AND id IS DISTINCT FROM (SELECT MAX(id) FROM checkpoints WHERE reason <> 'periodic')",
+                (keep,))
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every kept checkpoint, oldest first (models included)."""
+        rows = self._fetchall("SELECT id, learn_seq, created, reason, arguments, model FROM checkpoints ORDER BY id")
+        return [Checkpoint(*row[:5], bytes(row[5])) for row in rows]
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        """The newest checkpoint, or None."""
+        return self._newest_checkpoint("")
+
+    def first_checkpoint_since_reset(self) -> Checkpoint | None:
+        """The newest checkpoint made by a reset, import or policy change (the model's creation)."""
+        return self._newest_checkpoint("WHERE reason <> 'periodic'")
+
+    def _newest_checkpoint(self, where: str) -> Checkpoint | None:
+        row = self._fetchone(
+            f"SELECT id, learn_seq, created, reason, arguments, model FROM checkpoints {where}"
+            " ORDER BY id DESC LIMIT 1")
+        return Checkpoint(*row[:5], bytes(row[5])) if row else None
+
+    # ------------------------------------------------------------ job records
+    def put_record(self, kind: str, record_id: str, created: float, record_json: str) -> None:
+        """Insert or replace one job record (JSON text) of ``kind`` (a key of ``RECORD_TABLES``)."""
+        self._execute(f"INSERT INTO {RECORD_TABLES[kind]} (id, created, record) VALUES (%s, %s, %s)"
+                      " ON CONFLICT (id) DO UPDATE SET created = EXCLUDED.created, record = EXCLUDED.record",
+                      (record_id, created, record_json))
+
+    def delete_record(self, kind: str, record_id: str) -> bool:
+        """Delete one job record; True when there was one."""
+        return self._execute(f"DELETE FROM {RECORD_TABLES[kind]} WHERE id = %s", (record_id,)) > 0
+
+    def records(self, kind: str) -> list[tuple[str, str]]:
+        """(id, record JSON text) of every stored job of ``kind``, oldest first."""
+        return [(r[0], r[1]) for r in self._fetchall(f"SELECT id, record FROM {RECORD_TABLES[kind]}"
+                                                    " ORDER BY created, id")]
+
+    # ------------------------------------------------------------ policy changes
+    def add_policy_change(self, created: float, who: str, action: str, evaluation_id: str | None,
+                          before: dict[str, Any], after: dict[str, Any], details: dict[str, Any] | None) -> int:
+        """Record one change of the learning policy; returns its id."""
+        row = self._fetchone(
+            "INSERT INTO policy_changes (created, who, action, evaluation_id, before, after, details)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            (created, who, action, evaluation_id, json.dumps(before), json.dumps(after),
+             None if details is None else json.dumps(details)))
+        return int(row[0]) if row else 0
+
+    def policy_changes(self, limit: int | None = None) -> list[PolicyChange]:
+        """Recorded policy changes, newest first (at most ``limit``)."""
+        rows = self._fetchall(f"SELECT {_CHANGE_COLUMNS} FROM policy_changes ORDER BY id DESC LIMIT %s", (limit,))
+        return [_change(row) for row in rows]
+
+    def policy_change(self, change_id: int) -> PolicyChange | None:
+        """One recorded policy change, or None."""
+        row = self._fetchone(f"SELECT {_CHANGE_COLUMNS} FROM policy_changes WHERE id = %s", (change_id,))
+        return _change(row) if row else None
+
+
+class _PgTransaction:
+    """Pins one pooled connection to the thread for the outermost ``with``; commits on a clean exit."""
+
+    def __init__(self, log: PgEventLog) -> None:
+        self._log = log
+        self._outer = False
+        self._pooled: contextlib.AbstractContextManager[psycopg.Connection[Any]] | None = None
+        self._tx: Any = None
+
+    def __enter__(self) -> None:
+        local = self._log._local
+        self._outer = getattr(local, "conn", None) is None
+        if not self._outer:
+            return
+        try:
+            self._pooled = self._log._pool.connection(timeout=10)
+            conn = self._pooled.__enter__()
+            self._tx = conn.transaction()
+            self._tx.__enter__()
+        except psycopg.Error as exc:
+            if self._pooled is not None:
+                self._pooled.__exit__(None, None, None)
+            raise pg_error(exc, self._log.home) from None
+        local.conn = conn
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if not self._outer:
+            return
+        self._log._local.conn = None
+        assert self._pooled is not None
+        try:
+            self._tx.__exit__(exc_type, exc, tb)  # commits, or rolls back when the block raised
+        except psycopg.Error as commit_error:
+            self._pooled.__exit__(type(commit_error), commit_error, None)
+            raise pg_error(commit_error, self._log.home) from None
+        self._pooled.__exit__(exc_type, exc, tb)
+        if isinstance(exc, psycopg.Error):
+            raise pg_error(exc, self._log.home) from None
+
+
+def pg_error(exc: psycopg.Error, where: str | None = None) -> PersonalizerError:
+    """The Personalizer error for a failed PostgreSQL call: full disk 507, anything else 503.
+
+    Never a bare 500: the caller can tell "retry when there is space" from "retry", and the message
+    names the database (without its password) rather than dumping the driver's internals.
+    """
+    at = f" ({where})" if where else ""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    if isinstance(exc, pg_errors.DiskFull):
+        return PersonalizerError(
+            "InsufficientStorage", f"the event log's disk is full{at}; nothing was written, retry when there "
+            "is space", 507)
+    if isinstance(exc, psycopg.OperationalError):
+        return PersonalizerError("ServiceUnavailable", f"the event log{at} is unreachable ({first}); retry", 503)
+    return PersonalizerError("ServiceUnavailable", f"the event log{at} failed ({first}); nothing was written", 503)
