@@ -71,12 +71,14 @@ def test_jobs_run_one_at_a_time_and_record_how_they_ended() -> None:
 def test_close_cancels_running_and_pending_jobs_without_recording_them() -> None:
     tasks = {"blocked": Task("blocked"), "next": Task("next")}
     saved: list[tuple[str, str]] = []
-    gate = threading.Event()
-    runner = _runner(tasks, saved, gate)
+    gate, started = threading.Event(), threading.Event()
+    runner = _runner(tasks, saved, gate, started)
     runner.submit("blocked")
     runner.submit("next")
+    assert started.wait(10)
     closer = threading.Thread(target=runner.close)
     closer.start()
+    assert tasks["blocked"].cancel.wait(10)  # close asked it to stop before it could finish
     gate.set()
     closer.join(10)
     assert not closer.is_alive()
