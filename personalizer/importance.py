@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import queue
 import re
 import threading
 import time
@@ -49,6 +48,7 @@ import numpy as np
 from .contract import FeatureImportanceContract, PersonalizerError, parse
 from .evaluation import EvaluationCancelled, LoggedData, LoggedEvent, _engine_events, prepare, replay
 from .interface import JobRecords, LocalEngine
+from .jobs import PREPARED, JobRunner, has_logged_events, stored_jobs
 from .protocol import iso_utc
 from .vw import encoding
 
@@ -283,13 +283,10 @@ class EngineJobStore:
         self._engine = engine
 
     def load(self) -> list[dict[str, Any]]:
-        jobs = []
-        for job_id, text in self._engine.records(self.KIND):
-            try:
-                jobs.append(json.loads(text))
-            except ValueError:  # one unreadable row never hides the others
-                log.warning("feature importance '%s' is unreadable in the store; left out", job_id)
-        return jobs
+        def set_aside(job_id: str, _exc: Exception) -> None:  # one unreadable row never hides the others
+            log.warning("feature importance '%s' is unreadable in the store; left out", job_id)
+
+        return list(stored_jobs(self._engine, self.KIND, lambda _id, text: json.loads(text), set_aside))
 
     def put(self, job: dict[str, Any]) -> None:
         self._engine.save_record(self.KIND, job["id"], float(job["created"]), json.dumps(job))
@@ -339,9 +336,8 @@ class FeatureImportances:
         self._clock = clock or time.time
         self._lock = threading.RLock()
         self._jobs: dict[str, _Job] = {}
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._worker: threading.Thread | None = None
-        self._closed = False
+        self._runner: JobRunner[_Job] = JobRunner("personalizer-feature-importances", self._lock, self._jobs,
+                                                  self._work, self._persist, EvaluationCancelled)
         if store is None and persist:
             store = EngineJobStore(engine)
         self._store = store
@@ -389,7 +385,7 @@ class FeatureImportances:
         """Delete a job; a running one is cancelled."""
         with self._lock:
             job = self._get(job_id)
-            job.cancel.set()
+            self._runner.cancel(job)
             del self._jobs[job_id]
             if self._store is not None:
                 self._store.delete(job_id)
@@ -403,20 +399,12 @@ class FeatureImportances:
         """Block until the job finished (or ``timeout``); returns it."""
         with self._lock:
             job = self._get(job_id)
-        job.done.wait(timeout)
+        self._runner.wait(job, timeout)
         return self.get(job_id)
 
     def close(self) -> None:
         """Stop the worker; a running job is cancelled and runs again on the next start."""
-        with self._lock:
-            self._closed = True
-            for job in self._jobs.values():
-                if job.status in ("pending", "running"):
-                    job.cancel.set()
-            worker = self._worker
-        self._queue.put(None)
-        if worker is not None:
-            worker.join(timeout=30)
+        self._runner.close()
 
     # The client's names for the same calls, so code can drive either backend alike.
     def create_feature_importance(self, feature_importance_id: str, contract: dict[str, Any]) -> dict[str, Any]:
@@ -449,60 +437,16 @@ class FeatureImportances:
         return job
 
     def _has_events(self, start: float, end: float) -> bool:
-        events = iter(self._events(start, end))
-        try:
-            return any(ev.labels is not None and ev.status not in ("pending", "discarded") for ev in events)
-        finally:
-            close = getattr(events, "close", None)
-            if close is not None:
-                close()
+        return has_logged_events(self._events(start, end))
 
     def _submit(self, job_id: str) -> None:
-        if self._closed:
-            return
-        if self._worker is None or not self._worker.is_alive():
-            self._worker = threading.Thread(target=self._work, name="personalizer-feature-importances", daemon=True)
-            self._worker.start()
-        self._queue.put(job_id)
+        self._runner.submit(job_id)
 
-    def _work(self) -> None:
-        while True:
-            job_id = self._queue.get()
-            if job_id is None:
-                return
-            with self._lock:
-                job = self._jobs.get(job_id)
-                if job is None or job.status != "pending" or job.cancel.is_set():
-                    continue
-                job.status = "running"
-            self._run(job)
-
-    def _run(self, job: _Job) -> None:
-        def progress(done: int, total: int) -> None:
-            job.progress = 0.1 + 0.9 * done / total if total else 1.0
-
-        try:
-            data = prepare(self._events(job.start, job.end))
-            job.progress = 0.1
-            result = feature_importances(data, job.arguments, progress=progress, cancel=job.cancel.is_set)
-        except EvaluationCancelled:
-            job.done.set()
-            return
-        except PersonalizerError as exc:
-            self._finish(job, "failed", f"{exc.code}: {exc.message}")
-            return
-        except Exception as exc:  # a background job records its failure instead of raising
-            self._finish(job, "failed", f"{type(exc).__name__}: {exc}")
-            return
-        job.result = result
-        self._finish(job, "succeeded", "")
-
-    def _finish(self, job: _Job, status: str, message: str) -> None:
-        with self._lock:
-            job.status, job.message, job.progress = status, message, 1.0
-            if job.id in self._jobs:
-                self._persist(job)
-        job.done.set()
+    def _work(self, job: _Job) -> None:
+        data = prepare(self._events(job.start, job.end))
+        job.progress = PREPARED
+        job.result = feature_importances(data, job.arguments, progress=self._runner.progress(job),
+                                         cancel=job.cancel.is_set)
 
     def _persist(self, job: _Job) -> None:
         if self._store is not None:

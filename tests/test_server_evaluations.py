@@ -336,12 +336,16 @@ def test_apply_from_evaluation_sets_the_policy(tmp_path: Path) -> None:
 
 def test_evaluations_outlive_a_restart_and_close_with_the_app(tmp_path: Path) -> None:
     engine = logged_engine(tmp_path / "data")
+    earlier = set(threading.enumerate())  # workers of managers other tests left open
     try:
         with ThreadedServer(engine) as srv:
             resp = post(f"{v1(srv)}/evaluations", body("kept"))
             done = finished(resp.headers["Location"])
             manager = srv._server.config.app.state.evaluations
-        assert manager._worker is None or not manager._worker.is_alive()  # closed with the app
+            assert [t for t in set(threading.enumerate()) - earlier if t.name.startswith("personalizer-evaluations")]
+        # Closed with the app: its worker thread is gone.
+        assert manager is not None
+        assert not [t for t in set(threading.enumerate()) - earlier if t.name.startswith("personalizer-evaluations")]
         assert [i for i, _ in engine.records("evaluation")] == [done["id"]]  # in the engine's database
         with ThreadedServer(engine) as again:
             assert get(f"{v1(again)}/evaluations/{done['id']}").json() == done

@@ -108,8 +108,8 @@ def learning_settings(backend: Any) -> tuple[str | None, float | None]:
         return None, None
     try:
         config = getter()
-    except Exception:  # a remote backend may not offer it; the card then just says less
-        log.debug("could not read the service configuration", exc_info=True)
+    except PersonalizerError as exc:  # a remote backend may not offer it; the card then just says less
+        log.info("could not read the service configuration: %s", exc)
         return None, None
     epsilon = config.get("explorationPercentage")
     return config.get("learningMode"), float(epsilon) if isinstance(epsilon, (int, float)) else None
@@ -129,8 +129,8 @@ def rank_visitor(backend: Backend, scenario: Scenario, context: dict[str, str]) 
     if greedy is not None and mode in (None, "Online"):
         try:
             top = dict(greedy(scenario.rank_request(context)))
-        except Exception:  # exploration is a nicety; never fail a rank for it
-            log.debug("greedy lookup failed", exc_info=True)
+        except PersonalizerError as exc:  # exploration is a nicety; never fail a rank for it
+            log.info("greedy lookup failed: %s", exc)
     by_id = {s.get("id"): s for s in response.get("slots", [])}
     actions = {a["id"]: a for a in scenario.actions}
     slots: list[SlotChoice] = []

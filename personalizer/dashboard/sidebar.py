@@ -67,13 +67,13 @@ def draw() -> Callable[[], None]:
 # ---------------------------------------------------------------- backend
 
 def _sidebar_flash(kind: str, text: str) -> None:
-    st.session_state.setdefault(_SIDEBAR_FLASH, []).append((kind, text))
+    state.value_list(_SIDEBAR_FLASH).append((kind, text))
 
 
 def _apply(field: str, key: str, convert: Callable[[Any], Any]) -> None:
     """Callback of a settings widget: write one service-configuration field to the backend."""
     try:
-        state.backend().update_service_configuration({field: convert(st.session_state[key])})
+        state.backend().update_service_configuration({field: convert(state.value(key))})
     except Exception as exc:
         log.warning("could not set %s: %r", field, exc)
         _sidebar_flash("error", f"Could not change {field}. {error_text(exc)}")
@@ -93,17 +93,17 @@ def _reset_model() -> None:
 def _set_kind() -> None:
     """Callback of the Embedded / Remote switch: keep this tab's remote settings across switches."""
     current = state.backend_choice()
-    if st.session_state[_KIND] == REMOTE:
-        state.set_backend_choice(st.session_state.get(_LAST_REMOTE) or remote_choice(configured_remote()))
+    if state.value(_KIND) == REMOTE:
+        state.set_backend_choice(state.value(_LAST_REMOTE) or remote_choice(configured_remote()))
     else:
         if current.remote:
-            st.session_state[_LAST_REMOTE] = current
+            state.set_value(_LAST_REMOTE, current)
         state.set_backend_choice(embedded_choice())
 
 
 def _set_endpoint() -> None:
     """Callback of the endpoint field."""
-    value = (st.session_state.get(_ENDPOINT) or "").strip()
+    value = (state.value(_ENDPOINT) or "").strip()
     state.set_backend_choice(replace(state.backend_choice(), endpoint=value or None))
 
 
@@ -113,8 +113,8 @@ def _set_key() -> None:
     The field is a password input, and it does not keep the key either: after
     entry, the key is in no widget, so the page never sends it back to the browser.
     """
-    value = (st.session_state.get(_KEY) or "").strip()
-    st.session_state[_KEY] = ""
+    value = (state.value(_KEY) or "").strip()
+    state.set_value(_KEY, "")
     if value:
         state.set_backend_choice(replace(state.backend_choice(), key=value, key_source=SOURCE_TAB))
         _sidebar_flash("success", "Key saved for this tab. It is not shown again.")
@@ -141,9 +141,9 @@ def _test_connection() -> None:
 
 def _remote_settings(choice: BackendChoice) -> None:
     """Endpoint, key (write-only) and "Test connection" for a remote backend."""
-    if _ENDPOINT not in st.session_state or st.session_state.get(_ENDPOINT_SHOWN) != choice.endpoint:
-        st.session_state[_ENDPOINT] = choice.endpoint or ""  # the field shows this tab's endpoint
-        st.session_state[_ENDPOINT_SHOWN] = choice.endpoint
+    if not state.has_value(_ENDPOINT) or state.value(_ENDPOINT_SHOWN) != choice.endpoint:
+        state.set_value(_ENDPOINT, choice.endpoint or "")  # the field shows this tab's endpoint
+        state.set_value(_ENDPOINT_SHOWN, choice.endpoint)
     st.text_input("Endpoint URL", key=_ENDPOINT, on_change=_set_endpoint, placeholder="http://127.0.0.1:8000",
                   help="Base URL of a Personalizer-compatible service, e.g. `python -m personalizer serve`. "
                        "Set it once in .streamlit/secrets.toml or PERSONALIZER_ENDPOINT.")
@@ -170,17 +170,17 @@ def _remote_settings(choice: BackendChoice) -> None:
 
 def _apprentice(backend: Any, learned: int) -> dict[str, Any]:
     """Apprentice metrics of the engine's recent events, recomputed only when it learned more."""
-    cached = st.session_state.get("apprentice-metrics")
+    cached = state.value("apprentice-metrics")
     if cached is None or cached[0] != learned:
         cached = (learned, apprentice_metrics(backend, recent=500))
-        st.session_state["apprentice-metrics"] = cached
+        state.set_value("apprentice-metrics", cached)
     return cached[1]
 
 
 def _backend_section() -> Callable[[], None]:
     st.subheader("Backend", anchor=False)
     choice = state.backend_choice()
-    st.session_state[_KIND] = choice.kind
+    state.set_value(_KIND, choice.kind)
     st.segmented_control("Backend", list(KINDS), key=_KIND, required=True, format_func=_SHORT_KINDS.get,
                          on_change=_set_kind, label_visibility="collapsed", width="stretch",
                          help="Embedded: the engine in this process (zero configuration). Remote: any "
@@ -189,7 +189,7 @@ def _backend_section() -> Callable[[], None]:
         _remote_settings(choice)
     else:
         st.caption(f"Data in {md(choice.home or '')}")
-    for kind, text in st.session_state.pop(_SIDEBAR_FLASH, []):
+    for kind, text in state.take_value(_SIDEBAR_FLASH, []):
         getattr(st, kind, st.info)(md_block(text))
     try:
         backend = state.backend()
@@ -207,8 +207,8 @@ def _backend_section() -> Callable[[], None]:
     shared = "every app using this endpoint" if choice.remote else "every tab"
     if config is not None and hasattr(backend, "update_service_configuration"):
         # Settings are the backend's, shared by every tab: show its values, not this tab's last ones.
-        st.session_state["engine-learning-mode"] = config.get("learningMode", "Online")
-        st.session_state["engine-exploration"] = round(100 * float(config.get("explorationPercentage", 0.2)))
+        state.set_value("engine-learning-mode", config.get("learningMode", "Online"))
+        state.set_value("engine-exploration", round(100 * float(config.get("explorationPercentage", 0.2))))
         st.selectbox("Learning mode", list(LEARNING_MODES), key="engine-learning-mode",
                      format_func=LEARNING_MODES.get, on_change=_apply,
                      args=("learningMode", "engine-learning-mode", str),
@@ -276,7 +276,7 @@ def _label(name: str) -> str:
 def _uploaded(data: bytes, filename: str) -> tuple[Scenario, Labels]:
     """Parse an upload once per content (reruns reuse it)."""
     digest = hashlib.sha256(data).hexdigest()
-    cached = st.session_state.get(_UPLOADED)
+    cached = state.value(_UPLOADED)
     if cached is not None and cached[0] == digest:
         if isinstance(cached[1], Exception):
             raise cached[1]
@@ -284,9 +284,9 @@ def _uploaded(data: bytes, filename: str) -> tuple[Scenario, Labels]:
     try:
         loaded = upload_with_labels(data, filename)
     except ValueError as exc:
-        st.session_state[_UPLOADED] = (digest, exc)
+        state.set_value(_UPLOADED, (digest, exc))
         raise
-    st.session_state[_UPLOADED] = (digest, loaded)
+    state.set_value(_UPLOADED, (digest, loaded))
     return loaded
 
 
@@ -295,8 +295,8 @@ def _scenario_section() -> Scenario | None:
     state.set_scenario_problem(None)
     state.set_labels(Labels())
     options = [*builtin_names(), UPLOAD]
-    if st.session_state.get("scenario-choice") not in options:
-        st.session_state["scenario-choice"] = DEFAULT_SCENARIO if DEFAULT_SCENARIO in options else options[0]
+    if state.value("scenario-choice") not in options:
+        state.set_value("scenario-choice", DEFAULT_SCENARIO if DEFAULT_SCENARIO in options else options[0])
     choice = st.selectbox("Catalog and visitors", options, key="scenario-choice", format_func=_label,
                           help="The actions, slots and context selectors of the rank page, and the hidden "
                                "preferences of simulated visitors.")

@@ -221,3 +221,33 @@ def new_catalog() -> bool:
 def set_new_catalog(value: bool) -> None:
     """Mark whether the model has seen the current catalog."""
     st.session_state[_NEW_CATALOG] = value
+
+
+# ---------------------------------------------------------------- widget values
+# Widgets keep their values under their own ``key=`` in the session; the sidebar and
+# pages read and seed them through these, so every session access goes through here.
+
+def value(key: str, default: Any = None) -> Any:
+    """The value kept under ``key`` (a widget's key or a cache), or ``default``."""
+    return st.session_state.get(key, default)
+
+
+def has_value(key: str) -> bool:
+    """Whether anything is kept under ``key`` yet."""
+    return key in st.session_state
+
+
+def set_value(key: str, new: Any) -> None:
+    """Keep ``new`` under ``key`` (seeds a widget before it is drawn)."""
+    st.session_state[key] = new
+
+
+def take_value(key: str, default: Any = None) -> Any:
+    """Remove and return what is kept under ``key``."""
+    return st.session_state.pop(key, default)
+
+
+def value_list(key: str) -> list[Any]:
+    """The list kept under ``key``, created empty the first time."""
+    return st.session_state.setdefault(key, [])
+

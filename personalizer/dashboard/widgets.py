@@ -10,6 +10,7 @@ import logging
 
 import streamlit as st
 
+from ..contract import PersonalizerError
 from ..evaluation import Lift
 from ..simulation import Scenario
 from . import state
@@ -44,7 +45,7 @@ def current_backend() -> Backend | None:
     """This tab's backend, or None after saying why there is none (a remote endpoint without a URL...)."""
     try:
         return state.backend()
-    except Exception as exc:
+    except (PersonalizerError, OSError) as exc:  # no usable endpoint, or a home the engine cannot open
         log.info("no backend: %r", exc)
         st.info(f"**No backend yet.** {md(error_text(exc))}  \nChoose one in the sidebar.",
                 icon=":material/settings_ethernet:")

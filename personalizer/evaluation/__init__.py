@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import re
 import threading
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 from ..contract import DEFAULT_EXPLORATION, PersonalizerError, check_text
 from ..interface import LocalEngine
+from ..jobs import PREPARED, JobRunner, has_logged_events, stored_jobs
 from ..policy_history import ChangeNote, estimate_details
 from ..vw import trial
 from ..vw.arguments import effective_arguments, option_value, parse_arguments
@@ -316,9 +316,8 @@ class Evaluations:
         self._lock = threading.RLock()
         self._records: dict[str, _Record] = {}
         self._models: dict[tuple[str, str], bytes] = {}
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._worker: threading.Thread | None = None
-        self._closed = False
+        self._runner: JobRunner[_Record] = JobRunner("personalizer-evaluations", self._lock, self._records,
+                                                     self._work, self._save_quietly, EvaluationCancelled)
         self._store: LocalEngine | None = engine if persist else None
         self._unreadable: set[str] = set()  # stored ids that failed to load or render (logged once each)
         self._load()
@@ -488,15 +487,7 @@ class Evaluations:
 
     def close(self) -> None:
         """Stop the worker (a running evaluation is cancelled and will run again on restart)."""
-        with self._lock:
-            self._closed = True
-            for rec in self._records.values():
-                if rec.status in ("pending", "running"):
-                    rec.cancel.set()
-            worker = self._worker
-        self._queue.put(None)
-        if worker is not None:
-            worker.join(timeout=30)
+        self._runner.close()
 
     def __enter__(self) -> Evaluations:
         return self
@@ -540,13 +531,7 @@ class Evaluations:
         return clean
 
     def _has_events(self, start: float, end: float) -> bool:
-        events = iter(self._events(start, end))
-        try:
-            return any(ev.labels is not None and ev.status not in ("pending", "discarded") for ev in events)
-        finally:
-            close = getattr(events, "close", None)
-            if close is not None:
-                close()  # a generator reading the log releases its connection now
+        return has_logged_events(self._events(start, end))
 
     def _online_policy(self) -> dict[str, str]:
         return dict(self._engine.get_policy())
@@ -559,62 +544,22 @@ class Evaluations:
 
     # ---------------------------------------------------------------- worker
     def _submit(self, evaluation_id: str) -> None:
-        if self._closed:
-            return
-        if self._worker is None or not self._worker.is_alive():
-            self._worker = threading.Thread(target=self._work, name="personalizer-evaluations", daemon=True)
-            self._worker.start()
-        self._queue.put(evaluation_id)
+        self._runner.submit(evaluation_id)
 
-    def _work(self) -> None:
-        while True:
-            evaluation_id = self._queue.get()
-            if evaluation_id is None:
-                return
-            with self._lock:
-                rec = self._records.get(evaluation_id)
-                if rec is None or rec.status != "pending" or rec.cancel.is_set():
-                    continue
-                rec.status = "running"
-            self._run(rec)
-
-    def _run(self, rec: _Record) -> None:
-        def progress(done: int, total: int) -> None:
-            rec.progress = 0.1 + 0.9 * done / total if total else 1.0
-
-        try:
-            data = prepare(self._events(rec.start, rec.end))
-            rec.progress = 0.1
-            policies = [{"name": p["name"], "arguments": p["arguments"], "source": p.get("source", "Custom")}
-                        for p in rec.policies]
-            result = evaluate(data, policies, online_arguments=rec.online_policy.get("arguments"),
-                              start=rec.start, end=rec.end, keep_models=True, progress=progress,
-                              cancel=rec.cancel.is_set)
-        except EvaluationCancelled:
-            rec.done.set()
-            return
-        except PersonalizerError as exc:
-            self._finish(rec, "failed", f"{exc.code}: {exc.message}")
-            return
-        except Exception as exc:  # a background job must record, not raise
-            self._finish(rec, "failed", f"{type(exc).__name__}: {exc}")
-            return
+    def _work(self, rec: _Record) -> None:
+        data = prepare(self._events(rec.start, rec.end))
+        rec.progress = PREPARED
+        policies = [{"name": p["name"], "arguments": p["arguments"], "source": p.get("source", "Custom")}
+                    for p in rec.policies]
+        result = evaluate(data, policies, online_arguments=rec.online_policy.get("arguments"),
+                          start=rec.start, end=rec.end, keep_models=True, progress=self._runner.progress(rec),
+                          cancel=rec.cancel.is_set)
         with self._lock:
             for p in result.policies:
                 if p.model is not None and rec.id in self._records:
                     self._models[(rec.id, p.name)] = p.model
                 p.model = None
         rec.result = result
-        self._finish(rec, "succeeded", "")
-
-    def _finish(self, rec: _Record, status: str, message: str) -> None:
-        with self._lock:
-            rec.status = status
-            rec.message = message
-            rec.progress = 1.0
-            if rec.id in self._records:
-                self._save_quietly(rec)
-        rec.done.set()
 
     # ---------------------------------------------------------------- rendering
     def _render(self, rec: _Record, api_version: str, interval_minutes: int | None = None,
@@ -675,16 +620,7 @@ class Evaluations:
             return
         self._import_json_file()
         rerun = []
-        for evaluation_id, text in self._store.records("evaluation"):
-            try:
-                item = json.loads(text)
-                _check_encodable(item)
-                rec = _record_from_item(item)
-                if rec.id != evaluation_id:
-                    raise ValueError(f"the record's id {ascii(rec.id)} differs from its row's")
-            except Exception as exc:  # one bad record must not stop the others from loading
-                self._set_aside(evaluation_id, exc)
-                continue
+        for rec in stored_jobs(self._store, "evaluation", _parse_record, self._set_aside):
             if rec.result is None and rec.status in ("pending", "running", "notSubmitted"):
                 rec.status = "pending"  # interrupted by a restart: run again
                 rerun.append(rec.id)
@@ -721,6 +657,16 @@ def _record_item(rec: _Record) -> dict[str, Any]:
         "offlineExperimentation": rec.offline_experimentation, "status": rec.status,
         "message": rec.message, "result": rec.result.to_json() if rec.result else None,
     }
+
+
+def _parse_record(evaluation_id: str, text: str) -> _Record:
+    """A stored row as an evaluation; raises on anything malformed or stored under another id."""
+    item = json.loads(text)
+    _check_encodable(item)
+    rec = _record_from_item(item)
+    if rec.id != evaluation_id:
+        raise ValueError(f"the record's id {ascii(rec.id)} differs from its row's")
+    return rec
 
 
 def _record_from_item(item: dict[str, Any]) -> _Record:
