@@ -23,7 +23,6 @@ from .settings import Settings, load_settings
 from .vw.budget import DEFAULT_MAX_RANK_FEATURES
 
 
-
 def _env(settings: Settings, name: str, default: object) -> str:
     """The ``PERSONALIZER_<NAME>`` setting or ``default``, as text: argparse converts string
     defaults with the option's type, so a bad value is a usage error, not a traceback."""
