@@ -8,34 +8,16 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 from contextlib import closing
 from pathlib import Path
 
 import pytest
-from seed_data import seed_request
+from seed_data import DURABILITY_WORKER, seed_request
 
 from personalizer.engine import LocalPersonalizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
-WORKER = textwrap.dedent("""
-    import random, sys
-    sys.path.insert(0, sys.argv[2])
-    from seed_data import both_rewards, seed_request
-    from personalizer.engine import LocalPersonalizer
-    engine = LocalPersonalizer(sys.argv[1], checkpoint_every=97)
-    rng = random.Random(1)
-    times, devices = ["morning", "afternoon", "evening", "night"], ["mobile", "tablet", "desktop"]
-    while True:
-        answer = engine.rank(seed_request(rng.choice(times), rng.choice(devices)))
-        hero, side = rng.random() < 0.4, rng.random() < 0.6
-        engine.reward(answer["eventId"], {"reward": [{"slotId": "BigHeroPosition", "value": float(hero)}]})
-        print("ack", answer["eventId"], "BigHeroPosition", float(hero), flush=True)
-        if rng.random() < 0.8:  # some events keep waiting for their second reward
-            engine.reward(answer["eventId"], {"reward": [{"slotId": "SmallSidebar", "value": float(side)}]})
-            print("ack", answer["eventId"], "SmallSidebar", float(side), flush=True)
-""")
 
 TIMES, DEVICES = ["morning", "afternoon", "evening", "night"], ["mobile", "tablet", "desktop"]
 
@@ -53,7 +35,7 @@ def _weights(engine: LocalPersonalizer) -> list[float]:
 def test_sigkill_mid_stream_loses_no_acknowledged_reward(tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", WORKER, str(data), str(ROOT / "tests")],
+    proc = subprocess.Popen([sys.executable, "-c", DURABILITY_WORKER, str(data), str(ROOT / "tests")],
                             stdout=subprocess.PIPE, text=True, env=env)
     acknowledged: list[tuple[str, str, float]] = []
     assert proc.stdout is not None

@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import psycopg
 import pytest
 from pg_fixtures import PgCluster
-from seed_data import seed_request
+from seed_data import DURABILITY_WORKER, seed_request
 from server_fixtures import KEY, ProcessServer, rank_request
 
 from personalizer.client import PersonalizerClient
@@ -79,23 +78,6 @@ def test_one_engine_per_database_and_unreachable_is_503(pg_url: str, pg_cluster:
     assert info.value.status == 503 and "hidden" not in info.value.message
 
 
-WORKER = textwrap.dedent("""
-    import random, sys
-    sys.path.insert(0, sys.argv[2])
-    from seed_data import seed_request
-    from personalizer.engine import LocalPersonalizer
-    engine = LocalPersonalizer(sys.argv[1], checkpoint_every=97)
-    rng = random.Random(1)
-    times, devices = ["morning", "afternoon", "evening", "night"], ["mobile", "tablet", "desktop"]
-    while True:
-        answer = engine.rank(seed_request(rng.choice(times), rng.choice(devices)))
-        hero, side = rng.random() < 0.4, rng.random() < 0.6
-        engine.reward(answer["eventId"], {"reward": [{"slotId": "BigHeroPosition", "value": float(hero)}]})
-        print("ack", answer["eventId"], "BigHeroPosition", float(hero), flush=True)
-        if rng.random() < 0.8:  # some events keep waiting for their second reward
-            engine.reward(answer["eventId"], {"reward": [{"slotId": "SmallSidebar", "value": float(side)}]})
-            print("ack", answer["eventId"], "SmallSidebar", float(side), flush=True)
-""")
 
 
 def _page(engine: LocalPersonalizer) -> list[dict[str, str]]:
@@ -110,7 +92,7 @@ def _weights(engine: LocalPersonalizer) -> list[float]:
 @pytest.mark.slow
 def test_sigkill_on_postgres_loses_no_acknowledged_reward(pg_url: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", WORKER, pg_url, str(ROOT / "tests")],
+    proc = subprocess.Popen([sys.executable, "-c", DURABILITY_WORKER, pg_url, str(ROOT / "tests")],
                             stdout=subprocess.PIPE, text=True, env=env)
     acknowledged: list[tuple[str, str, float]] = []
     assert proc.stdout is not None
