@@ -9,11 +9,13 @@ import streamlit as st
 
 from personalizer.contract import PersonalizerError
 from personalizer.dashboard import charts, offline, policy_history, routing, state, widgets
-from personalizer.dashboard.backend import evaluations_for, has_event_log, log_lift
+from personalizer.dashboard.backend import evaluations_for, log_lift
+from personalizer.dashboard.capabilities import event_log
 from personalizer.dashboard.lift import LATER_SLOTS_CAVEAT, from_history
 from personalizer.dashboard.ranking import error_text
 from personalizer.dashboard.text import md, percent, plural
 from personalizer.evaluation import PRESET_POLICIES, EvaluationResult, Evaluations
+from personalizer.interface import LocalEngine
 
 RANGE_SINCE = "Since last change"
 RESULT_COLUMNS = {
@@ -74,7 +76,7 @@ def catalog_of_sidebar() -> tuple[frozenset[str], tuple[str, ...]] | None:
     return None if scenario is None else (frozenset(scenario.action_ids), tuple(scenario.slot_ids))
 
 
-def model_start(engine: Any) -> float | None:
+def model_start(engine: LocalEngine) -> float | None:
     """When the current model started (its last reset, import or policy change), epoch seconds."""
     try:
         return offline.parse_timestamp(engine.model_properties().get("creationTime"))
@@ -172,13 +174,13 @@ def pick_evaluation(manager: Evaluations) -> str | None:
     if len(ids) > 1:
         names = {e["id"]: f"{e['name']} · {(e.get('creationTime') or '')[:19].replace('T', ' ')} UTC"
                  for e in listed}
-        st.session_state["eval-pick"] = current
-        st.selectbox("Evaluation", ids, key="eval-pick", format_func=names.get,
-                     on_change=lambda: state.set_evaluation_id(st.session_state["eval-pick"]))
+        state.set_value(state.EVALUATION_PICK_WIDGET, current)
+        st.selectbox("Evaluation", ids, key=state.EVALUATION_PICK_WIDGET, format_func=names.get,
+                     on_change=lambda: state.set_evaluation_id(state.value(state.EVALUATION_PICK_WIDGET)))
     return current
 
 
-def results(manager: Evaluations, engine: Any, evaluation_id: str) -> None:
+def results(manager: Evaluations, engine: LocalEngine, evaluation_id: str) -> None:
     """A finished evaluation: the lift sentence, the chart and table for one slot, and "Apply"."""
     info = manager.get(evaluation_id)
     if info["status"] == "pending":
@@ -291,23 +293,24 @@ def main() -> None:
     backend = widgets.current_backend()
     if backend is None:
         return
-    if not has_event_log(backend):
+    engine = event_log(backend)
+    if engine is None:
         remote_state()
         return
-    stats = backend.stats()
+    stats = engine.stats()
     events = int(stats.get("learned", 0)) + int(stats.get("logged", 0))
-    covered = offline.log_range(backend.log_properties())
+    covered = offline.log_range(engine.log_properties())
     if events < offline.MIN_EVENTS or covered is None:
         empty_state(events)
-        policy_history.section(backend)
+        policy_history.section(engine)
         return
-    manager = evaluations_for(backend)
-    settings(manager, covered, model_start(backend))
+    manager = evaluations_for(engine)
+    settings(manager, covered, model_start(engine))
     evaluation_id = pick_evaluation(manager)
     if evaluation_id is not None:
-        results(manager, backend, evaluation_id)
+        results(manager, engine, evaluation_id)
     widgets.show_flashes()  # anything the results did not show (a failed apply of a deleted evaluation)
-    policy_history.section(backend)
+    policy_history.section(engine)
 
 
 routing.require_app()

@@ -4,10 +4,10 @@ import streamlit as st
 
 from personalizer.contract import PersonalizerError
 from personalizer.dashboard import routing, session, state, widgets
+from personalizer.dashboard.capabilities import top_picks
 from personalizer.dashboard.insight import WhyLines, why_lines
-from personalizer.dashboard.ranking import RankedEvent, contexts_equal, error_text, rank_visitor
-
-_WHY = "studio.why"  # (eventId, {slot id: WhyLines}) of the visitor on screen
+from personalizer.dashboard.ranking import BACKEND_ERRORS, RankedEvent, contexts_equal, error_text, rank_visitor
+from personalizer.interface import Personalizer
 
 
 def stale(event: RankedEvent | None) -> bool:
@@ -46,8 +46,8 @@ def main() -> None:
             # (no trail of unanswered visitors in the counts).
             state.history().discard(event.event_id)
         try:
-            event = rank_visitor(backend, scenario, context)
-        except Exception as exc:
+            event = rank_visitor(backend, scenario, context, greedy=top_picks(backend))
+        except BACKEND_ERRORS as exc:
             state.set_event(None)
             widgets.show_flashes()
             widgets.show_error(exc, "Could not rank this visitor")
@@ -62,26 +62,24 @@ def main() -> None:
     widgets.slot_cards(event, explain(backend, event))
 
 
-def explain(backend: object, event: RankedEvent) -> dict[str, WhyLines]:
+def explain(backend: Personalizer, event: RankedEvent) -> dict[str, WhyLines]:
     """Why each slot of the visitor on screen got its action, asked once per visitor (ranks never pay for it).
 
     By the model as it was when the visitor was first shown; a backend without explanations
     (an older server) says so on each card.
     """
-    cached = state.get(_WHY)
-    if cached is not None and cached[0] == event.event_id:
-        return cached[1]
+    cached = state.explanations(event.event_id)
+    if cached is not None:
+        return cached
     labels = state.labels()
     try:
-        answer = backend.explain_event(event.event_id)  # type: ignore[attr-defined]
+        answer = backend.explain_event(event.event_id)
         whys = {s["id"]: why_lines(s.get("explanation"), labels) for s in answer.get("slots", [])}
-    except (AttributeError, PersonalizerError) as exc:
-        note = f"Not available from this backend ({error_text(exc)})." if isinstance(exc, PersonalizerError) \
-            else "Not available from this backend."
-        whys = {s.slot_id: WhyLines([], note) for s in event.slots}
+    except PersonalizerError as exc:
+        whys = {s.slot_id: WhyLines([], f"Not available from this backend ({error_text(exc)}).") for s in event.slots}
     except OSError:  # unreachable just now: the next visitor asks again
         return {}
-    st.session_state[_WHY] = (event.event_id, whys)
+    state.set_explanations(event.event_id, whys)
     return whys
 
 

@@ -10,7 +10,8 @@ import pandas as pd
 import streamlit as st
 
 from personalizer.dashboard import charts, log_trends, report, routing, session, state, trends, widgets
-from personalizer.dashboard.backend import backend_stats, has_event_log, log_rows_for
+from personalizer.dashboard.backend import log_rows_for
+from personalizer.dashboard.capabilities import event_log, local_engine
 from personalizer.dashboard.experiments import Experiment
 from personalizer.dashboard.history import to_csv
 from personalizer.dashboard.labels import Labels
@@ -25,8 +26,6 @@ SPAN_WHOLE = "Whole log"
 OTHER = "Other actions"
 VIEW_TAB = "This tab's history"
 VIEW_LOG = "All events in the log"
-REPORT_KEY = "studio.trend_report"
-_VIEW_CHOICE = "studio.trend_view"  # the person's pick survives leaving the page (widget state does not)
 HISTORY_COLUMNS = {
     "visitor": st.column_config.NumberColumn("Visitor", format="%d", width="small", pinned=True),
     "slot": st.column_config.TextColumn("Slot"),
@@ -81,13 +80,13 @@ def choose_experiment() -> tuple[Experiment | None, list[int]]:
         return None, []
     # A new experiment (another backend, scenario or model) is shown at once; a past one stays picked
     # only while the current one has not changed.
-    if state.get("trend-experiment") not in numbers or (
-            current is not None and state.get("trend-current") != current.number):
-        st.session_state["trend-experiment"] = current.number if current is not None else numbers[0]
-    st.session_state["trend-current"] = current.number if current is not None else None
+    if state.value(state.TREND_EXPERIMENT_WIDGET) not in numbers or (
+            current is not None and state.value(state.TREND_CURRENT) != current.number):
+        state.set_value(state.TREND_EXPERIMENT_WIDGET, current.number if current is not None else numbers[0])
+    state.set_value(state.TREND_CURRENT, current.number if current is not None else None)
     left, right = st.columns([3, 2], vertical_alignment="bottom")
     with left:
-        number = st.selectbox("Experiment", numbers, key="trend-experiment",
+        number = st.selectbox("Experiment", numbers, key=state.TREND_EXPERIMENT_WIDGET,
                               format_func=lambda n: book.get(n).label + (" · current" if current is not None
                                                                           and n == current.number else ""),
                               help="One backend, one scenario, one model: a reset, a new policy or a switch "
@@ -148,7 +147,7 @@ def lift_section(report: LiftReport, labels: Labels) -> None:
     widgets.lift_metrics(report, labels)
     if len(report.lifts) > 1:
         st.caption(LATER_SLOTS_CAVEAT)
-    if has_event_log(state.backend()):
+    if event_log(state.backend()) is not None:
         st.page_link("pages/evaluate.py", label="Compare other learning settings on the Evaluate page",
                      icon=":material/science:")
 
@@ -161,10 +160,10 @@ def cached(name: str, key: tuple, compute: Callable[[], T]) -> T:
     """
     if key and key[0] == "log":  # ("log", the LogRows, its version, catalog, since)
         return key[1].memo((name, *key[2:]), compute)
-    slot = st.session_state.get(f"trend-cache-{name}")
+    slot = state.value(f"trend-cache-{name}")
     if slot is None or slot[0] != key:
         slot = (key, compute())
-        st.session_state[f"trend-cache-{name}"] = slot
+        state.set_value(f"trend-cache-{name}", slot)
     return slot[1]
 
 
@@ -238,17 +237,16 @@ def draw_trends(df: pd.DataFrame, key: tuple, labels: Labels, drawn: Drawn,
 
 def choose_view(history_rows: bool) -> str:
     """This tab's history or every event in the log: the person's choice, else the tab's when it has rows."""
-    chosen = state.get(_VIEW_CHOICE)
+    chosen = state.trend_view_choice()
     default = chosen if chosen in (VIEW_TAB, VIEW_LOG) else (VIEW_TAB if history_rows else VIEW_LOG)
-    st.session_state.setdefault("trend-view", default)
-    if st.session_state.get("trend-view") not in (VIEW_TAB, VIEW_LOG):
-        st.session_state["trend-view"] = default
+    if state.value(state.TREND_VIEW_WIDGET) not in (VIEW_TAB, VIEW_LOG):
+        state.set_value(state.TREND_VIEW_WIDGET, default)
 
     def remember() -> None:
-        st.session_state[_VIEW_CHOICE] = st.session_state.get("trend-view")
+        state.set_trend_view_choice(state.value(state.TREND_VIEW_WIDGET))
 
     return st.segmented_control(
-        "Show", [VIEW_TAB, VIEW_LOG], key="trend-view", required=True, on_change=remember,
+        "Show", [VIEW_TAB, VIEW_LOG], key=state.TREND_VIEW_WIDGET, required=True, on_change=remember,
         help="This tab's history: the visitors answered here (and the simulator's). All events in the log: "
              "everything the backend logged for the sidebar's catalog, from any tab, app or earlier run.",
     ) or default
@@ -278,7 +276,8 @@ def log_view(labels: Labels) -> Drawn:
     scenario = state.scenario()
     if backend is None or scenario is None:
         return drawn
-    if not has_event_log(backend):
+    engine = event_log(backend)
+    if engine is None:
         st.info("**The remote server's log cannot be listed from here.** Its API has no call that returns "
                 "logged events (a log export is planned), so only this tab's history can be charted: switch "
                 "Show to This tab's history. What drives the choices still reports on the server's own log "
@@ -291,7 +290,7 @@ def log_view(labels: Labels) -> Drawn:
                                      "or policy change). Whole log: every logged event of this catalog, with "
                                      "a rule where the current model began.") or SPAN_SINCE
     bar = st.empty()  # the first read of a large log takes seconds (then only what is new): show how far it got
-    rows = log_rows_for(backend, progress=lambda share: bar.progress(
+    rows = log_rows_for(engine, progress=lambda share: bar.progress(
         share, text=f"Reading the event log for the first time… {share:.0%}"))
     bar.empty()
     catalog = rows.catalog_number((frozenset(scenario.action_ids), tuple(scenario.slot_ids)))
@@ -373,7 +372,8 @@ def build_report(drawn: Drawn, labels: Labels) -> str:
                                 f"{points(lift.lift)} pts (95% {points(lo)} to {points(hi)})"))
         if len(drawn.report.lifts) > 1:
             notes.append(LATER_SLOTS_CAVEAT)
-    stats = backend_stats(state.backend()) if not state.backend_choice().remote else None
+    engine = local_engine(state.backend())
+    stats = engine.stats() if engine is not None else None
     experiment = state.experiment()
     policy = (f"{stats.get('policy')} ({stats.get('arguments')}), learning mode {stats.get('learningMode')}, "
               f"exploration {float(stats.get('explorationPercentage') or 0):.0%}") if stats else \
@@ -393,7 +393,7 @@ def report_button(drawn: Drawn) -> None:
 
     # The very callable the button downloads, kept for this tab (tests read the file through it: AppTest
     # has no media server to download from).
-    st.session_state[REPORT_KEY] = document if drawn.charts else None
+    state.set_trend_report(document if drawn.charts else None)
     st.download_button("Download report", data=document,
                        file_name="personalizer-report.html", mime="text/html", icon=":material/summarize:",
                        key="download-report", disabled=not drawn.charts, on_click="ignore",

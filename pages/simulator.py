@@ -2,7 +2,9 @@
 
 import streamlit as st
 
+from personalizer.contract import DEFAULT_EXPLORATION
 from personalizer.dashboard import routing, session, state, widgets
+from personalizer.dashboard.ranking import BACKEND_ERRORS
 from personalizer.dashboard.simulator import MAX_VISITORS, MIN_VISITORS, SimulationResult, run_simulation
 from personalizer.dashboard.text import md, percent, plural
 
@@ -33,7 +35,7 @@ def show_result(result: SimulationResult) -> None:
 
 def remember_visitors() -> None:
     """Callback of the Visitors field: keep the number for this tab, across pages."""
-    state.set_sim_visitors(st.session_state["sim-visitors"])
+    state.set_sim_visitors(state.value(state.SIM_VISITORS_WIDGET))
 
 
 def main() -> None:
@@ -51,10 +53,11 @@ def main() -> None:
     st.markdown(f"**Visitors' hidden preferences:** {md(scenario.name)} (the sidebar's scenario)")
     if scenario.description:
         st.caption(md(scenario.description))
-    st.session_state["sim-visitors"] = state.sim_visitors(DEFAULT_VISITORS)  # survives a visit to another page
+    # survives a visit to another page
+    state.set_value(state.SIM_VISITORS_WIDGET, state.sim_visitors(DEFAULT_VISITORS))
     with st.container(horizontal=True, vertical_alignment="bottom"):
         visitors = st.number_input("Visitors", min_value=MIN_VISITORS, max_value=MAX_VISITORS, step=100,
-                                   key="sim-visitors", on_change=remember_visitors, width=220)
+                                   key=state.SIM_VISITORS_WIDGET, on_change=remember_visitors, width=220)
         run = st.button("Run simulation", key="sim-run", type="primary", icon=":material/play_arrow:")
     if run:
         state.set_sim_visitors(int(visitors))
@@ -67,12 +70,12 @@ def main() -> None:
 
         config = state.service_config() or {}
         online = config.get("learningMode", "Online") == "Online"
-        epsilon = float(config.get("explorationPercentage", 0.2)) if online else 0.0
+        epsilon = float(config.get("explorationPercentage", DEFAULT_EXPLORATION)) if online else 0.0
         experiment = state.experiment()
         try:
             result = run_simulation(backend, scenario, int(visitors), state.history(), on_progress=progress,
                                     epsilon=epsilon, tags=session.tags(experiment))
-        except Exception as exc:
+        except (*BACKEND_ERRORS, ValueError) as exc:  # ValueError: an answer the simulation cannot use
             bar.empty()
             widgets.show_error(exc, "The simulation stopped")
             return

@@ -10,11 +10,12 @@ import streamlit as st
 from personalizer.contract import PersonalizerError
 from personalizer.dashboard import insight, offline, routing, state, widgets
 from personalizer.dashboard.backend import importances_for
+from personalizer.dashboard.capabilities import FeatureImportanceJobs
 from personalizer.dashboard.ranking import error_text
 from personalizer.dashboard.text import md, plural
+from personalizer.interface import Personalizer
 
 RANGE_SINCE = "Since last change"
-_JOB = "studio.importance_job"   # the report this tab shows (its id)
 POLL_SECONDS = 0.25
 SCORE_COLUMNS = {
     "feature": st.column_config.TextColumn("Feature", pinned=True),
@@ -30,15 +31,15 @@ def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat()
 
 
-def covered(backend: Any) -> tuple[float, float] | None:
+def covered(backend: Personalizer) -> tuple[float, float] | None:
     """The log's first and last rank time, or None when it is empty or the backend does not say."""
     try:
         return offline.log_range(backend.log_properties())
-    except (AttributeError, PersonalizerError, OSError):
+    except (PersonalizerError, OSError):
         return None
 
 
-def settings(jobs: Any, backend: Any, span: tuple[float, float]) -> None:
+def settings(jobs: FeatureImportanceJobs, span: tuple[float, float]) -> None:
     """Time range and "Run report": a job on the backend's background worker."""
     experiment = state.experiment()
     since = offline.parse_timestamp(experiment.model) if experiment is not None and experiment.model else None
@@ -73,10 +74,10 @@ def settings(jobs: Any, backend: Any, span: tuple[float, float]) -> None:
     except PersonalizerError as exc:
         st.error(f"**The report was refused.** {md(error_text(exc))}", icon=":material/error:")
         return
-    st.session_state[_JOB] = job_id
+    state.set_importance_job(job_id)
 
 
-def wait(jobs: Any, job_id: str) -> dict[str, Any]:
+def wait(jobs: FeatureImportanceJobs, job_id: str) -> dict[str, Any]:
     """Poll a running report with a progress bar until it finished; returns it."""
     job = jobs.get_feature_importance(job_id)
     if job.get("status") != "Running":
@@ -121,7 +122,7 @@ def result(job: dict[str, Any]) -> None:
         st.caption(md(job.get("description") or ""))
 
 
-def reports(jobs: Any) -> list[dict[str, Any]]:
+def reports(jobs: FeatureImportanceJobs) -> list[dict[str, Any]]:
     """Every report of this backend (any tab), newest first; [] when the backend lists none."""
     try:
         return list(reversed(jobs.list_feature_importances()))
@@ -130,7 +131,7 @@ def reports(jobs: Any) -> list[dict[str, Any]]:
 
 
 def _pick() -> None:
-    st.session_state[_JOB] = st.session_state.get("why-report")
+    state.set_importance_job(state.value(state.IMPORTANCE_PICK_WIDGET))
 
 
 def report_chooser(items: list[dict[str, Any]]) -> None:
@@ -139,10 +140,11 @@ def report_chooser(items: list[dict[str, Any]]) -> None:
         return
     names = {j["id"]: f"{j.get('name') or j['id']} · {j.get('status')} · made {str(j.get('creationTime'))[:19]}"
              for j in items}
-    current = state.get(_JOB)
+    current = state.importance_job()
     if current in names:  # the report on screen (just started, or picked before) is the one shown picked
-        st.session_state["why-report"] = current
-    st.selectbox("Reports", list(names), key="why-report", format_func=lambda i: names.get(i, i), on_change=_pick,
+        state.set_value(state.IMPORTANCE_PICK_WIDGET, current)
+    st.selectbox("Reports", list(names), key=state.IMPORTANCE_PICK_WIDGET, format_func=lambda i: names.get(i, i),
+                 on_change=_pick,
                  help="Every report of this backend (any tab); the newest first.")
 
 
@@ -163,20 +165,20 @@ def main() -> None:
             st.page_link("pages/simulator.py", label="Run the simulator", icon=":material/group:")
         return
     jobs = importances_for(backend)
-    settings(jobs, backend, span)
+    settings(jobs, span)
     chooser = st.container()  # filled once the report finished, so the status it lists is the final one
-    job_id = state.get(_JOB)
+    job_id = state.importance_job()
     if job_id is None:  # nothing picked in this tab yet: the newest report of this backend, if any
         newest = reports(jobs)
         job_id = newest[0]["id"] if newest else None
-        st.session_state[_JOB] = job_id
+        state.set_importance_job(job_id)
     if job_id is None:
         return
     try:
         job = wait(jobs, job_id)
     except PersonalizerError as exc:
         if exc.status == 404:  # deleted meanwhile (another tab): forget it
-            st.session_state.pop(_JOB, None)
+            state.set_importance_job(None)
             return
         widgets.show_error(exc, "Could not read the report")
         return

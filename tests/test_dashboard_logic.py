@@ -38,14 +38,20 @@ CONTEXT = {"time": "morning", "device": "mobile"}
 
 
 class Recorder:
-    """A backend that answers with each slot's baseline and records every call."""
+    """A backend that answers with each slot's baseline and records every call.
+
+    ``greedy`` stands for the embedded engine's top picks (pass it to ``rank_visitor``);
+    the service configuration is not offered unless a test sets one.
+    """
 
     def __init__(self, probability: float | None = 0.9, greedy: bool = True, fail: str | None = None) -> None:
         self.calls: list[tuple] = []
         self.probability = probability
         self.fail = fail
-        if greedy:
-            self.greedy = lambda request: {s["id"]: "Tennis-Racket-133" for s in request["slots"]}
+        self.greedy = (lambda request: {s["id"]: "Tennis-Racket-133" for s in request["slots"]}) if greedy else None
+
+    def get_service_configuration(self) -> dict:
+        raise PersonalizerError("NotFound", "no configuration here", 404)
 
     def rank(self, request: dict) -> dict:
         self.calls.append(("rank", request.get("deferActivation", False)))
@@ -109,7 +115,7 @@ def test_history_rows_rewards_and_cached_frame() -> None:
 
 def test_rank_visitor_defers_and_reads_exploration_from_greedy() -> None:
     backend = Recorder()
-    event = rank_visitor(backend, SEED, CONTEXT)
+    event = rank_visitor(backend, SEED, CONTEXT, greedy=backend.greedy)
     assert backend.calls == [("rank", True)]
     assert [s.slot_id for s in event.slots] == SEED.slot_ids
     hero = event.slot("BigHeroPosition")
@@ -121,12 +127,12 @@ def test_rank_visitor_defers_and_reads_exploration_from_greedy() -> None:
 def test_a_sampled_tie_is_not_called_exploration() -> None:
     backend = Recorder(probability=0.5)
     backend.get_service_configuration = lambda: {"learningMode": "Online", "explorationPercentage": 0.2}
-    event = rank_visitor(backend, SEED, CONTEXT)
+    event = rank_visitor(backend, SEED, CONTEXT, greedy=backend.greedy)
     hero = event.slot("BigHeroPosition")
     assert hero.tied and hero.exploration is False
     assert exploration_label(hero, event) == "Tied with the model's top pick Tennis-Racket-133 (probability 50%)"
     backend.probability = 0.1
-    hero = rank_visitor(backend, SEED, CONTEXT).slot("BigHeroPosition")
+    hero = rank_visitor(backend, SEED, CONTEXT, greedy=backend.greedy).slot("BigHeroPosition")
     assert not hero.tied and hero.exploration is True
 
 
@@ -457,3 +463,23 @@ def test_custom_policies_time_windows_and_candidates() -> None:
     assert offline.log_range({"dateRange": None}) is None
     assert offline.log_range({"dateRange": {"from": "2027-01-15T08:00:00.000Z", "to": "2027-01-15T09:00:00Z"}}) \
         == (1_800_000_000.0, 1_800_003_600.0)
+
+
+# ---------------------------------------------------------------- capabilities
+
+def test_only_the_embedded_engine_offers_the_local_extras(tmp_path: Path) -> None:
+    from personalizer.client import PersonalizerClient
+    from personalizer.dashboard.capabilities import event_log, local_engine, top_picks
+    from personalizer.interface import Personalizer
+
+    client = PersonalizerClient("http://127.0.0.1:9", None)
+    engine = LocalPersonalizer(tmp_path)
+    try:
+        assert isinstance(client, Personalizer) and isinstance(engine, Personalizer)
+        assert local_engine(client) is None and event_log(client) is None and top_picks(client) is None
+        assert local_engine(engine) is engine and event_log(engine) is engine
+        picks = top_picks(engine)
+        assert picks is not None and set(picks(SEED.rank_request(CONTEXT))) == set(SEED.slot_ids)
+    finally:
+        engine.close()
+        client.close()

@@ -1,10 +1,9 @@
 """Which backend the dashboard talks to, and the one shared instance of it.
 
-The pages only call the one interface (``rank``, ``reward``, ``activate``) plus,
-when a backend has them, ``greedy``, ``stats``, ``get_service_configuration``,
-``update_service_configuration``, ``reset_model`` and ``events``. A
-:class:`BackendChoice` says which backend; :func:`open_backend` turns it into
-the shared instance.
+Every backend is a :class:`~personalizer.interface.Personalizer` (the pages call
+that API); what only the embedded engine offers (its event log, job records) is
+decided once in :mod:`.capabilities`. A :class:`BackendChoice` says which
+backend; :func:`open_backend` turns it into the shared instance.
 
 - **Embedded**: one ``LocalPersonalizer`` per data directory for the whole server
   process (``st.cache_resource``): every tab and session shares it, and its lock
@@ -16,8 +15,8 @@ the shared instance.
   session's :class:`BackendChoice` and the client: never in a widget, a repr or
   a message.
 
-The engine's offline evaluations (:class:`~personalizer.evaluation.Evaluations`)
-and its lift over baseline are cached per engine here too.
+The engine's offline evaluations (:class:`~personalizer.evaluation.Evaluations`),
+feature-importance jobs, log rows and lift over baseline are cached per engine here too.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import streamlit as st
 
@@ -36,10 +35,11 @@ from ..contract import PersonalizerError
 from ..engine import LocalPersonalizer
 from ..evaluation import Evaluations
 from ..importance import FeatureImportances
+from ..interface import LocalEngine, Personalizer
 from ..settings import load_settings
+from .capabilities import FeatureImportanceJobs, local_engine
 from .lift import LiftReport, from_events
 from .log_trends import LogRows
-from .ranking import Backend
 from .remote import ENV_ENDPOINT, ENV_KEY, RemoteSettings, endpoint_problem, remote_settings
 
 log = logging.getLogger(__name__)
@@ -83,12 +83,14 @@ def resolve_home(home: str | os.PathLike[str] | None = None) -> str:
 def _secrets() -> Mapping[str, Any] | None:
     """``st.secrets`` as a mapping, or None when there is no (readable) secrets.toml.
 
-    Streamlit raises when no secrets file exists (and on a malformed one); neither
-    may stop the dashboard, which then simply has no remote settings from there.
+    Streamlit raises ``StreamlitSecretNotFoundError`` (a FileNotFoundError) when no
+    secrets file exists and on a malformed one, and an OSError or UnicodeDecodeError
+    from a secrets directory it cannot read; none may stop the dashboard, which then
+    simply has no remote settings from there.
     """
     try:
         return {k: st.secrets[k] for k in st.secrets}
-    except Exception as exc:  # StreamlitSecretNotFoundError (a FileNotFoundError), TOML errors
+    except (OSError, UnicodeDecodeError) as exc:
         log.debug("no usable secrets.toml: %s", type(exc).__name__)
         return None
 
@@ -116,12 +118,21 @@ def default_choice() -> BackendChoice:
     return remote_choice(settings) if settings.configured else embedded_choice()
 
 
-def _close(backend: Any) -> None:
-    """Release a cached backend (checkpoint and close the engine) when the cache drops it."""
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+def _close(resource: _Closable) -> None:
+    """Release a cached resource (a backend, an engine's job manager) when the cache drops it.
+
+    Broad on purpose: this runs inside Streamlit's cache eviction, where any error
+    (closing twice, after a failed start, a database already gone) must not break
+    the rerun that evicted it; it is logged with its traceback instead.
+    """
     try:
-        backend.close()
-    except Exception:  # closing twice or after a failed start must not break a rerun
-        log.debug("closing a backend failed", exc_info=True)
+        resource.close()
+    except Exception:
+        log.warning("closing %s failed", type(resource).__name__, exc_info=True)
 
 
 @st.cache_resource(show_spinner="Starting the embedded engine…", on_release=_close)
@@ -136,71 +147,52 @@ def remote_client(endpoint: str, key: str | None) -> PersonalizerClient:
     return PersonalizerClient(endpoint, key, timeout=REMOTE_TIMEOUT, retries=REMOTE_RETRIES)
 
 
-def open_backend(choice: BackendChoice) -> Backend:
-    """The shared backend instance for a choice.
+def remote_endpoint(choice: BackendChoice) -> str:
+    """A remote choice's endpoint URL, stripped.
 
-    PersonalizerError ``MissingEndpoint`` / ``InvalidEndpoint`` (400) while a remote
-    choice has no usable URL; the pages show it like any backend error.
+    PersonalizerError ``MissingEndpoint`` / ``InvalidEndpoint`` (400) while it has no
+    usable URL; the pages show it like any backend error.
     """
+    problem = endpoint_problem(choice.endpoint)
+    if problem is not None:
+        code = "MissingEndpoint" if not (choice.endpoint or "").strip() else "InvalidEndpoint"
+        raise PersonalizerError(code, problem, 400)
+    return (choice.endpoint or "").strip()
+
+
+def open_backend(choice: BackendChoice) -> Personalizer:
+    """The shared backend instance for a choice (PersonalizerError 400 for a remote one without a usable URL)."""
     if choice.kind == EMBEDDED:
         return embedded_engine(choice.home or resolve_home())
     if choice.kind == REMOTE:
-        problem = endpoint_problem(choice.endpoint)
-        if problem is not None:
-            code = "MissingEndpoint" if not (choice.endpoint or "").strip() else "InvalidEndpoint"
-            raise PersonalizerError(code, problem, 400)
-        return remote_client((choice.endpoint or "").strip(), choice.key or None)
+        return remote_client(remote_endpoint(choice), choice.key or None)
     raise ValueError(f"unknown backend kind {choice.kind!r}; known: {', '.join(KINDS)}")
-
-
-def backend_stats(backend: Any) -> dict[str, Any] | None:
-    """``stats()`` when the backend offers it (counts, learning mode, exploration), else None."""
-    stats = getattr(backend, "stats", None)
-    return None if stats is None else stats()
-
-
-def service_configuration(backend: Any) -> dict[str, Any] | None:
-    """The backend's service configuration when it offers one, else None."""
-    getter = getattr(backend, "get_service_configuration", None)
-    return None if getter is None else getter()
-
-
-def has_event_log(backend: Any) -> bool:
-    """True when the dashboard can read the backend's logged events (the embedded engine)."""
-    return callable(getattr(backend, "events", None)) and callable(getattr(backend, "log_properties", None))
 
 
 # ---------------------------------------------------------------- per-engine caches
 
-def _close_evaluations(manager: Evaluations) -> None:
-    try:
-        manager.close()
-    except Exception:
-        log.debug("closing the evaluations manager failed", exc_info=True)
-
-
-@st.cache_resource(show_spinner=False, on_release=_close_evaluations)
-def _evaluations(home: str, engine_id: int, _engine: Any) -> Evaluations:
+@st.cache_resource(show_spinner=False, on_release=_close)
+def _evaluations(home: str, engine_id: int, _engine: LocalEngine) -> Evaluations:
     return Evaluations(_engine)
 
 
-def evaluations_for(engine: Any) -> Evaluations:
+def evaluations_for(engine: LocalEngine) -> Evaluations:
     """The engine's offline-evaluations manager (one per engine instance; results kept in its data directory)."""
-    return _evaluations(str(getattr(engine, "home", "")), id(engine), engine)
+    return _evaluations(str(engine.home), id(engine), engine)
 
 
 @st.cache_data(show_spinner="Estimating lift over baseline…", max_entries=32)
 def _log_lift(home: str, engine_id: int, counts: tuple[int, ...], start: float | None, end: float | None,
-              catalog: tuple[frozenset[str], tuple[str, ...]] | None, _engine: Any) -> LiftReport:
+              catalog: tuple[frozenset[str], tuple[str, ...]] | None, _engine: LocalEngine) -> LiftReport:
     return from_events(_engine.events(start, end), catalog)
 
 
-def log_lift(engine: Any, start: float | None = None, end: float | None = None,
+def log_lift(engine: LocalEngine, start: float | None = None, end: float | None = None,
              catalog: tuple[frozenset[str], tuple[str, ...]] | None = None) -> LiftReport:
     """Lift over baseline from the engine's log in [start, end) (one catalog's events), recomputed when the log grew."""
     stats = engine.stats()
     counts = (int(stats.get("learned", 0)), int(stats.get("logged", 0)), int(stats.get("rewards", 0)))
-    return _log_lift(str(getattr(engine, "home", "")), id(engine), counts, start, end, catalog, engine)
+    return _log_lift(str(engine.home), id(engine), counts, start, end, catalog, engine)
 
 
 def clear_caches() -> None:
@@ -216,40 +208,36 @@ def clear_caches() -> None:
 # ---------------------------------------------------------------- the log as trend rows
 
 @st.cache_resource(show_spinner="Reading the event log…", max_entries=8)
-def _log_rows(home: str, engine_id: int, _engine: Any) -> LogRows:
+def _log_rows(home: str, engine_id: int, _engine: LocalEngine) -> LogRows:
     return LogRows(_engine)
 
 
-def log_rows_for(engine: Any, progress: Callable[[float], None] | None = None) -> LogRows:
+def log_rows_for(engine: LocalEngine, progress: Callable[[float], None] | None = None) -> LogRows:
     """The engine's log as trend rows (one reader per engine for the whole server: tabs share it), up to date.
 
     ``progress(share)`` hears how far a first read of a large log got.
     """
-    rows = _log_rows(str(getattr(engine, "home", "")), id(engine), engine)
+    rows = _log_rows(str(engine.home), id(engine), engine)
     rows.refresh(progress)
     return rows
 
 
 # ---------------------------------------------------------------- feature importances
 
-def _close_importances(manager: FeatureImportances) -> None:
-    try:
-        manager.close()
-    except Exception:
-        log.debug("closing the feature-importance jobs failed", exc_info=True)
-
-
-@st.cache_resource(show_spinner=False, on_release=_close_importances)
-def _importances(home: str, engine_id: int, _engine: Any) -> FeatureImportances:
+@st.cache_resource(show_spinner=False, on_release=_close)
+def _importances(home: str, engine_id: int, _engine: LocalEngine) -> FeatureImportances:
     return FeatureImportances(_engine)
 
 
-def importances_for(backend: Any) -> Any:
+def importances_for(backend: Personalizer) -> FeatureImportanceJobs:
     """Who runs feature-importance jobs for a backend: the engine's job manager, or the remote client itself.
 
     Both answer ``create_feature_importance``, ``get_feature_importance``,
     ``list_feature_importances`` and ``delete_feature_importance`` alike.
     """
-    if isinstance(backend, LocalPersonalizer):
-        return _importances(str(getattr(backend, "home", "")), id(backend), backend)
-    return backend
+    engine = local_engine(backend)
+    if engine is not None:
+        return _importances(str(engine.home), id(engine), engine)
+    if isinstance(backend, PersonalizerClient):
+        return backend
+    raise PersonalizerError("FeatureImportancesUnavailable", "this backend runs no feature-importance reports", 501)

@@ -48,7 +48,7 @@ class LiftReport:
 
 def same_catalog(event: LoggedEvent, catalog: tuple[frozenset[str], tuple[str, ...]]) -> bool:
     """True when a logged event ranked this catalog: the same action ids and the same slots in order."""
-    request = getattr(event, "request", None) or {}
+    request = event.request or {}
     actions = frozenset(a.get("id") for a in request.get("actions", []))
     slots = tuple(s.get("id") for s in request.get("slots", []))
     return actions == catalog[0] and slots == catalog[1]

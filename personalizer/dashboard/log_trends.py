@@ -15,6 +15,7 @@ start. One :class:`LogRows` per engine lives in the dashboard's process cache.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,11 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
+from ..contract import PersonalizerError
+from ..interface import LocalEngine, Personalizer
 from .history import COLUMNS
+
+log = logging.getLogger(__name__)
 
 SOURCE_LOG = "log"
 #: Extra columns of log rows: which catalog the event ranked, and the learning mode it was served in.
@@ -68,7 +73,7 @@ class _EventRows:
 class LogRows:
     """Trend rows of one engine's log, kept up to date by :meth:`refresh` (thread-safe)."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: LocalEngine) -> None:
         self._engine = engine
         self._lock = threading.Lock()
         self._reset()
@@ -238,10 +243,10 @@ def _to_frame(events: list[_EventRows], first_visitor: int = 1) -> pd.DataFrame:
     def per_event(values: list[Any] | np.ndarray) -> np.ndarray:
         return np.repeat(np.asarray(values, dtype=object), counts)
 
-    def per_slot(name: str, dtype: Any = object) -> np.ndarray:
+    def per_slot(values: Callable[[_EventRows], list[Any]], dtype: Any = object) -> np.ndarray:
         flat: list[Any] = []
         for e in events:
-            flat.extend(getattr(e, name))
+            flat.extend(values(e))
         return np.array(flat, dtype=dtype)
 
     created = np.repeat(np.fromiter((e.created for e in events), dtype=float, count=len(events)), counts)
@@ -249,9 +254,9 @@ def _to_frame(events: list[_EventRows], first_visitor: int = 1) -> pd.DataFrame:
     frame = pd.DataFrame({
         "visitor": np.repeat(np.arange(first_visitor, first_visitor + len(events), dtype=np.int64), counts),
         "time": pd.to_datetime(created, unit="s", utc=True),
-        "slot": per_slot("slots"), "action": per_slot("actions"),
-        "reward": per_slot("rewards", float), "baseline": per_slot("baselines"),
-        "probability": per_slot("probabilities", float), "exploration": np.full(n, None, dtype=object),
+        "slot": per_slot(lambda e: e.slots), "action": per_slot(lambda e: e.actions),
+        "reward": per_slot(lambda e: e.rewards, float), "baseline": per_slot(lambda e: e.baselines),
+        "probability": per_slot(lambda e: e.probabilities, float), "exploration": np.full(n, None, dtype=object),
         "context": per_event([e.context for e in events]), "source": np.full(n, SOURCE_LOG, dtype=object),
         "backend": np.full(n, None, dtype=object), "scenario": np.full(n, None, dtype=object),
         "policy": np.full(n, None, dtype=object), "experiment": np.full(n, np.nan),
@@ -285,20 +290,17 @@ def parse_time(value: Any) -> float | None:
     return (parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)).timestamp()
 
 
-def policy_change_times(backend: Any) -> list[tuple[float, str]]:
-    """``(time, label)`` of each recorded policy change, oldest first; [] when the backend keeps no history.
+def policy_change_times(backend: Personalizer) -> list[tuple[float, str]]:
+    """``(time, label)`` of each recorded policy change, oldest first; [] when the backend cannot list them.
 
-    The hook for the policy history (issue 11): the engine's ``policy_history()``
-    (a list of changes, newest first) or the client's (``{"value": [...]}``), each change
-    with its ``time`` (ISO; ``created`` epoch seconds also read), ``action`` and, when told,
-    ``after.name``. A backend without it (this branch's engine): [].
+    Reads ``policy_history()`` (a list of changes, newest first; an older server's
+    ``{"value": [...]}`` also read), each change with its ``time`` (ISO; ``created``
+    epoch seconds also read), ``action`` and, when told, ``after.name``.
     """
-    getter = getattr(backend, "policy_history", None)
-    if getter is None:
-        return []
     try:
-        answer = getter()
-    except Exception:  # a server without the route: no marks, the curves stand alone
+        answer: Any = backend.policy_history()
+    except (PersonalizerError, OSError) as exc:  # e.g. a server without the route: the curves stand alone
+        log.info("no policy changes to mark: %r", exc)
         return []
     changes = answer.get("value", []) if isinstance(answer, dict) else answer
     out = []

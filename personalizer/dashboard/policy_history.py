@@ -1,26 +1,30 @@
 """The "Policy history" section of the Evaluate page: every policy change, newest first, with one-click rollback.
 
-Drawn by :func:`section` from a backend that keeps a policy history (the embedded
-engine, or a client of this project's server); the text helpers below it are plain
+Drawn by :func:`section` from any backend (the embedded engine, or a client of this
+project's server: both keep a policy history); the text helpers below it are plain
 functions that tests import without Streamlit.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import streamlit as st
 
-from ..engine import LocalPersonalizer
+from ..contract import PersonalizerError
+from ..interface import Personalizer
 from ..policy_history import same_arguments
-from . import widgets
-from .ranking import error_text
+from . import state, widgets
+from .capabilities import local_engine
+from .ranking import BACKEND_ERRORS, error_text
 from .text import md, md_block
+
+log = logging.getLogger(__name__)
 
 #: How many of the newest changes the section lists.
 SHOWN_CHANGES = 10
-_MESSAGE = "studio.policy_history.message"  # the last rollback's outcome, shown once
 _ICONS = {"success": ":material/check_circle:", "error": ":material/error:"}
 _WHO = {"auto": "automatic optimization", "person": "a person (dashboard)", "api": "the API"}
 _ACTION = {"update": "New policy", "reset": "Reset to the default", "evaluation": "Applied from an evaluation",
@@ -65,7 +69,7 @@ def restores_live(change: dict[str, Any], live: dict[str, Any], exploration: flo
     before = change.get("before") or {}
     try:
         same = same_arguments(str(before.get("arguments", "")), str(live.get("arguments", "")))
-    except Exception:  # an unparsable stored policy: rolling back to it will be refused with a reason
+    except (ValueError, PersonalizerError):  # an unparsable stored policy: rolling back to it is refused with a reason
         return False
     return same and before.get("explorationPercentage") == exploration
 
@@ -74,41 +78,40 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def rollback(backend: Any, change_id: str) -> None:
+def rollback(backend: Personalizer, change_id: str) -> None:
     """Callback of "Roll back": restore the policy a change replaced (tried like any new policy)."""
+    engine = local_engine(backend)
     try:
-        if isinstance(backend, LocalPersonalizer):
-            done = backend.rollback_policy(change_id, who="person")
-        else:
-            done = backend.rollback_policy(change_id)
-    except Exception as exc:
-        st.session_state[_MESSAGE] = ("error", f"Could not roll back change {change_id}. {error_text(exc)}")
+        # The engine records who asked; through a server the change is the API's.
+        done = engine.rollback_policy(change_id, who="person") if engine is not None \
+            else backend.rollback_policy(change_id)
+    except BACKEND_ERRORS as exc:
+        log.warning("rollback of %s failed: %r", change_id, exc)
+        state.set_rollback_message("error", f"Could not roll back change {change_id}. {error_text(exc)}")
         return
-    st.session_state[_MESSAGE] = ("success", f"Rolled back change {change_id}: the engine now learns with "
-                                             f"{(done.get('after') or {}).get('arguments', '')} (a fresh model).")
+    state.set_rollback_message("success", f"Rolled back change {change_id}: the engine now learns with "
+                                          f"{(done.get('after') or {}).get('arguments', '')} (a fresh model).")
 
 
-def section(backend: Any) -> None:
-    """Policy history with one-click rollback; nothing for a backend without a policy history."""
-    if not hasattr(backend, "policy_history") or not hasattr(backend, "rollback_policy"):
-        return
+def section(backend: Personalizer) -> None:
+    """Policy history with one-click rollback."""
     st.subheader("Policy history", anchor=False)
     try:
         changes = backend.policy_history()[:SHOWN_CHANGES]
         live = backend.get_policy()
         config = backend.get_service_configuration()
-    except Exception as exc:
+    except BACKEND_ERRORS as exc:
         widgets.show_error(exc, "Could not read the policy history")
         return
     auto = "on" if config.get("isAutoOptimizationEnabled") else "off"
-    last = (backend.auto_optimization_state().get("lastRun") if hasattr(backend, "auto_optimization_state")
-            else None)
+    engine = local_engine(backend)
+    last = engine.auto_optimization_state().get("lastRun") if engine is not None else None
     note = f" Last run {md(str(last.get('time', ''))[:16].replace('T', ' '))} UTC: {md(last.get('decision', ''))}, " \
            f"{md(last.get('reason', ''))}." if last else ""
     st.caption(f"Every change of the learning settings, by a person, the API or automatic optimization "
                f"(now {auto}; set it in the service configuration).{note} Rolling back restores the settings "
                "a change replaced; the model starts fresh with them.")
-    message = st.session_state.pop(_MESSAGE, None)  # "Rolled back ...": next to the buttons that did it
+    message = state.take_rollback_message()  # "Rolled back ...": next to the buttons that did it
     if message is not None:
         kind, text = message
         (st.success if kind == "success" else st.error)(md_block(text), icon=_ICONS[kind])

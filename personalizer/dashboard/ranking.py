@@ -13,23 +13,20 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from ..contract import PersonalizerError
+from ..interface import Personalizer
 from ..simulation import Scenario
+from .capabilities import TopPicks
 from .text import context_label, explain_error, flatten_features
 
 log = logging.getLogger(__name__)
 
-
-class Backend(Protocol):
-    """What the dashboard needs of a backend: the one interface (embedded engine or remote client)."""
-
-    def rank(self, request: dict) -> dict: ...
-
-    def reward(self, event_id: str, reward: dict) -> Any: ...
-
-    def activate(self, event_id: str) -> Any: ...
+#: What a backend call raises for anything but a bug: PersonalizerError for every refusal and
+#: failure the engine or the client reports (storage errors, lost connections and timeouts are
+#: converted to it), OSError for a data directory the embedded engine cannot open.
+BACKEND_ERRORS: tuple[type[Exception], ...] = (PersonalizerError, OSError)
 
 
 @dataclass
@@ -101,13 +98,10 @@ class RankedEvent:
                  "probability": s.probability, "exploration": s.exploration} for s in self.slots]
 
 
-def learning_settings(backend: Any) -> tuple[str | None, float | None]:
+def learning_settings(backend: Personalizer) -> tuple[str | None, float | None]:
     """The backend's learning mode (``Online``, ``Apprentice``, ``LoggingOnly``) and exploration share, if told."""
-    getter = getattr(backend, "get_service_configuration", None)
-    if getter is None:
-        return None, None
     try:
-        config = getter()
+        config = backend.get_service_configuration()
     except PersonalizerError as exc:  # a remote backend may not offer it; the card then just says less
         log.info("could not read the service configuration: %s", exc)
         return None, None
@@ -115,17 +109,18 @@ def learning_settings(backend: Any) -> tuple[str | None, float | None]:
     return config.get("learningMode"), float(epsilon) if isinstance(epsilon, (int, float)) else None
 
 
-def rank_visitor(backend: Backend, scenario: Scenario, context: dict[str, str]) -> RankedEvent:
+def rank_visitor(backend: Personalizer, scenario: Scenario, context: dict[str, str],
+                 greedy: TopPicks | None = None) -> RankedEvent:
     """Rank a new visitor in ``context`` (deferred activation) and say, per slot, if it explored.
 
-    Exploration is read from the backend's ``greedy`` (the model's top pick with
-    exploration off) when it has one; otherwise guessed from the probability.
+    Exploration is read from ``greedy`` (the model's top pick with exploration off,
+    :func:`.capabilities.top_picks`) when the backend offers one; otherwise guessed
+    from the probability.
     """
     request = scenario.rank_request(context, defer=True)
     response = backend.rank(request)
     mode, epsilon = learning_settings(backend)
     top: dict[str, str] = {}
-    greedy = getattr(backend, "greedy", None)
     if greedy is not None and mode in (None, "Online"):
         try:
             top = dict(greedy(scenario.rank_request(context)))
@@ -155,7 +150,7 @@ def rank_visitor(backend: Backend, scenario: Scenario, context: dict[str, str]) 
                        learning_mode=mode, greedy_known=bool(top))
 
 
-def answer(backend: Backend, event: RankedEvent, slot_id: str, value: float) -> bool:
+def answer(backend: Personalizer, event: RankedEvent, slot_id: str, value: float) -> bool:
     """Send the person's answer for one slot: activate the event on its first answer, then reward.
 
     Returns False (and sends nothing) when the slot was already answered. On a
@@ -204,9 +199,8 @@ def error_text(exc: BaseException) -> str:
         meaning = explain_error(exc.code)
         detail = f"{exc.code} (HTTP {exc.status}): {exc.message}"
         return f"{meaning} ({detail})" if meaning else detail
-    code = getattr(exc, "code", None)
     message = str(exc).strip() or type(exc).__name__
-    return f"{code}: {message}" if isinstance(code, str) else f"{type(exc).__name__}: {message}"
+    return f"{type(exc).__name__}: {message}"
 
 
 def contexts_equal(event: RankedEvent | None, scenario: Scenario | None, context: dict[str, str]) -> bool:
@@ -216,6 +210,6 @@ def contexts_equal(event: RankedEvent | None, scenario: Scenario | None, context
 
 
 __all__ = [
-    "Backend", "RankedEvent", "SlotChoice", "answer", "context_label", "contexts_equal", "error_text",
+    "BACKEND_ERRORS", "RankedEvent", "SlotChoice", "answer", "context_label", "contexts_equal", "error_text",
     "exploration_label", "learning_settings", "rank_visitor",
 ]

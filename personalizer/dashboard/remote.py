@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..client import normalize_endpoint
+from ..client import PersonalizerClient, normalize_endpoint
 from ..contract import PersonalizerError
 from .ranking import error_text
 
@@ -98,7 +98,7 @@ class ConnectionCheck:
     code: str | None = None
 
 
-def check_connection(backend: Any, endpoint: str, has_key: bool = True) -> ConnectionCheck:
+def check_connection(client: PersonalizerClient, endpoint: str, has_key: bool = True) -> ConnectionCheck:
     """Health (needs no key), then an authenticated call (the service configuration).
 
     A wrong key fails the second step with the server's code (``Unauthorized``);
@@ -106,25 +106,20 @@ def check_connection(backend: Any, endpoint: str, has_key: bool = True) -> Conne
     only words the success line (a server without a key accepts calls without one).
     """
     lines: list[str] = []
-    health = getattr(backend, "health", None)
-    if health is not None:
-        try:
-            answer = health()
-        except Exception as exc:
-            log.info("health check of %s failed: %r", endpoint, exc)
-            return ConnectionCheck(False, endpoint, (f"Health: {error_text(exc)}",), _code(exc))
-        status = answer.get("status", "ok") if isinstance(answer, Mapping) else "ok"
-        version = answer.get("version") if isinstance(answer, Mapping) else None
-        lines.append(f"Health: {status}" + (f" (version {version})" if version else ""))
     try:
-        config = backend.get_service_configuration()
-    except Exception as exc:
+        answer = client.health()
+    except PersonalizerError as exc:  # the client reports every transport and HTTP failure as one
+        log.info("health check of %s failed: %r", endpoint, exc)
+        return ConnectionCheck(False, endpoint, (f"Health: {error_text(exc)}",), exc.code)
+    status = answer.get("status", "ok") if isinstance(answer, Mapping) else "ok"
+    version = answer.get("version") if isinstance(answer, Mapping) else None
+    lines.append(f"Health: {status}" + (f" (version {version})" if version else ""))
+    try:
+        config = client.get_service_configuration()
+    except PersonalizerError as exc:
         log.info("authenticated call to %s failed: %r", endpoint, exc)
-        return ConnectionCheck(False, endpoint, (*lines, f"Key: {error_text(exc)}"), _code(exc))
+        return ConnectionCheck(False, endpoint, (*lines, f"Key: {error_text(exc)}"), exc.code)
     mode = config.get("learningMode", "?") if isinstance(config, Mapping) else "?"
     lines.append(f"{'Key accepted' if has_key else 'No key needed'} · learning mode {mode}")
     return ConnectionCheck(True, endpoint, tuple(lines))
 
-
-def _code(exc: BaseException) -> str:
-    return exc.code if isinstance(exc, PersonalizerError) else type(exc).__name__

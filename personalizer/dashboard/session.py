@@ -8,6 +8,7 @@ the same rows (see :mod:`.experiments`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from ..contract import PersonalizerError
@@ -18,15 +19,12 @@ from .sidebar import UPLOAD
 log = logging.getLogger(__name__)
 
 
-def _call(backend: Any, name: str) -> dict[str, Any]:
-    """A backend call the experiment needs, or {} when the backend does not offer it."""
-    method = getattr(backend, name, None)
-    if method is None:
-        return {}
+def _call(method: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
+    """A backend call the experiment needs, or {} when the backend refuses it."""
     try:
         answer = method()
     except PersonalizerError as exc:  # a server without that route: the experiment just knows less
-        log.debug("%s unavailable: %s", name, exc.code)
+        log.info("%s unavailable: %s", what, exc.code)
         return {}
     return answer if isinstance(answer, dict) else {}
 
@@ -47,9 +45,9 @@ def settle_experiment() -> Experiment | None:
     except PersonalizerError:
         return None
     try:
-        policy = str(_call(backend, "get_policy").get("name") or "")
-        model = str(_call(backend, "model_properties").get("creationTime") or "")
-        learned = _call(backend, "stats").get("learned")
+        policy = str(_call(backend.get_policy, "policy").get("name") or "")
+        model = str(_call(backend.model_properties, "model properties").get("creationTime") or "")
+        learned = _call(backend.stats, "stats").get("learned")
     except OSError:  # unreachable: the page says so itself
         return None
     book = state.experiments()

@@ -10,25 +10,26 @@ from typing import Any
 
 import streamlit as st
 
-from ..contract import PersonalizerError
+from ..contract import DEFAULT_EXPLORATION, PersonalizerError
 from ..evaluation import apprentice_metrics
+from ..interface import LocalEngine, Personalizer
 from ..simulation import Scenario
-from . import state
+from . import state, widgets
 from .backend import (
     EMBEDDED,
     KINDS,
     REMOTE,
     BackendChoice,
-    backend_stats,
     configured_remote,
     embedded_choice,
-    open_backend,
     remote_choice,
-    service_configuration,
+    remote_client,
+    remote_endpoint,
 )
+from .capabilities import local_engine
 from .labels import Labels, builtin_labels
 from .lift import apprentice_text
-from .ranking import error_text
+from .ranking import BACKEND_ERRORS, error_text
 from .remote import SOURCE_TAB, ConnectionCheck, check_connection, key_caption
 from .scenarios import DEFAULT_SCENARIO, MAX_UPLOAD_BYTES, builtin, builtin_names, upload_with_labels
 from .text import explain_error, md, md_block, plural
@@ -48,6 +49,9 @@ _ENDPOINT_SHOWN = "studio.endpoint_shown"
 _KIND = "backend-kind"
 _ENDPOINT = "remote-endpoint"
 _KEY = "remote-key"
+_APPRENTICE = "apprentice-metrics"
+_LEARNING_MODE = "engine-learning-mode"
+_EXPLORATION = "engine-exploration"
 _SHORT_KINDS = {EMBEDDED: "Embedded", REMOTE: "Remote"}  # fits one row of the sidebar
 
 
@@ -74,7 +78,7 @@ def _apply(field: str, key: str, convert: Callable[[Any], Any]) -> None:
     """Callback of a settings widget: write one service-configuration field to the backend."""
     try:
         state.backend().update_service_configuration({field: convert(state.value(key))})
-    except Exception as exc:
+    except BACKEND_ERRORS as exc:
         log.warning("could not set %s: %r", field, exc)
         _sidebar_flash("error", f"Could not change {field}. {error_text(exc)}")
 
@@ -84,7 +88,8 @@ def _reset_model() -> None:
     state.set_confirming_reset(False)
     try:
         state.backend().reset_model()
-    except Exception as exc:
+    except BACKEND_ERRORS as exc:
+        log.warning("could not reset the model: %r", exc)
         _sidebar_flash("error", f"Could not reset the model. {error_text(exc)}")
         return
     _sidebar_flash("success", "Model reset: it starts fresh. The event log and your history are kept.")
@@ -130,13 +135,11 @@ def _test_connection() -> None:
     """Callback of "Test connection": health, then an authenticated call; the result stays until the next change."""
     choice = state.backend_choice()
     try:
-        backend = open_backend(choice)
-    except Exception as exc:
-        state.set_connection_check(ConnectionCheck(False, choice.endpoint or "", (error_text(exc),),
-                                                   getattr(exc, "code", None)))
+        client = remote_client(remote_endpoint(choice), choice.key or None)
+    except PersonalizerError as exc:  # no usable URL
+        state.set_connection_check(ConnectionCheck(False, choice.endpoint or "", (error_text(exc),), exc.code))
         return
-    endpoint = getattr(backend, "endpoint", choice.endpoint or "")
-    state.set_connection_check(check_connection(backend, endpoint, has_key=bool(choice.key)))
+    state.set_connection_check(check_connection(client, client.endpoint, has_key=bool(choice.key)))
 
 
 def _remote_settings(choice: BackendChoice) -> None:
@@ -144,12 +147,13 @@ def _remote_settings(choice: BackendChoice) -> None:
     if not state.has_value(_ENDPOINT) or state.value(_ENDPOINT_SHOWN) != choice.endpoint:
         state.set_value(_ENDPOINT, choice.endpoint or "")  # the field shows this tab's endpoint
         state.set_value(_ENDPOINT_SHOWN, choice.endpoint)
-    st.text_input("Endpoint URL", key=_ENDPOINT, on_change=_set_endpoint, placeholder="http://127.0.0.1:8000",
+    st.text_input("Endpoint URL", key=_ENDPOINT, on_change=_set_endpoint,
+                  placeholder="http://127.0.0.1:8000",
                   help="Base URL of a Personalizer-compatible service, e.g. `python -m personalizer serve`. "
                        "Set it once in .streamlit/secrets.toml or PERSONALIZER_ENDPOINT.")
     placeholder = "Key set · type to replace it" if choice.key else "Paste the key, press Enter"
-    st.text_input("Subscription key", key=_KEY, type="password", on_change=_set_key, placeholder=placeholder,
-                  autocomplete="off",
+    st.text_input("Subscription key", key=_KEY, type="password", on_change=_set_key,
+                  placeholder=placeholder, autocomplete="off",
                   help="Sent as Ocp-Apim-Subscription-Key. Once entered it is kept for this tab only and never "
                        "shown again. Set it once in .streamlit/secrets.toml or PERSONALIZER_KEY.")
     st.caption(md(key_caption(choice.key is not None and choice.key != "", choice.key_source)))
@@ -168,33 +172,55 @@ def _remote_settings(choice: BackendChoice) -> None:
             st.error(f"**Connection failed** ({md(check.code or 'error')})  \n{lines}", icon=":material/error:")
 
 
-def _apprentice(backend: Any, learned: int) -> dict[str, Any]:
+def _apprentice(engine: LocalEngine, learned: int) -> dict[str, Any]:
     """Apprentice metrics of the engine's recent events, recomputed only when it learned more."""
-    cached = state.value("apprentice-metrics")
+    cached = state.value(_APPRENTICE)
     if cached is None or cached[0] != learned:
-        cached = (learned, apprentice_metrics(backend, recent=500))
-        state.set_value("apprentice-metrics", cached)
+        cached = (learned, apprentice_metrics(engine, recent=500))
+        state.set_value(_APPRENTICE, cached)
     return cached[1]
 
 
 def _backend_section() -> Callable[[], None]:
+    """Which backend (and its connection settings), its learning settings, events learned, reset."""
     st.subheader("Backend", anchor=False)
     choice = state.backend_choice()
+    _backend_kind(choice)
+    for kind, text in state.take_value(_SIDEBAR_FLASH, []):
+        widgets.show_message(kind, text, icon=False)
+    opened = _open_backend(choice)
+    if opened is None:
+        return lambda: None
+    backend, config = opened
+    shared = "every app using this endpoint" if choice.remote else "every tab"
+    _learning_settings(config, shared)
+    refresh = _counts(backend, config)
+    refresh()
+    _reset_model_buttons(shared)
+    return refresh
+
+
+def _backend_kind(choice: BackendChoice) -> None:
+    """The Embedded / Remote switch, then the remote settings or the embedded data directory."""
     state.set_value(_KIND, choice.kind)
-    st.segmented_control("Backend", list(KINDS), key=_KIND, required=True, format_func=_SHORT_KINDS.get,
-                         on_change=_set_kind, label_visibility="collapsed", width="stretch",
+    st.segmented_control("Backend", list(KINDS), key=_KIND, required=True,
+                         format_func=_SHORT_KINDS.get, on_change=_set_kind, label_visibility="collapsed",
+                         width="stretch",
                          help="Embedded: the engine in this process (zero configuration). Remote: any "
                               "Personalizer-compatible endpoint, such as this project's REST server.")
     if choice.remote:
         _remote_settings(choice)
     else:
         st.caption(f"Data in {md(choice.home or '')}")
-    for kind, text in state.take_value(_SIDEBAR_FLASH, []):
-        getattr(st, kind, st.info)(md_block(text))
+
+
+def _open_backend(choice: BackendChoice) -> tuple[Personalizer, dict[str, Any]] | None:
+    """This tab's backend and its service configuration, or None after saying why it is not available."""
     try:
         backend = state.backend()
-        config = service_configuration(backend)
-    except Exception as exc:
+        config = backend.get_service_configuration()
+    except BACKEND_ERRORS as exc:
+        log.warning("backend %s not available: %r", choice.label, exc)
         if not choice.remote:
             st.error(f"The backend is not available. {md(error_text(exc))}", icon=":material/error:")
         elif state.connection_check() is None or state.connection_check().ok:  # a failed check already says why
@@ -202,35 +228,37 @@ def _backend_section() -> Callable[[], None]:
             meaning = explain_error(code) or "Check the endpoint and key, then Test connection."
             st.warning(f"Not connected. {md(meaning)} :gray[({md(code)})]", icon=":material/link_off:")
         state.set_service_config(None)
-        return lambda: None
+        return None
     state.set_service_config(config)
-    shared = "every app using this endpoint" if choice.remote else "every tab"
-    if config is not None and hasattr(backend, "update_service_configuration"):
-        # Settings are the backend's, shared by every tab: show its values, not this tab's last ones.
-        state.set_value("engine-learning-mode", config.get("learningMode", "Online"))
-        state.set_value("engine-exploration", round(100 * float(config.get("explorationPercentage", 0.2))))
-        st.selectbox("Learning mode", list(LEARNING_MODES), key="engine-learning-mode",
-                     format_func=LEARNING_MODES.get, on_change=_apply,
-                     args=("learningMode", "engine-learning-mode", str),
-                     help=f"Shared by {shared}. Apprentice and LoggingOnly show each slot's baseline action.")
-        st.slider("Exploration", 0, 100, key="engine-exploration", format="%d%%", on_change=_apply,
-                  args=("explorationPercentage", "engine-exploration", lambda v: v / 100),
-                  help=f"Share of ranks that try something other than the model's top pick (shared by {shared}).")
+    return backend, config
+
+
+def _learning_settings(config: dict[str, Any], shared: str) -> None:
+    """Learning mode and exploration: the backend's values (shared by every tab), not this tab's last ones."""
+    state.set_value(_LEARNING_MODE, config.get("learningMode", "Online"))
+    state.set_value(_EXPLORATION, round(100 * float(config.get("explorationPercentage", DEFAULT_EXPLORATION))))
+    st.selectbox("Learning mode", list(LEARNING_MODES), key=_LEARNING_MODE,
+                 format_func=LEARNING_MODES.get, on_change=_apply,
+                 args=("learningMode", _LEARNING_MODE, str),
+                 help=f"Shared by {shared}. Apprentice and LoggingOnly show each slot's baseline action.")
+    st.slider("Exploration", 0, 100, key=_EXPLORATION, format="%d%%", on_change=_apply,
+              args=("explorationPercentage", _EXPLORATION, lambda v: v / 100),
+              help=f"Share of ranks that try something other than the model's top pick (shared by {shared}).")
+
+
+def _counts(backend: Personalizer, config: dict[str, Any]) -> Callable[[], None]:
+    """A placeholder for "events learned", and the function that fills it (again after the page ran)."""
     counts = st.empty()
+    engine = local_engine(backend)
 
     def refresh() -> None:
         try:
-            stats = backend_stats(backend)
-        except PersonalizerError as exc:
-            text = "This endpoint does not report counts." if exc.status == 404 else \
-                f"Counts unavailable: {md(error_text(exc))}"
+            stats = backend.stats()
+        except BACKEND_ERRORS as exc:
+            log.warning("counts unavailable: %r", exc)
+            text = "This endpoint does not report counts." if isinstance(exc, PersonalizerError) \
+                and exc.status == 404 else f"Counts unavailable: {md(error_text(exc))}"
             counts.caption(text)
-            return
-        except Exception as exc:
-            counts.caption(f"Counts unavailable: {md(error_text(exc))}")
-            return
-        if stats is None:
-            counts.empty()
             return
         learned = int(stats.get("learned", 0))
         experiment = state.experiment()
@@ -246,23 +274,24 @@ def _backend_section() -> Callable[[], None]:
                 st.markdown(f"**{plural(learned, 'event')}** learned",
                             help="Events the model trained on.")
                 st.caption(f"{plural(int(stats.get('pending', 0)), 'visitor')} open")
-            if config is not None and config.get("learningMode") == "Apprentice" \
-                    and hasattr(backend, "greedy") and hasattr(backend, "events"):
-                st.caption(md(apprentice_text(_apprentice(backend, int(stats.get("learned", 0))))))
+            if config.get("learningMode") == "Apprentice" and engine is not None:
+                st.caption(md(apprentice_text(_apprentice(engine, learned))))
 
-    refresh()
-    if hasattr(backend, "reset_model"):
-        if not state.confirming_reset():
-            st.button("Reset model…", key="reset-model", icon=":material/restart_alt:",
-                      on_click=state.set_confirming_reset, args=(True,),
-                      help="Start a fresh model. The event log and this tab's history are kept.")
-        else:
-            st.warning(f"Reset the model? It forgets everything it learned, for {shared}. "
-                       "The event log is kept.", icon=":material/warning:")
-            with st.container(horizontal=True, gap="small"):
-                st.button("Yes, reset", key="reset-confirm", type="primary", on_click=_reset_model)
-                st.button("Cancel", key="reset-cancel", on_click=state.set_confirming_reset, args=(False,))
     return refresh
+
+
+def _reset_model_buttons(shared: str) -> None:
+    """"Reset model…", then its confirmation."""
+    if not state.confirming_reset():
+        st.button("Reset model…", key="reset-model", icon=":material/restart_alt:",
+                  on_click=state.set_confirming_reset, args=(True,),
+                  help="Start a fresh model. The event log and this tab's history are kept.")
+        return
+    st.warning(f"Reset the model? It forgets everything it learned, for {shared}. "
+               "The event log is kept.", icon=":material/warning:")
+    with st.container(horizontal=True, gap="small"):
+        st.button("Yes, reset", key="reset-confirm", type="primary", on_click=_reset_model)
+        st.button("Cancel", key="reset-cancel", on_click=state.set_confirming_reset, args=(False,))
 
 
 # ---------------------------------------------------------------- scenario

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..evaluation import Lift
-from ..simulation import OracleBackend, Scenario, simulate
+from ..simulation import Backend, OracleBackend, Scenario, simulate
 from .history import History
 from .lift import from_history
-from .ranking import Backend
 
 MIN_VISITORS = 10
 MAX_VISITORS = 10_000

@@ -7,16 +7,19 @@ puts this run's backend and scenario here before the page runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
 
+from ..interface import Personalizer
 from ..simulation import Scenario
 from .backend import BackendChoice, default_choice, open_backend
 from .experiments import Experiment, Experiments
 from .history import History
+from .insight import WhyLines
 from .labels import Labels
-from .ranking import Backend, RankedEvent
+from .ranking import RankedEvent
 from .remote import ConnectionCheck
 from .simulator import SimulationResult
 
@@ -37,6 +40,19 @@ _SCENARIO_PROBLEM = "studio.scenario_problem"
 _SIM_VISITORS = "studio.sim_visitors"
 _APPLIED = "studio.applied"
 _NEW_CATALOG = "studio.new_catalog"
+_WHY = "studio.why"                               # (eventId, {slot id: WhyLines}) of the visitor on screen
+_IMPORTANCE_JOB = "studio.importance_job"         # the feature-importance report the tab shows
+_TREND_REPORT = "studio.trend_report"             # the callable "Download report" serves
+_TREND_VIEW = "studio.trend_view"                 # the person's pick survives leaving the page (widgets do not)
+_ROLLBACK_MESSAGE = "studio.policy_history.message"  # the last rollback's outcome, shown once
+
+# Keys of widgets whose value a page also seeds or reads outside the widget call.
+SIM_VISITORS_WIDGET = "sim-visitors"
+EVALUATION_PICK_WIDGET = "eval-pick"
+IMPORTANCE_PICK_WIDGET = "why-report"
+TREND_EXPERIMENT_WIDGET = "trend-experiment"
+TREND_CURRENT = "trend-current"                   # the current experiment when the pick above was made
+TREND_VIEW_WIDGET = "trend-view"
 
 
 def history() -> History:
@@ -71,7 +87,7 @@ def set_connection_check(check: ConnectionCheck | None) -> None:
     st.session_state[_CHECK] = check
 
 
-def backend() -> Backend:
+def backend() -> Personalizer:
     """The shared backend instance for this tab's choice."""
     return open_backend(backend_choice())
 
@@ -221,6 +237,52 @@ def new_catalog() -> bool:
 def set_new_catalog(value: bool) -> None:
     """Mark whether the model has seen the current catalog."""
     st.session_state[_NEW_CATALOG] = value
+
+
+def explanations(event_id: str) -> dict[str, WhyLines] | None:
+    """Why each slot of visitor ``event_id`` got its action, when this tab asked already."""
+    cached = st.session_state.get(_WHY)
+    return cached[1] if cached is not None and cached[0] == event_id else None
+
+
+def set_explanations(event_id: str, whys: dict[str, WhyLines]) -> None:
+    """Remember the explanations of the visitor on screen (asked once per visitor)."""
+    st.session_state[_WHY] = (event_id, whys)
+
+
+def importance_job() -> str | None:
+    """The feature-importance report the What-drives page shows in this tab (its id)."""
+    return st.session_state.get(_IMPORTANCE_JOB)
+
+
+def set_importance_job(job_id: str | None) -> None:
+    """Show another feature-importance report (None: none picked yet)."""
+    st.session_state[_IMPORTANCE_JOB] = job_id
+
+
+def set_trend_report(document: Callable[[], str] | None) -> None:
+    """The callable that renders the trends view on screen as one HTML report (None: nothing to report)."""
+    st.session_state[_TREND_REPORT] = document
+
+
+def trend_view_choice() -> str | None:
+    """The trends view (tab or log) the person picked last in this tab, if any."""
+    return st.session_state.get(_TREND_VIEW)
+
+
+def set_trend_view_choice(view: str | None) -> None:
+    """Remember the person's trends view across pages."""
+    st.session_state[_TREND_VIEW] = view
+
+
+def set_rollback_message(kind: str, text: str) -> None:
+    """The outcome of a policy rollback (``success`` or ``error``), shown once next to the buttons."""
+    st.session_state[_ROLLBACK_MESSAGE] = (kind, text)
+
+
+def take_rollback_message() -> tuple[str, str] | None:
+    """The last rollback's outcome, once."""
+    return st.session_state.pop(_ROLLBACK_MESSAGE, None)
 
 
 # ---------------------------------------------------------------- widget values

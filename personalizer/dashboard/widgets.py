@@ -12,12 +12,13 @@ import streamlit as st
 
 from ..contract import PersonalizerError
 from ..evaluation import Lift
+from ..interface import Personalizer
 from ..simulation import Scenario
 from . import state
 from .insight import WhyLines
 from .labels import Labels
 from .lift import LOSING, TOO_EARLY, WINNING, LiftReport, points, sentence, verdict
-from .ranking import Backend, RankedEvent, SlotChoice, answer, error_text, exploration_label
+from .ranking import BACKEND_ERRORS, RankedEvent, SlotChoice, answer, error_text, exploration_label
 from .text import currency, describe_features, is_true, lookup, md, md_block, percent, plural
 
 log = logging.getLogger(__name__)
@@ -33,15 +34,23 @@ def show_error(exc: BaseException, doing: str) -> None:
     st.error(f"**{md(doing)}.** {md(error_text(exc))}", icon=":material/error:")
 
 
+_MESSAGES = {"error": (st.error, ":material/error:"), "warning": (st.warning, ":material/warning:"),
+             "success": (st.success, ":material/check_circle:"), "info": (st.info, ":material/info:")}
+
+
+def show_message(kind: str, text: str, *, icon: bool = True) -> None:
+    """One queued message (``error``, ``warning``, ``success``, ``info``; else info), Markdown-escaped."""
+    element, symbol = _MESSAGES.get(kind, _MESSAGES["info"])
+    element(md_block(text), icon=symbol if icon else None)
+
+
 def show_flashes() -> None:
     """Messages queued by callbacks (a refused reward, a reset model) for this draw."""
     for kind, text in state.take_flashes():
-        icon = {"error": ":material/error:", "warning": ":material/warning:",
-                "success": ":material/check_circle:", "info": ":material/info:"}.get(kind)
-        getattr(st, kind, st.info)(md_block(text), icon=icon)
+        show_message(kind, text)
 
 
-def current_backend() -> Backend | None:
+def current_backend() -> Personalizer | None:
     """This tab's backend, or None after saying why there is none (a remote endpoint without a URL...)."""
     try:
         return state.backend()
@@ -75,9 +84,9 @@ def context_selectors(scenario: Scenario, event: RankedEvent | None, labels: Lab
     for name, column in zip(names, columns, strict=False):
         key = f"ctx-{name}"
         options = scenario.context_options[name]
-        if st.session_state.get(key) not in options:
+        if state.value(key) not in options:
             shown = event.context.get(name) if event is not None and event.scenario == scenario.name else None
-            st.session_state[key] = shown if shown in options else options[0]
+            state.set_value(key, shown if shown in options else options[0])
         context[name] = column.selectbox(md(labels.field(name)), options, key=key,
                                          format_func=lambda v, n=name: labels.value(n, v))
     columns[-1].button("Next visitor", key="next-visitor", icon=":material/person_add:",
@@ -94,7 +103,7 @@ def _on_answer(event_id: str, slot_id: str, value: float) -> None:
         return
     try:
         sent = answer(state.backend(), event, slot_id, value)
-    except Exception as exc:
+    except BACKEND_ERRORS as exc:
         log.warning("reward for %s/%s failed: %r", event_id, slot_id, exc)
         state.flash("error", f"Could not send the reward for slot {slot_id}. {error_text(exc)}")
         return

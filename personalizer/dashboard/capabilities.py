@@ -1,0 +1,60 @@
+"""What the dashboard can do with a backend beyond the Personalizer API: decided here, and only here.
+
+Every backend (the embedded engine, the HTTP client) satisfies
+:class:`~personalizer.interface.Personalizer`, and the pages call that API
+directly. A few features need the engine in this process, which the client does
+not offer: its event log (log trends, lift from the log, offline evaluations,
+apprentice metrics), the model's greedy pick (exploration labels on the cards),
+job records kept beside it (evaluations, feature importances) and the automatic
+optimization's state. Whether a backend has them is one typed decision,
+:func:`local_engine` (the runtime-checkable
+:class:`~personalizer.interface.LocalEngine` Protocol), so no page asks an
+object what it happens to have.
+
+Plain Python (no Streamlit), so the plain modules (``ranking``) use it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+from ..interface import LocalEngine, Personalizer
+
+__all__ = ["FeatureImportanceJobs", "TopPicks", "event_log", "local_engine", "top_picks"]
+
+#: The model's top pick per slot for a rank request (exploration off, nothing logged).
+TopPicks = Callable[[dict[str, Any]], dict[str, str]]
+
+
+@runtime_checkable
+class FeatureImportanceJobs(Protocol):
+    """Who runs feature-importance reports: the engine's job manager, or a client of a server that runs them."""
+
+    def create_feature_importance(self, feature_importance_id: str, contract: dict[str, Any]) -> dict[str, Any]: ...
+
+    def get_feature_importance(self, feature_importance_id: str) -> dict[str, Any]: ...
+
+    def list_feature_importances(self) -> list[dict[str, Any]]: ...
+
+    def delete_feature_importance(self, feature_importance_id: str) -> None: ...
+
+
+def local_engine(backend: Personalizer) -> LocalEngine | None:
+    """The backend as the engine in this process (event log, greedy, job records), or None for a remote one."""
+    return backend if isinstance(backend, LocalEngine) else None
+
+
+def event_log(backend: Personalizer) -> LocalEngine | None:
+    """The backend whose event log the dashboard reads (trends, lift, evaluations), or None.
+
+    Only the embedded engine today: widen this one function when the remote
+    client can list events too.
+    """
+    return local_engine(backend)
+
+
+def top_picks(backend: Personalizer) -> TopPicks | None:
+    """The model's greedy pick per slot when the backend can tell it (the embedded engine), else None."""
+    engine = local_engine(backend)
+    return None if engine is None else engine.greedy
