@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from personalizer import simulation
 from personalizer.simulation import (
     BaselineBackend,
     OracleBackend,
@@ -21,6 +20,7 @@ from personalizer.simulation import (
     greedy_agreement,
     list_scenarios,
     load_scenario,
+    oracle,
     simulate,
     window_accept_rates,
 )
@@ -260,9 +260,9 @@ def test_matching_oracle_agrees_with_brute_force(monkeypatch) -> None:
     }
     data = {"name": "big", "context": {"f": ["x", "y", "z"]}, "actions": actions, "slots": slots,
             "preferences": {"type": "joint", "table": table}}
-    monkeypatch.setattr(simulation, "_BRUTE_FORCE_LIMIT", 10**9)
+    monkeypatch.setattr(oracle, "BRUTE_FORCE_LIMIT", 10**9)
     brute = Scenario.from_dict(data)
-    monkeypatch.setattr(simulation, "_BRUTE_FORCE_LIMIT", 0)
+    monkeypatch.setattr(oracle, "BRUTE_FORCE_LIMIT", 0)
     matched = Scenario.from_dict(data)
     for context in brute.contexts:
         a, b = brute.oracle_choice(context), matched.oracle_choice(context)

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 SPEC_ID = "spec-"
 #: Vega-Lite major.minor of altair's specs, for the bundle.
 _VL_VERSION = "6.1"
+#: What vl-convert raises: ValueError for a spec it cannot convert, RuntimeError for a bundle it cannot build.
+_VL_CONVERT_ERRORS = (ValueError, RuntimeError)
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,11 +41,11 @@ def vega_bundle() -> str | None:
         return None
     try:
         return str(vl_convert.javascript_bundle(snippet="window.vegaEmbed = vegaEmbed;", vl_version=_VL_VERSION))
-    except Exception:  # an unknown Vega-Lite version in a newer vl-convert: its default bundle
+    except _VL_CONVERT_ERRORS:  # an unknown Vega-Lite version in a newer vl-convert: its default bundle
         log.warning("vl-convert could not bundle Vega-Lite %s", _VL_VERSION, exc_info=True)
         try:
             return str(vl_convert.javascript_bundle(snippet="window.vegaEmbed = vegaEmbed;"))
-        except Exception:
+        except _VL_CONVERT_ERRORS:
             log.warning("vl-convert could not bundle vega-embed", exc_info=True)
             return None
 
@@ -51,8 +53,12 @@ def vega_bundle() -> str | None:
 def _svg(spec: dict[str, Any]) -> str | None:
     try:
         import vl_convert
+    except ImportError:
+        return None
+    try:
         return str(vl_convert.vegalite_to_svg(spec))
-    except Exception:
+    except _VL_CONVERT_ERRORS:
+        log.warning("vl-convert could not draw a chart", exc_info=True)
         return None
 
 

@@ -18,23 +18,24 @@ from pathlib import Path
 
 import streamlit as st
 
-_MARK = "studio.app_run"
+from . import state
+
 APP = Path(__file__).resolve().parents[2] / "app.py"
 
 
 def begin_app_run() -> None:
     """Called by ``app.py`` before the page runs."""
-    st.session_state[_MARK] = True
+    state.set_app_run(True)
 
 
 def end_app_run() -> None:
     """Called by ``app.py`` after the page ran."""
-    st.session_state.pop(_MARK, None)
+    state.set_app_run(False)
 
 
 def require_app() -> None:
     """First line of every page: when Streamlit ran the page on its own, run it through ``app.py`` instead."""
-    if st.session_state.get(_MARK):
+    if state.app_run():
         return
     runpy.run_path(str(APP), run_name="__main__")
     st.stop()

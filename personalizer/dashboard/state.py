@@ -45,6 +45,7 @@ _IMPORTANCE_JOB = "studio.importance_job"         # the feature-importance repor
 _TREND_REPORT = "studio.trend_report"             # the callable "Download report" serves
 _TREND_VIEW = "studio.trend_view"                 # the person's pick survives leaving the page (widgets do not)
 _ROLLBACK_MESSAGE = "studio.policy_history.message"  # the last rollback's outcome, shown once
+_APP_RUN = "studio.app_run"                       # set while app.py runs (see .routing)
 
 # Keys of widgets whose value a page also seeds or reads outside the widget call.
 SIM_VISITORS_WIDGET = "sim-visitors"
@@ -283,6 +284,19 @@ def set_rollback_message(kind: str, text: str) -> None:
 def take_rollback_message() -> tuple[str, str] | None:
     """The last rollback's outcome, once."""
     return st.session_state.pop(_ROLLBACK_MESSAGE, None)
+
+
+def app_run() -> bool:
+    """True while ``app.py`` runs this script run (a page run on its own finds it unset)."""
+    return bool(st.session_state.get(_APP_RUN))
+
+
+def set_app_run(running: bool) -> None:
+    """Mark (or unmark) this script run as going through ``app.py``."""
+    if running:
+        st.session_state[_APP_RUN] = True
+    else:
+        st.session_state.pop(_APP_RUN, None)
 
 
 # ---------------------------------------------------------------- widget values
