@@ -17,7 +17,6 @@ from personalizer.dashboard.text import md, percent, plural
 from personalizer.evaluation import PRESET_POLICIES, EvaluationResult, Evaluations
 from personalizer.interface import LocalEngine
 
-RANGE_SINCE = "Since last change"
 RESULT_COLUMNS = {
     "policy": st.column_config.TextColumn("Policy", width="medium", pinned=True),
     "estimate": st.column_config.ProgressColumn("Estimated accept rate", format="%.1f%%", min_value=0.0,
@@ -89,8 +88,7 @@ def settings(manager: Evaluations, covered: tuple[float, float], since: float | 
     with st.container(border=True):
         left, right = st.columns([1, 2], gap="large")
         with left:
-            ranges = ([RANGE_SINCE] if since is not None else []) + offline.RANGES
-            choice = st.selectbox("Time range", ranges, key="eval-range",
+            choice = st.selectbox("Time range", offline.range_choices(since), key="eval-range",
                                   help="Since last change: the events the current model served (since its "
                                        "last reset or policy change).")
             dates = None
@@ -113,10 +111,7 @@ def settings(manager: Evaluations, covered: tuple[float, float], since: float | 
         return
     try:
         policies = offline.candidate_policies(presets, custom)
-        if choice == RANGE_SINCE and since is not None:
-            start, end = since, max(time.time(), covered[1]) + 1.0
-        else:
-            start, end = offline.time_window(choice, covered, time.time(), dates)
+        start, end = offline.time_window(choice, covered, time.time(), dates, since)
         name = f"{choice} · {len(policies)} candidate{'s' if len(policies) != 1 else ''}"
         created = manager.create(None, name, start, end, policies)
     except ValueError as exc:

@@ -31,13 +31,10 @@ def main() -> None:
     st.caption("Pick the visitor's context. Each slot shows what the model ranked for it; Accept sends "
                "reward 1 and Reject 0 for that slot. A visitor is learned once you answer one of its slots; "
                "slots left unanswered get the default reward after the reward wait time.")
-    scenario = state.scenario()
-    if scenario is None:
-        widgets.scenario_missing()
+    chosen = widgets.scenario_and_backend()
+    if chosen is None:
         return
-    backend = widgets.current_backend()
-    if backend is None:
-        return
+    scenario, backend = chosen
     event = state.current_event()
     context = widgets.context_selectors(scenario, event, state.labels())
     if state.take_new_visitor_request() or not contexts_equal(event, scenario, context) or stale(event):

@@ -43,13 +43,10 @@ def main() -> None:
     st.caption("Simulated visitors arrive from random contexts and accept each slot's action with the hidden "
                "probabilities of the sidebar's scenario. They go through the same backend as the rank page, so "
                "the model really learns, and their rows join this tab's history as simulated.")
-    scenario = state.scenario()
-    if scenario is None:
-        widgets.scenario_missing()
+    chosen = widgets.scenario_and_backend()
+    if chosen is None:
         return
-    backend = widgets.current_backend()
-    if backend is None:
-        return
+    scenario, backend = chosen
     st.markdown(f"**Visitors' hidden preferences:** {md(scenario.name)} (the sidebar's scenario)")
     if scenario.description:
         st.caption(md(scenario.description))

@@ -15,7 +15,6 @@ from personalizer.dashboard.ranking import error_text
 from personalizer.dashboard.text import md, plural
 from personalizer.interface import Personalizer
 
-RANGE_SINCE = "Since last change"
 POLL_SECONDS = 0.25
 SCORE_COLUMNS = {
     "feature": st.column_config.TextColumn("Feature", pinned=True),
@@ -45,8 +44,7 @@ def settings(jobs: FeatureImportanceJobs, span: tuple[float, float]) -> None:
     since = offline.parse_timestamp(experiment.model) if experiment is not None and experiment.model else None
     with st.container(border=True):
         with st.container(horizontal=True, vertical_alignment="bottom"):
-            ranges = ([RANGE_SINCE] if since is not None else []) + offline.RANGES
-            choice = st.selectbox("Time range", ranges, key="why-range", width=360,
+            choice = st.selectbox("Time range", offline.range_choices(since), key="why-range", width=360,
                                   help="Since last change: the events the current model served (since its last "
                                        "reset or policy change).")
             dates = None
@@ -61,10 +59,7 @@ def settings(jobs: FeatureImportanceJobs, span: tuple[float, float]) -> None:
     if not run:
         return
     try:
-        if choice == RANGE_SINCE and since is not None:
-            start, end = since, max(time.time(), span[1]) + 1.0
-        else:
-            start, end = offline.time_window(choice, span, time.time(), dates)
+        start, end = offline.time_window(choice, span, time.time(), dates, since)
         job_id = f"dashboard-{uuid.uuid4().hex[:12]}"
         jobs.create_feature_importance(job_id, {"name": f"{choice} ({offline.range_label(start, end)})",
                                                 "startTime": _iso(start), "endTime": _iso(end)})

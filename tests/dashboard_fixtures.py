@@ -29,7 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the app imports the package from the checkout
     sys.path.insert(0, str(ROOT))
 
-from personalizer.dashboard.backend import clear_caches, embedded_engine, resolve_home  # noqa: E402
+from server_fixtures import KEY, ThreadedServer  # noqa: E402
+
+from personalizer.dashboard.backend import clear_caches, embedded_engine, evaluations_for, resolve_home  # noqa: E402
 from personalizer.engine import LocalPersonalizer  # noqa: E402
 
 APP = str(ROOT / "app.py")
@@ -61,6 +63,17 @@ def app_fixture(studio_home: Path) -> AppTest:
     at.run()
     assert not at.exception, at.exception
     return at
+
+
+@pytest.fixture(name="server")
+def server_fixture(tmp_path: Path) -> Iterator[ThreadedServer]:
+    """The REST server (uvicorn thread, key ``KEY``) around its own engine and data directory."""
+    engine = LocalPersonalizer(tmp_path / "server-data")
+    try:
+        with ThreadedServer(engine, key=KEY) as server:
+            yield server
+    finally:
+        engine.close()
 
 
 def shared_engine() -> LocalPersonalizer:
@@ -122,3 +135,24 @@ def run_simulator(at: AppTest, visitors: int = 200) -> AppTest:
     at.button(key="sim-run").click().run()
     assert not at.exception, at.exception
     return at
+
+
+def run_evaluation(at: AppTest) -> AppTest:
+    """Click "Run evaluation", wait for the background worker, and redraw (what the progress fragment does)."""
+    at.button(key="eval-run").click().run()
+    assert not at.exception, at.exception
+    evaluation_id = at.session_state["studio.evaluation"]
+    assert evaluations_for(shared_engine()).wait(evaluation_id, timeout=60)["status"] == "completed"
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def metric_values(at: AppTest) -> dict[str, str]:
+    """The metrics of the last run, label (as a person reads it) to value."""
+    return {unescape(m.label): m.value for m in at.metric}
+
+
+def layers(chart_spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Vega-Lite spec's layers (the spec itself when it has none)."""
+    return chart_spec.get("layer", [chart_spec])

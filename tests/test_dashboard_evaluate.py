@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import pytest
-from dashboard_fixtures import EVALUATE, TRENDS, chart_data, charts, run_simulator, shared_engine, spec, texts
+from dashboard_fixtures import (
+    EVALUATE,
+    TRENDS,
+    chart_data,
+    charts,
+    run_evaluation,
+    run_simulator,
+    shared_engine,
+    spec,
+    texts,
+)
 from streamlit.testing.v1 import AppTest
 
 from personalizer.dashboard.backend import evaluations_for
 from personalizer.evaluation import PRESET_POLICIES
 
 REFERENCES = ["Online", "Baseline", "Random"]
-
-
-def _evaluate(at: AppTest) -> AppTest:
-    """Click "Run evaluation", wait for the background worker, and redraw (what the progress fragment does)."""
-    at.button(key="eval-run").click().run()
-    assert not at.exception, at.exception
-    evaluation_id = at.session_state["studio.evaluation"]
-    assert evaluations_for(shared_engine()).wait(evaluation_id, timeout=60)["status"] == "completed"
-    at.run()
-    assert not at.exception, at.exception
-    return at
 
 
 def test_too_few_logged_events_point_to_the_simulator(app: AppTest) -> None:
@@ -41,7 +40,7 @@ def test_evaluate_after_a_simulator_run_table_chart_sentence_and_apply(app: AppT
     assert not app.exception
     assert app.selectbox(key="eval-range").value == "Since last change"
     assert app.get("button_group")[0].value == list(PRESET_POLICIES)  # every preset chosen by default
-    _evaluate(app)
+    run_evaluation(app)
     shown = texts(app)
     assert "200 events" in shown
     # The headline card (here online explores uniformly, so its verdict may well be "too early").

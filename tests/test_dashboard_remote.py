@@ -12,20 +12,7 @@ from dashboard_fixtures import APP, EVALUATE, TRENDS, history, run_simulator, sh
 from server_fixtures import KEY, ThreadedServer
 from streamlit.testing.v1 import AppTest
 
-from personalizer.engine import LocalPersonalizer
-
 WRONG_KEY = "wrong-key-9f8e7d6c5b4a"
-
-
-@pytest.fixture(name="server")
-def server_fixture(tmp_path: Path) -> Iterator[ThreadedServer]:
-    """The REST server (uvicorn thread, key ``KEY``) around its own engine and data directory."""
-    engine = LocalPersonalizer(tmp_path / "server-data")
-    try:
-        with ThreadedServer(engine, key=KEY) as server:
-            yield server
-    finally:
-        engine.close()
 
 
 def _protos(node: Any) -> Iterator[str]:

@@ -8,6 +8,8 @@ from dashboard_fixtures import (
     chart_data,
     charts,
     history,
+    layers,
+    metric_values,
     run_simulator,
     shared_engine,
     spec,
@@ -17,14 +19,6 @@ from streamlit.testing.v1 import AppTest
 
 from personalizer.dashboard.history import COLUMNS
 from personalizer.dashboard.trends import SERIES_BASELINE, SERIES_LEARNER, SERIES_ORACLE
-
-
-def _metrics(at: AppTest) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
-
-
-def _layers(chart_spec: dict) -> list[dict]:
-    return chart_spec.get("layer", [chart_spec])
 
 
 def test_empty_state_points_to_the_rank_page_and_the_simulator(app: AppTest) -> None:
@@ -49,15 +43,15 @@ def test_manual_answers_show_up_as_metrics_bars_and_history(app: AppTest) -> Non
     app.button(key="accept-SmallSidebar").click().run()
     app.switch_page(TRENDS).run()
     assert not app.exception
-    metrics = _metrics(app)
+    metrics = metric_values(app)
     assert metrics["Visitors answered"] == "2" and metrics["Answers"] == "3"
     assert metrics["Accept rate"] == "66.7%" and metrics["Last 2 visitors"] == "66.7%"
     assert metrics["Hero banner"] == "100.0%" and metrics["Sidebar"] == "50.0%"
     bars, mix, *curves = charts(app)
     bar_spec = spec(bars)
-    tooltips = {t["title"] for t in _layers(bar_spec)[0]["encoding"]["tooltip"]}
+    tooltips = {t["title"] for t in layers(bar_spec)[0]["encoding"]["tooltip"]}
     assert {"Accepted", "Rejected", "Rewarded", "Accept rate"} <= tooltips
-    assert len(_layers(bar_spec)) == 2  # bars + labels; no oracle tick without simulated visitors
+    assert len(layers(bar_spec)) == 2  # bars + labels; no oracle tick without simulated visitors
     data = chart_data(bars).set_index("slot")
     assert data.loc["Sidebar", "accepted"] == 1 and data.loc["Sidebar", "rejected"] == 1
     assert spec(mix)["encoding"]["y"]["stack"] == "normalize"
@@ -78,17 +72,17 @@ def test_a_simulator_run_feeds_history_trends_and_the_oracle_line(app: AppTest) 
     assert shared_engine().stats()["learned"] == 200
     app.switch_page(TRENDS).run()
     assert not app.exception
-    metrics = _metrics(app)
+    metrics = metric_values(app)
     assert metrics["Visitors answered"] == "200" and metrics["Answers"] == "400"
     assert metrics["Last 50 visitors"].endswith("%")
     bars, _mix, *curves = charts(app)
-    assert len(_layers(spec(bars))) == 3  # the oracle's tick joins the bars
+    assert len(layers(spec(bars))) == 3  # the oracle's tick joins the bars
     lines = chart_data(curves[0])
     assert set(lines["series"]) == {SERIES_LEARNER, SERIES_ORACLE, SERIES_BASELINE}
     assert lines["value"].between(0, 1).all()
-    assert _layers(spec(curves[0]))[0]["encoding"]["x"]["title"] == "Answered visitors (rolling window 10)"
+    assert layers(spec(curves[0]))[0]["encoding"]["x"]["title"] == "Answered visitors (rolling window 10)"
     app.segmented_control(key="trend-window").set_value(100).run()  # the rolling-window selector
-    assert _layers(spec(charts(app)[2]))[0]["encoding"]["x"]["title"] == "Answered visitors (rolling window 100)"
+    assert layers(spec(charts(app)[2]))[0]["encoding"]["x"]["title"] == "Answered visitors (rolling window 100)"
 
 
 def test_the_simulator_follows_the_sidebar_scenario(app: AppTest) -> None:
@@ -121,7 +115,7 @@ def test_clear_history_empties_this_tab_only(app: AppTest) -> None:
     assert len(history(other)) == 2  # the other tab keeps its own
     assert shared_engine().stats()["learned"] == 50  # the model keeps what it learned
     other.switch_page(TRENDS).run()
-    assert _metrics(other)["Answers"] == "1"
+    assert metric_values(other)["Answers"] == "1"
 
 
 def test_history_columns_and_csv(app: AppTest) -> None:

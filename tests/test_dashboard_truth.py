@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from dashboard_fixtures import (
     EVALUATE,
     RANK,
@@ -20,8 +17,10 @@ from dashboard_fixtures import (
     chart_data,
     charts,
     history,
+    layers,
+    metric_values,
+    run_evaluation,
     run_simulator,
-    shared_engine,
     spec,
     texts,
     unescape,
@@ -29,28 +28,7 @@ from dashboard_fixtures import (
 from server_fixtures import KEY, ThreadedServer
 from streamlit.testing.v1 import AppTest
 
-from personalizer.dashboard.backend import evaluations_for
-from personalizer.engine import LocalPersonalizer
 from personalizer.simulation import load_scenario
-
-
-@pytest.fixture(name="server")
-def server_fixture(tmp_path: Path) -> Iterator[ThreadedServer]:
-    """The REST server (uvicorn thread, key ``KEY``) around its own engine."""
-    engine = LocalPersonalizer(tmp_path / "server-data")
-    try:
-        with ThreadedServer(engine, key=KEY) as server:
-            yield server
-    finally:
-        engine.close()
-
-
-def _metrics(at: AppTest) -> dict[str, str]:
-    return {unescape(m.label): m.value for m in at.metric}
-
-
-def _layers(chart_spec: dict) -> list[dict]:
-    return chart_spec.get("layer", [chart_spec])
 
 
 def _remote(at: AppTest, server: ThreadedServer) -> AppTest:
@@ -107,7 +85,7 @@ def test_1_trends_after_switching_to_remote_show_only_the_remote_experiment(app:
     app.button(key="reject-SmallSidebar").click().run()
     app.switch_page(TRENDS).run()
     assert not app.exception
-    metrics = _metrics(app)
+    metrics = metric_values(app)
     assert metrics["Visitors answered"] == "1" and metrics["Answers"] == "2"
     assert "Remote http://127.0.0.1" in texts(app)
     # Evaluate on remote: the headline comes from this experiment's one visitor, not the embedded 150.
@@ -120,7 +98,7 @@ def test_1_trends_after_switching_to_remote_show_only_the_remote_experiment(app:
     app.selectbox(key="trend-experiment").set_value(
         next(n for n in app.selectbox(key="trend-experiment").proto.options if n == embedded) if False else
         int(embedded.split(" ")[0].lstrip("#"))).run()
-    assert _metrics(app)["Visitors answered"] == "150"
+    assert metric_values(app)["Visitors answered"] == "150"
 
 
 def test_1_a_second_catalog_never_mixes_into_the_first_ones_cards(app: AppTest) -> None:
@@ -129,13 +107,13 @@ def test_1_a_second_catalog_never_mixes_into_the_first_ones_cards(app: AppTest) 
     run_simulator(app, 120)
     app.switch_page(TRENDS).run()
     assert not app.exception
-    metrics = _metrics(app)
+    metrics = metric_values(app)
     assert "Lead story" in metrics and "Second" in metrics
     assert "Hero banner" not in metrics and "BigHeroPosition" not in metrics
     assert metrics["Visitors answered"] == "120"
     # The whole log of this catalog is still only this catalog.
     app.segmented_control(key="trend-span").set_value("Whole log").run()
-    assert _metrics(app)["Visitors answered"] == "120"
+    assert metric_values(app)["Visitors answered"] == "120"
 
 
 def test_1_scenario_switches_resets_and_drift_are_labelled_rules_on_the_curves(app: AppTest) -> None:
@@ -143,13 +121,13 @@ def test_1_scenario_switches_resets_and_drift_are_labelled_rules_on_the_curves(a
     app.selectbox(key="scenario-choice").set_value("seed-drift").run()
     run_simulator(app, 100)
     app.switch_page(TRENDS).run()
-    assert _metrics(app)["Visitors answered"] == "100"  # since last change: the seed-drift run only
+    assert metric_values(app)["Visitors answered"] == "100"  # since last change: the seed-drift run only
     app.segmented_control(key="trend-span").set_value("Whole log").run()
-    assert _metrics(app)["Visitors answered"] == "200"
+    assert metric_values(app)["Visitors answered"] == "200"
     curve = charts(app)[2]
     labels = set(chart_data(curve).get("label", []).dropna())
     assert "Scenario switched to seed-drift" in labels and "Simulated drift: tastes change" in labels
-    assert any(layer["mark"]["type"] == "rule" for layer in _layers(spec(curve)))
+    assert any(layer["mark"]["type"] == "rule" for layer in layers(spec(curve)))
 
 
 # 2. The simulator ignores the sidebar scenario ---------------------------------------------------
@@ -193,21 +171,12 @@ def test_3_a_reset_re_ranks_the_visitor_and_the_counts_start_again(app: AppTest)
 
 # 4. Evaluate -------------------------------------------------------------------------------------
 
-def _evaluate(at: AppTest) -> AppTest:
-    at.button(key="eval-run").click().run()
-    evaluation_id = at.session_state["studio.evaluation"]
-    assert evaluations_for(shared_engine()).wait(evaluation_id, timeout=60)["status"] == "completed"
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
 def test_4_evaluate_marks_the_live_policy_and_never_recommends_it_again(app: AppTest) -> None:
     app.slider(key="engine-exploration").set_value(100).run()
     run_simulator(app, 200)
     app.switch_page(EVALUATE).run()
     app.get("button_group")[0].set_value(["Less exploration"]).run()
-    _evaluate(app)
+    run_evaluation(app)
     assert app.button(key="eval-apply")
     app.button(key="eval-apply").click().run()
     shown = texts(app)
@@ -218,7 +187,7 @@ def test_4_evaluate_marks_the_live_policy_and_never_recommends_it_again(app: App
     assert "Less exploration (live)" in app.dataframe[0].value["policy"].tolist()
     assert "nothing to apply" in shown and not [b for b in app.button if b.key == "eval-apply"]
     app.selectbox(key="eval-range").set_value("All logged events").run()
-    _evaluate(app)  # a second run over the same log
+    run_evaluation(app)  # a second run over the same log
     shown = texts(app)
     assert "Less exploration (live)" in app.dataframe[0].value["policy"].tolist()
     assert "nothing to apply" in shown and not [b for b in app.button if b.key == "eval-apply"]
@@ -228,7 +197,7 @@ def test_4_results_older_than_the_log_are_flagged_and_no_rounded_zero_warning(ap
     run_simulator(app, 120)
     app.switch_page(EVALUATE).run()
     app.get("button_group")[0].set_value(["Less exploration"]).run()
-    _evaluate(app)
+    run_evaluation(app)
     assert not any("0% of the logged slots" in w.value or "0.0%" in w.value for w in app.warning)
     assert "older than the log" not in texts(app)
     time.sleep(1.1)  # the evaluation's creation time is kept to the second
@@ -243,7 +212,7 @@ def test_5_one_reward_draws_a_point_on_a_whole_number_axis(app: AppTest) -> None
     app.button(key="accept-BigHeroPosition").click().run()
     app.switch_page(TRENDS).run()
     curve = charts(app)[2]
-    line = _layers(spec(curve))[0]
+    line = layers(spec(curve))[0]
     assert line["mark"].get("point") is True  # a single answer is a visible dot
     axis = line["encoding"]["x"]["axis"]
     assert axis["tickMinStep"] == 1 and axis["format"] == ",d"
@@ -310,7 +279,7 @@ def test_7_changing_selectors_leaves_no_trail_of_unanswered_visitors(app: AppTes
     app.button(key="accept-BigHeroPosition").click().run()
     assert history(app)["eventId"].nunique() == 1
     app.switch_page(TRENDS).run()
-    assert _metrics(app)["Visitors answered"] == "1"
+    assert metric_values(app)["Visitors answered"] == "1"
     assert "2 rows in this view" in texts(app)
 
 
@@ -318,7 +287,7 @@ def test_7_changing_selectors_leaves_no_trail_of_unanswered_visitors(app: AppTes
 
 def test_8_the_simulator_result_has_a_headline_and_an_exploring_oracle(app: AppTest) -> None:
     run_simulator(app, 300)
-    metrics = _metrics(app)
+    metrics = metric_values(app)
     assert "All slots: oracle exploring 20%" in metrics and "All slots: oracle never exploring" in metrics
     exploring = float(metrics["All slots: oracle exploring 20%"].rstrip("%"))
     greedy = float(metrics["All slots: oracle never exploring"].rstrip("%"))

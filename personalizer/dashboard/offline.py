@@ -24,6 +24,7 @@ from ..evaluation import MAX_CUSTOM_POLICIES, PRESET_POLICIES, EvaluationResult
 #: Fewer rewarded events than this and the page explains instead of evaluating.
 MIN_EVENTS = 50
 
+RANGE_SINCE = "Since last change"      # offered when the current model's start is known
 RANGE_ALL = "All logged events"
 RANGE_HOUR = "Last hour"
 RANGE_DAY = "Last 24 hours"
@@ -59,16 +60,23 @@ def log_range(properties: dict[str, Any]) -> tuple[float, float] | None:
     return None if first is None or last is None else (first, last)
 
 
+def range_choices(since: float | None) -> list[str]:
+    """The time ranges to offer: "Since last change" first when the current model's start is known."""
+    return ([RANGE_SINCE] if since is not None else []) + RANGES
+
+
 def time_window(choice: str, covered: tuple[float, float], now: float,
-                dates: Sequence[date] | None = None) -> tuple[float, float]:
+                dates: Sequence[date] | None = None, since: float | None = None) -> tuple[float, float]:
     """[start, end) in epoch seconds for a range choice; ``covered`` is the log's (first, last) time.
 
-    "All logged events" spans the whole log (a second of slack either side, so
-    rounding never drops the first or last event). Custom dates are whole UTC days,
-    the end day included.
+    "Since last change" starts at ``since`` (the current model's start). "All logged
+    events" spans the whole log (a second of slack either side, so rounding never
+    drops the first or last event). Custom dates are whole UTC days, the end day included.
     """
     first, last = covered
     end = max(now, last) + 1.0
+    if choice == RANGE_SINCE and since is not None:
+        return since, end
     if choice == RANGE_ALL:
         return first - 1.0, end
     if choice in _RECENT:

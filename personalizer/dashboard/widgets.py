@@ -61,6 +61,16 @@ def current_backend() -> Personalizer | None:
         return None
 
 
+def scenario_and_backend() -> tuple[Scenario, Personalizer] | None:
+    """The sidebar's scenario and this tab's backend, or None after saying what is missing."""
+    scenario = state.scenario()
+    if scenario is None:
+        scenario_missing()
+        return None
+    backend = current_backend()
+    return None if backend is None else (scenario, backend)
+
+
 def scenario_missing() -> None:
     """What a page shows while the sidebar has no valid scenario: every problem of an upload, or what to do."""
     problem = state.scenario_problem()
