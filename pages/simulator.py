@@ -9,6 +9,8 @@ from personalizer.dashboard.simulator import MAX_VISITORS, MIN_VISITORS, Simulat
 from personalizer.dashboard.text import md, percent, plural
 
 DEFAULT_VISITORS = 1000
+#: A backend's failures, and ValueError for an answer the simulation cannot use (a slot missing).
+SIMULATION_ERRORS: tuple[type[Exception], ...] = (*BACKEND_ERRORS, ValueError)
 
 
 def show_result(result: SimulationResult) -> None:
@@ -72,7 +74,7 @@ def main() -> None:
         try:
             result = run_simulation(backend, scenario, int(visitors), state.history(), on_progress=progress,
                                     epsilon=epsilon, tags=session.tags(experiment))
-        except (*BACKEND_ERRORS, ValueError) as exc:  # ValueError: an answer the simulation cannot use
+        except SIMULATION_ERRORS as exc:
             bar.empty()
             widgets.show_error(exc, "The simulation stopped")
             return

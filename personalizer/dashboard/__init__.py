@@ -13,12 +13,14 @@ belong together), :mod:`.labels` (display names for slots, actions and context
 fields), :mod:`.offline` (the Evaluate page: time ranges, candidates, results,
 the live policy, settings in words), :mod:`.log_trends` (the engine's event log as
 trend rows, read incrementally), :mod:`.insight` ("why this action?" in words, the
-feature-importance chart and advice) and :mod:`.report` (the shareable HTML report).
+feature-importance chart and advice), :mod:`.report` (the shareable HTML report) and
+:mod:`.capabilities` (every backend is an ``interface.Personalizer``; what only the
+embedded engine offers is decided there, once).
 
 Streamlit-facing modules: :mod:`.backend` (which backend: the shared embedded
 engine or a remote client via ``st.cache_resource``, plus per-engine caches for
 evaluations, lift, feature-importance jobs and the log's trend rows),
-:mod:`.state` (what lives in ``st.session_state``),
+:mod:`.state` (what lives in ``st.session_state``: the only module that touches it),
 :mod:`.sidebar` and :mod:`.widgets` (drawing helpers the pages share),
 :mod:`.session` (the run's experiment, settled between sidebar and page) and
 :mod:`.routing` (every page runs inside ``app.py``, even on a fresh server's

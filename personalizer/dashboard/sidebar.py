@@ -223,7 +223,7 @@ def _open_backend(choice: BackendChoice) -> tuple[Personalizer, dict[str, Any]] 
         log.warning("backend %s not available: %r", choice.label, exc)
         if not choice.remote:
             st.error(f"The backend is not available. {md(error_text(exc))}", icon=":material/error:")
-        elif state.connection_check() is None or state.connection_check().ok:  # a failed check already says why
+        elif (check := state.connection_check()) is None or check.ok:  # a failed check already says why
             code = exc.code if isinstance(exc, PersonalizerError) else type(exc).__name__
             meaning = explain_error(code) or "Check the endpoint and key, then Test connection."
             st.warning(f"Not connected. {md(meaning)} :gray[({md(code)})]", icon=":material/link_off:")

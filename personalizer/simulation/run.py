@@ -81,13 +81,13 @@ def simulate(
     visitors = _Visitors.of(scenario)
     late = _LateRewards(backend)
     delay = int(scenario.reward_settings["delay"])
-    follows_progress = isinstance(backend, FollowsProgress)
+    told = backend if isinstance(backend, FollowsProgress) else None
     switch = n if scenario.drift_at is None else math.ceil(scenario.drift_at * n)
     records: list[Record] = []
     every = max(1, int(progress_every))
     for i in range(n):
-        if follows_progress:
-            backend.progress = i / n
+        if told is not None:
+            told.progress = i / n
         event_id, rewards = visitors.play(backend, i, 1 if i >= switch else 0, draws, f"{prefix}{i}", records)
         if not draws.never[i]:
             late.add(i + delay, event_id, rewards)
