@@ -53,7 +53,7 @@ def settle_experiment() -> Experiment | None:
     book = state.experiments()
     experiment = book.observe(backend_label(), catalog_key(scenario), scenario.name, policy, model,
                               int(learned) if isinstance(learned, (int, float)) else None)
-    state.set_new_catalog(state.get("scenario-choice") == UPLOAD and not _seen(experiment))
+    state.set_new_catalog(state.value(state.SCENARIO_WIDGET) == UPLOAD and not _seen(experiment))
     return experiment
 
 

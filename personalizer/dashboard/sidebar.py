@@ -324,9 +324,9 @@ def _scenario_section() -> Scenario | None:
     state.set_scenario_problem(None)
     state.set_labels(Labels())
     options = [*builtin_names(), UPLOAD]
-    if state.value("scenario-choice") not in options:
-        state.set_value("scenario-choice", DEFAULT_SCENARIO if DEFAULT_SCENARIO in options else options[0])
-    choice = st.selectbox("Catalog and visitors", options, key="scenario-choice", format_func=_label,
+    if state.value(state.SCENARIO_WIDGET) not in options:
+        state.set_value(state.SCENARIO_WIDGET, DEFAULT_SCENARIO if DEFAULT_SCENARIO in options else options[0])
+    choice = st.selectbox("Catalog and visitors", options, key=state.SCENARIO_WIDGET, format_func=_label,
                           help="The actions, slots and context selectors of the rank page, and the hidden "
                                "preferences of simulated visitors.")
     scenario: Scenario | None = None

@@ -48,6 +48,7 @@ _ROLLBACK_MESSAGE = "studio.policy_history.message"  # the last rollback's outco
 _APP_RUN = "studio.app_run"                       # set while app.py runs (see .routing)
 
 # Keys of widgets whose value a page also seeds or reads outside the widget call.
+SCENARIO_WIDGET = "scenario-choice"               # the sidebar's scenario (session.py asks if it is an upload)
 SIM_VISITORS_WIDGET = "sim-visitors"
 EVALUATION_PICK_WIDGET = "eval-pick"
 IMPORTANCE_PICK_WIDGET = "why-report"
@@ -161,11 +162,6 @@ def evaluation_id() -> str | None:
 def set_evaluation_id(evaluation_id: str | None) -> None:
     """Show another evaluation on the Evaluate page."""
     st.session_state[_EVALUATION] = evaluation_id
-
-
-def get(key: str, default: Any = None) -> Any:
-    """Any other session value (widgets' state)."""
-    return st.session_state.get(key, default)
 
 
 def experiments() -> Experiments:
