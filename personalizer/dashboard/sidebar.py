@@ -147,13 +147,12 @@ def _remote_settings(choice: BackendChoice) -> None:
     if not state.has_value(_ENDPOINT) or state.value(_ENDPOINT_SHOWN) != choice.endpoint:
         state.set_value(_ENDPOINT, choice.endpoint or "")  # the field shows this tab's endpoint
         state.set_value(_ENDPOINT_SHOWN, choice.endpoint)
-    st.text_input("Endpoint URL", key=_ENDPOINT, on_change=_set_endpoint,
-                  placeholder="http://127.0.0.1:8000",
+    st.text_input("Endpoint URL", key=_ENDPOINT, on_change=_set_endpoint, placeholder="http://127.0.0.1:8000",
                   help="Base URL of a Personalizer-compatible service, e.g. `python -m personalizer serve`. "
                        "Set it once in .streamlit/secrets.toml or PERSONALIZER_ENDPOINT.")
     placeholder = "Key set · type to replace it" if choice.key else "Paste the key, press Enter"
-    st.text_input("Subscription key", key=_KEY, type="password", on_change=_set_key,
-                  placeholder=placeholder, autocomplete="off",
+    st.text_input("Subscription key", key=_KEY, type="password", on_change=_set_key, placeholder=placeholder,
+                  autocomplete="off",
                   help="Sent as Ocp-Apim-Subscription-Key. Once entered it is kept for this tab only and never "
                        "shown again. Set it once in .streamlit/secrets.toml or PERSONALIZER_KEY.")
     st.caption(md(key_caption(choice.key is not None and choice.key != "", choice.key_source)))
@@ -203,9 +202,8 @@ def _backend_section() -> Callable[[], None]:
 def _backend_kind(choice: BackendChoice) -> None:
     """The Embedded / Remote switch, then the remote settings or the embedded data directory."""
     state.set_value(_KIND, choice.kind)
-    st.segmented_control("Backend", list(KINDS), key=_KIND, required=True,
-                         format_func=_SHORT_KINDS.get, on_change=_set_kind, label_visibility="collapsed",
-                         width="stretch",
+    st.segmented_control("Backend", list(KINDS), key=_KIND, required=True, format_func=_SHORT_KINDS.get,
+                         on_change=_set_kind, label_visibility="collapsed", width="stretch",
                          help="Embedded: the engine in this process (zero configuration). Remote: any "
                               "Personalizer-compatible endpoint, such as this project's REST server.")
     if choice.remote:
