@@ -85,13 +85,15 @@ def simulate(
     switch = n if scenario.drift_at is None else math.ceil(scenario.drift_at * n)
     records: list[Record] = []
     every = max(1, int(progress_every))
+    play, never, waiting = visitors.play, draws.never, late.waiting
     for i in range(n):
         if told is not None:
             told.progress = i / n
-        event_id, rewards = visitors.play(backend, i, 1 if i >= switch else 0, draws, f"{prefix}{i}", records)
-        if not draws.never[i]:
-            late.add(i + delay, event_id, rewards)
-        late.send_due(i)
+        event_id, rewards = play(backend, i, 1 if i >= switch else 0, draws, f"{prefix}{i}", records)
+        if not never[i]:
+            waiting.append((i + delay, event_id, rewards))
+        if waiting and waiting[0][0] <= i:
+            late.send_due(i)
         if on_progress is not None and ((i + 1) % every == 0 or i + 1 == n):
             on_progress(i + 1, n)
     late.send_all()  # the visitors come back after the run
@@ -107,7 +109,7 @@ class _Draws:
     contexts: list[int]          # the context number of each visitor
     coins: list[list[float]]     # per visitor and slot, in [0, 1): accept below the expected reward
     never: list[bool]            # the visitors whose reward never arrives
-    graded: bool
+    graded: bool                 # graded rewards: the expected reward plus noise, not a coin flip
     noise: float
 
     @classmethod
@@ -120,11 +122,6 @@ class _Draws:
         extra = np.random.default_rng([seed, 1])
         never = (extra.random(n) < float(settings["missing"])).tolist()
         return cls(contexts, coins, never, settings["type"] == "graded", float(settings["noise"]))
-
-    def reward(self, visitor: int, slot: int, p: float) -> float:
-        """Graded: mean ``p`` plus symmetric noise that never needs clipping; binary: a coin flip."""
-        flip = self.coins[visitor][slot]
-        return p + min(self.noise, 1.0 - abs(p)) * (2.0 * flip - 1.0) if self.graded else int(flip < p)
 
 
 @dataclass
@@ -168,6 +165,8 @@ class _Visitors:
         chosen = {slot["id"]: slot for slot in response["slots"]}
         rewards = []
         row = self.truth[phase][c]
+        flips, graded, noise = draws.coins[i], draws.graded, draws.noise
+        append = records.append
         for s, slot_id in enumerate(self.scenario.slot_ids):
             slot = chosen.get(slot_id)
             if slot is None:
@@ -177,9 +176,10 @@ class _Visitors:
             p = by_action.get(action_id)
             if p is None:
                 raise ValueError(f"backend ranked unknown action {action_id!r} in slot {slot_id!r}")
-            accepted = draws.reward(i, s, p)
+            # Graded: mean p plus symmetric noise that never needs clipping; binary: a coin flip.
+            accepted = p + min(noise, 1.0 - abs(p)) * (2.0 * flips[s] - 1.0) if graded else int(flips[s] < p)
             rewards.append({"slotId": slot_id, "value": float(accepted)})
-            records.append({
+            append({
                 "index": i,
                 "eventId": event_id,
                 "context": self.scenario.contexts[c],
@@ -202,20 +202,20 @@ class _LateRewards:
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
-        self._waiting: collections.deque[tuple[int, str, list[dict[str, Any]]]] = collections.deque()
-
-    def add(self, due: int, event_id: str, rewards: list[dict[str, Any]]) -> None:
-        self._waiting.append((due, event_id, rewards))
+        #: (due visitor index, eventId, rewards), in the order they fall due.
+        self.waiting: collections.deque[tuple[int, str, list[dict[str, Any]]]] = collections.deque()
 
     def send_due(self, now: int) -> None:
-        while self._waiting and self._waiting[0][0] <= now:
-            _, event_id, rewards = self._waiting.popleft()
+        """Send every reward due by visitor ``now``."""
+        while self.waiting and self.waiting[0][0] <= now:
+            _, event_id, rewards = self.waiting.popleft()
             self._backend.reward(event_id, {"reward": rewards})
 
     def send_all(self) -> None:
-        for _, event_id, rewards in self._waiting:
+        """Send the rest (the visitors come back after the run)."""
+        for _, event_id, rewards in self.waiting:
             self._backend.reward(event_id, {"reward": rewards})
-        self._waiting.clear()
+        self.waiting.clear()
 
 
 def accept_rate(records: Sequence[Record], start: int = 0, stop: int | None = None) -> float:
