@@ -123,6 +123,7 @@ class JobRunner(Generic[J]):
             self.finish(job, "failed", f"{exc.code}: {exc.message}")
             return
         except Exception as exc:  # a background job records its failure instead of raising
+            log.exception("job %s failed unexpectedly", job_id)  # not a refusal: keep the traceback
             self.finish(job, "failed", f"{type(exc).__name__}: {exc}")
             return
         self.finish(job, "succeeded", "")

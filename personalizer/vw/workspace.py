@@ -29,6 +29,12 @@ __all__ = ["ModelHeader", "Workspace", "build", "finish", "learn", "learn_pyvw",
 Scores = list[list[tuple[int, float]]]
 
 
+#: What VW's C++ errors arrive as: pybind11 translates std::exception to RuntimeError, invalid_argument /
+#: length / domain / range errors to ValueError, out_of_range to IndexError, overflow_error to OverflowError
+#: and bad_alloc to MemoryError. Anything else out of VW is a bug of ours and must surface.
+VW_ERRORS: tuple[type[Exception], ...] = (RuntimeError, ValueError, IndexError, OverflowError, MemoryError)
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
@@ -38,7 +44,7 @@ def build(arguments: str | Sequence[str]) -> Workspace:
     tokens = parse_arguments(arguments)
     try:
         return Workspace(" ".join(tokens) + " --quiet")
-    except Exception as exc:
+    except VW_ERRORS as exc:
         raise PersonalizerError("InvalidPolicyConfiguration",
                                 f"Vowpal Wabbit refused the arguments: {_first_line(exc)}") from None
 
@@ -56,7 +62,7 @@ def load(model: bytes, arguments: str | Sequence[str]) -> Workspace:
         path.write_bytes(model)
         try:
             return Workspace(" ".join(tokens) + f" --quiet -i {path}")
-        except Exception as exc:
+        except VW_ERRORS as exc:
             raise PersonalizerError("InvalidModelImportFormat",
                                     f"not a Vowpal Wabbit model for this policy: {_first_line(exc)}") from None
 
