@@ -954,6 +954,9 @@ def create_app(
         engine.max_rank_features = max_rank_features
     engine_calls = _EngineCalls(lock_timeout)
     owns_evaluations = evaluations is None
+    replica_jobs = getattr(engine, "job_managers", None)  # a scaled-out replica: the trainer runs the jobs
+    if replica_jobs is not None and evaluations is None and feature_importances is None:
+        evaluations, feature_importances = replica_jobs()
     if evaluations is None:
         from .evaluation import Evaluations
 
@@ -1044,9 +1047,11 @@ def _add_routes(app: FastAPI, engine: LocalEngine, manager: Evaluations) -> None
             )
 
     async def health(request: Request) -> Response:
-        details = getattr(engine, "health_details", None)  # a scaled-out replica: role, model id and age
+        # Role, store kind, model id and age, backlog (a replica: the trainer's heartbeat); in the thread
+        # pool, never the engine worker: /health answers while the engine is busy.
+        details = getattr(engine, "health_details", None)
         return _json({"status": "ok", "service": "personalizer-studio", "version": app.version,
-                      **(details() if details is not None else {})})
+                      **(await run_in_threadpool(details) if details is not None else {})})
 
     for path in ("/health", "/personalizer/health"):
         app.router.add_api_route(path, health, methods=["GET"], summary="Liveness for orchestration (no key needed).",
