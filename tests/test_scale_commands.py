@@ -361,3 +361,27 @@ def test_health_reports_role_store_model_and_the_trainers_heartbeat(pg_url: str,
         clock.advance(601)  # past the default reward wait (10 minutes)
         health = requests.get(f"{server.base}/health", timeout=10).json()
         assert health["backlog"] == 1 and health["modelAgeSeconds"] >= 601
+
+
+def test_an_evaluation_half_run_by_a_dead_leader_is_run_again_by_the_next(pg_url: str) -> None:
+    """The record a killed leader left ``running`` is run from the start by the next leader's job runner."""
+    from personalizer.scaled_jobs import TrainerJobs
+
+    _logged(pg_url)
+    replica = ReplicaEngine(pg_url)
+    try:
+        replica.job_managers()[0].create("half", "look", START, END)
+        with psycopg.connect(pg_url, autocommit=True) as conn:  # as the dead leader left it
+            text, = conn.execute("SELECT record FROM evaluations WHERE id = 'half'").fetchone()
+            conn.execute("UPDATE evaluations SET record = %s WHERE id = 'half'",
+                         (json.dumps({**json.loads(text), "status": "running", "progress": 0.4}),))
+        trainer = TrainerEngine(pg_url)
+        jobs = TrainerJobs(trainer)  # the new leader loads it and runs it again
+        try:
+            done = replica.job_managers()[0].wait("half", timeout=60)
+            assert done["status"] == "completed" and done["progress"] == 1.0 and done["policyResults"], done
+        finally:
+            jobs.close()
+            trainer.close()
+    finally:
+        replica.close()
