@@ -240,6 +240,24 @@ def test_deleting_the_log_through_a_replica(deployment: tuple[str, Replicas, Tra
              "the trainer to learn the new event")
 
 
+def test_configuration_changes_through_any_replica_are_merged_and_applied_everywhere(
+        deployment: tuple[str, Replicas, TrainerThread]) -> None:
+    url, replicas, _ = deployment
+    a, b = replicas.clients
+    a.update_service_configuration({"explorationPercentage": 0.1, "modelExportFrequency": "PT1S"})
+    b.update_service_configuration({"defaultReward": 0.25})  # merged into A's change, not over it
+    merged = a.get_service_configuration()
+    assert (merged["explorationPercentage"], merged["modelExportFrequency"], merged["defaultReward"]) == (
+        0.1, "PT1S", 0.25)
+    # Every replica serves with the new exploration without being asked (the NOTIFY), and so does the trainer:
+    # the next model it publishes runs with it.
+    for engine in replicas.engines:
+        wait_for(lambda e=engine: "--epsilon 0.1" in e.arguments, 10, "every replica to apply the exploration")
+    b.reward(a.rank(rank_request("after"))["eventId"], BOTH)
+    wait_for(lambda: "--epsilon 0.1" in _rows(url, "SELECT arguments FROM checkpoints ORDER BY id DESC LIMIT 1")[0][0],
+             10, "the trainer to publish a model with the new exploration")
+
+
 # ---------------------------------------------------------------- evaluations and feature importances
 
 START, END = "2027-01-15T08:00:00Z", "2027-01-16T00:00:00Z"
