@@ -12,6 +12,10 @@ on a dedicated connection for its lifetime, so a second engine is refused rather
 learning a diverging model from the same log. The lock dies with the session: a killed
 process releases it.
 
+Scaled out (``scaled``), replicas queue the changes the trainer applies in ``commands`` (claimed with
+``FOR UPDATE SKIP LOCKED`` and finished in the claiming transaction), and the leading trainer writes
+``trainer_heartbeat`` (one row) for every replica's ``/health``; ``NOTIFY`` channels wake the other side.
+
 Request JSON is kept as the exact text the engine logged (``text``, not ``jsonb``):
 rebuilding an example must see the same features in the same order.
 """

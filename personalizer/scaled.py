@@ -13,6 +13,17 @@ model, and publishes the model every ``modelExportFrequency`` (at least 1 s) as 
 ``NOTIFY``; it also enforces ``logRetentionDays`` in bounded batches. Standbys wait for the lock and
 take over within about a second of the leader's death.
 
+Changes that replace the model or delete the log (policy update, reset and rollback, model import and
+reset, log deletion) are accepted by any replica: it checks them as the embedded engine does (a bad one
+is a 400 and queues nothing), queues a command (``commands`` table, ``NOTIFY``), and waits for the
+outcome. The leader applies commands in order, each claimed, applied and finished in one transaction
+(a leader that dies mid-command rolls it back to ``queued``), and publishes the new model at once. A
+replica that gets no outcome (no leader for ``leaderless_grace`` s, or ``command_timeout`` s) cancels
+the command while it is still queued, so it is never applied after its caller got the 503. The leader
+also writes a heartbeat row every second (backlog of due events, learned count) that every replica's
+``/health`` reports, and runs the evaluations and feature-importance jobs replicas queue
+(``scaled_jobs``).
+
 Both reuse the embedded engine (``LocalPersonalizer``): validation, encoding, prediction, learning
 and replay are its own code; only where state lives differs (the database, not memory).
 """
@@ -100,7 +111,6 @@ class _SharedLog:
         seq = learn_seq if learn_seq is not None else self._log.next_learn_seqs(1)
         self._log.close_event(ev.event_id, "learned", now, seq, labels)
         return "learned", seq
-
 
     def record(self, kind: str, record_id: str) -> str | None:
         """One stored job record's JSON text, or None."""
