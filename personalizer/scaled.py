@@ -135,9 +135,14 @@ class ReplicaEngine(_SharedLog, LocalPersonalizer):
         #: Seconds with no leading trainer after which a queued command is cancelled (503).
         self.leaderless_grace = leaderless_grace
         self._refreshing = threading.Lock()  # one model load at a time (watcher and request threads)
+        self._polled = time.monotonic()  # the watcher's last poll for a model (the NOTIFY's fallback)
         self._commands_done = threading.Condition()
         self._done_generation = 0  # bumped on each "command done" NOTIFY: waiters re-read their command
+        # The trainer's last heartbeat as the watcher last read it (and when, monotonic): /health answers
+        # from memory, on the event loop, never waiting for the database.
+        self._heartbeat: tuple[dict[str, Any] | None, float, str | None] = (None, 0.0, None)
         super().__init__(store, clock=store.db_now)
+        self._read_heartbeat()
         self._watcher = threading.Thread(target=self._watch_models, name="model-watcher", daemon=True)
         self._watcher.start()
 
@@ -200,14 +205,25 @@ class ReplicaEngine(_SharedLog, LocalPersonalizer):
                     conn.execute(f"LISTEN {MODELS_CHANNEL}")
                     conn.execute(f"LISTEN {COMMANDS_DONE_CHANNEL}")
                     while not self._stop.is_set():
-                        notes = list(conn.notifies(timeout=MODEL_POLL_SECONDS, stop_after=1))
+                        if time.monotonic() - self._heartbeat[1] >= HEARTBEAT_SECONDS:
+                            self._read_heartbeat()
+                        notes = list(conn.notifies(timeout=HEARTBEAT_SECONDS, stop_after=1))
                         if any(n.channel == COMMANDS_DONE_CHANNEL for n in notes):
                             self._wake_command_waiters()
-                        if not notes or any(n.channel == MODELS_CHANNEL for n in notes):
+                        if any(n.channel == MODELS_CHANNEL for n in notes) or \
+                                time.monotonic() - self._polled >= MODEL_POLL_SECONDS:
+                            self._polled = time.monotonic()
                             self._refresh()
             except Exception as exc:  # the database went away: poll again after a pause
                 log.warning("model watcher: %s", exc)
                 self._stop.wait(MODEL_POLL_SECONDS)
+
+    def _read_heartbeat(self) -> None:
+        """Read the leading trainer's heartbeat for ``/health`` (the watcher does, every second)."""
+        try:
+            self._heartbeat = (self._log.heartbeat(), time.monotonic(), None)
+        except PersonalizerError as exc:
+            self._heartbeat = (None, time.monotonic(), exc.message)
 
     def _refresh(self) -> None:
         """Load the newest published model, or else apply a changed stored configuration."""
@@ -230,11 +246,11 @@ class ReplicaEngine(_SharedLog, LocalPersonalizer):
             "modelAgeSeconds": None if self._modified is None else round(max(0.0, time.time() - self._modified), 3),
             "modelError": self.model_error}
         warnings = [] if self.model_error is None else [self.model_error]
-        try:
-            beat = self._log.heartbeat()
-        except PersonalizerError as exc:
-            beat = None
-            warnings.append(f"the store is unreachable: {exc.message}")
+        beat, read_at, unreachable = self._heartbeat
+        if beat is not None:  # aged by the time since the watcher read it
+            beat = {**beat, "heartbeatAgeSeconds": round(beat["heartbeatAgeSeconds"] + time.monotonic() - read_at, 3)}
+        if unreachable is not None:
+            warnings.append(f"the store is unreachable: {unreachable}")
         else:
             if beat is None:
                 warnings.append("no trainer has run on this store yet: run 'python -m personalizer train --store URL'")

@@ -1047,11 +1047,11 @@ def _add_routes(app: FastAPI, engine: LocalEngine, manager: Evaluations) -> None
             )
 
     async def health(request: Request) -> Response:
-        # Role, store kind, model id and age, backlog (a replica: the trainer's heartbeat); in the thread
-        # pool, never the engine worker: /health answers while the engine is busy.
+        # Role, store kind, model id and age, backlog (a replica: the trainer's heartbeat). Engines answer
+        # from memory without their lock, so this stays on the loop: no hop behind a busy engine.
         details = getattr(engine, "health_details", None)
         return _json({"status": "ok", "service": "personalizer-studio", "version": app.version,
-                      **(await run_in_threadpool(details) if details is not None else {})})
+                      **(details() if details is not None else {})})
 
     for path in ("/health", "/personalizer/health"):
         app.router.add_api_route(path, health, methods=["GET"], summary="Liveness for orchestration (no key needed).",
