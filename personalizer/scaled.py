@@ -215,7 +215,8 @@ class ReplicaEngine(_SharedLog, LocalPersonalizer):
                             self._polled = time.monotonic()
                             self._refresh()
             except Exception as exc:  # the database went away: poll again after a pause
-                log.warning("model watcher: %s", exc)
+                if not self._stop.is_set():  # (a closed replica's watcher may outlive the database)
+                    log.warning("model watcher: %s", exc)
                 self._stop.wait(MODEL_POLL_SECONDS)
 
     def _read_heartbeat(self) -> None:
