@@ -74,7 +74,15 @@ class ReplicaEvaluations(Evaluations):
 
     def create(self, evaluation_id: str | None, name: str, start: Any, end: Any, *args: Any,
                **kwargs: Any) -> dict[str, Any]:
-        """Validate and store a pending evaluation for the trainer; returns it (status pending)."""
+        """Validate and store a pending evaluation for the trainer; returns it (status pending).
+
+        Automatic optimization (``evaluation_type="Auto"``) is refused: every replica runs the app's
+        schedule, so N replicas would evaluate and apply N times; it is not scaled out yet (its run is
+        recorded as failed with this message, and the policy stays).
+        """
+        if kwargs.get("evaluation_type") == "Auto":
+            raise PersonalizerError("NotSupportedOnReplica", "automatic optimization does not run on a scaled-out "
+                                    "deployment yet; evaluate and apply through the API instead", 501)
         if isinstance(evaluation_id, str):
             self._sync_one(evaluation_id)
         return super().create(evaluation_id, name, start, end, *args, **kwargs)

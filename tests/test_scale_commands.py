@@ -408,3 +408,19 @@ def test_an_evaluation_half_run_by_a_dead_leader_is_run_again_by_the_next(pg_url
             trainer.close()
     finally:
         replica.close()
+
+
+def test_automatic_optimization_is_not_run_by_replicas(pg_url: str) -> None:
+    """Every replica runs the app's schedule: N replicas would evaluate and apply N times, so a replica
+    records the run as failed, saying why, and the policy stays."""
+    from personalizer.optimization import AutoOptimizer
+
+    _logged(pg_url)
+    replica = ReplicaEngine(pg_url)
+    try:
+        evaluations, _ = replica.job_managers()
+        run = AutoOptimizer(replica, evaluations, min_events=10, clock=lambda: 1_800_000_000.0).optimize()
+        assert run["decision"] == "failed" and "scaled-out" in run["reason"]
+        assert _rows(pg_url, "SELECT COUNT(*) FROM evaluations") == [(0,)]
+    finally:
+        replica.close()
