@@ -152,6 +152,9 @@ class ReplicaEngine(_SharedLog, LocalPersonalizer):
         self._learn_seq, self._created, self._modified = 0, self._clock(), None
         self._since_checkpoint, self.replayed_on_start = 0, 0
         self._load_published()
+        origin = self._log.first_checkpoint_since_reset()  # the model's creation, as every replica reports it
+        if origin is not None:
+            self._created = origin.created
 
     def _checkpoint(self, reason: str) -> None:
         """Replicas publish nothing: models come from the trainer."""

@@ -108,6 +108,12 @@ def test_a_policy_update_through_one_replica_is_applied_by_the_trainer_and_serve
     answer = a.update_policy(QUADRATIC)
     assert answer["name"] == "quadratic" and "-q ::" in answer["arguments"]
     assert b.get_policy() == answer  # the other replica serves it at once (it re-reads the published model)
+    assert a.model_properties()["creationTime"] == b.model_properties()["creationTime"]
+    late_replica = ReplicaEngine(url)  # one started later reports the same creation (the policy change's)
+    try:
+        assert late_replica.model_properties() == replicas.engines[0].model_properties()
+    finally:
+        late_replica.close()
     (kind, state, result), = _rows(url, "SELECT kind, state, result FROM commands")
     assert (kind, state, json.loads(result)) == ("updatePolicy", "done", answer)
     # The trainer made and published the model: the newest checkpoint runs the new arguments.
