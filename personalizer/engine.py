@@ -44,7 +44,7 @@ from .contract import (
     ServiceConfiguration,
     parse,
 )
-from .eventstore import EventStore, open_store
+from .eventstore import EventStore, is_postgres_url, open_store
 from .policy_history import ChangeNote, change_to_dict, same_arguments
 from .protocol import iso_utc, new_event_id
 from .store import StoredEvent, storage_error
@@ -1090,6 +1090,17 @@ class LocalPersonalizer:
                 self._checkpoint("periodic")
             self._counts = None
             return self._log.delete_closed()
+
+    def health_details(self) -> dict[str, Any]:
+        """What ``/health`` reports for the embedded engine (role ``all``): the store kind, the model's age
+        (since it last learned, or was created) and the backlog of events whose reward wait has ended but
+        are not closed yet. Read without the engine lock: health answers while the engine is busy."""
+        now = self._clock()
+        changed = self._modified if self._modified is not None else self._created
+        pending = list(self._pending.values())  # a snapshot; closing goes on meanwhile
+        return {"role": "all", "store": "postgresql" if is_postgres_url(str(self.home)) else "sqlite",
+                "modelId": None, "modelAgeSeconds": None if changed is None else round(max(0.0, now - changed), 3),
+                "modelError": None, "backlog": sum(1 for p in pending if p.deadline <= now)}
 
     # ------------------------------------------------------------ lifecycle
     def checkpoint(self) -> None:

@@ -317,7 +317,7 @@ class _Job:
     def to_store(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "start": self.start, "end": self.end, "created": self.created,
                 "arguments": self.arguments, "status": self.status, "message": self.message,
-                "result": self.result.to_dict() if self.result else None}
+                "result": self.result.to_dict() if self.result else None, "progress": round(self.progress, 4)}
 
 
 class FeatureImportances:
@@ -456,15 +456,11 @@ class FeatureImportances:
         if self._store is None:
             return
         for item in self._store.load():
-            try:
-                job = _Job(item["id"], item["name"], item["start"], item["end"], item["created"],
-                           item["arguments"], item["status"], item.get("message", ""))
-                if item.get("result"):
-                    job.result = ImportanceResult.from_dict(item["result"])
-            except (KeyError, TypeError, ValueError):
+            job = _job_from_item(item)
+            if job is None:
                 continue  # a record this version cannot read: skip it rather than refuse to start
             if job.status in ("pending", "running"):
-                job.status = "pending"  # interrupted by a restart: run again
+                job.status, job.progress = "pending", 0.0  # interrupted by a restart: run again
                 self._jobs[job.id] = job
                 self._submit(job.id)
             else:
@@ -487,6 +483,22 @@ class FeatureImportances:
             out.update({"events": res.events, "arguments": res.arguments, "estimatedReward": res.reward,
                         "confidence": res.confidence})
         return out
+
+
+def _job_from_item(item: dict[str, Any]) -> _Job | None:
+    """A stored job (``_Job.to_store``) back as a job, or None when this version cannot read it."""
+    try:
+        job = _Job(item["id"], item["name"], item["start"], item["end"], item["created"],
+                   item["arguments"], item["status"], item.get("message", ""))
+        if item.get("result"):
+            job.result = ImportanceResult.from_dict(item["result"])
+        job.progress = float(item.get("progress", 0.0))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if job.status not in ("pending", "running"):
+        job.progress = 1.0
+        job.done.set()
+    return job
 
 
 def _epoch(value: datetime) -> float:

@@ -12,6 +12,10 @@ on a dedicated connection for its lifetime, so a second engine is refused rather
 learning a diverging model from the same log. The lock dies with the session: a killed
 process releases it.
 
+Scaled out (``scaled``), replicas queue the changes the trainer applies in ``commands`` (claimed with
+``FOR UPDATE SKIP LOCKED`` and finished in the claiming transaction), and the leading trainer writes
+``trainer_heartbeat`` (one row) for every replica's ``/health``; ``NOTIFY`` channels wake the other side.
+
 Request JSON is kept as the exact text the engine logged (``text``, not ``jsonb``):
 rebuilding an example must see the same features in the same order.
 """
@@ -104,6 +108,30 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE events ADD COLUMN model_id BIGINT;
     """,
+    # 3: changes a replica accepted for the trainer to apply (policy, model, log deletion), in order, and the
+    #    leading trainer's heartbeat (one row) that every replica's /health reports.
+    """
+    CREATE TABLE commands (
+        id          BIGSERIAL PRIMARY KEY,
+        kind        TEXT NOT NULL,
+        payload     TEXT NOT NULL,
+        data        BYTEA,
+        created     DOUBLE PRECISION NOT NULL,
+        state       TEXT NOT NULL DEFAULT 'queued'
+                    CHECK (state IN ('queued', 'done', 'failed', 'cancelled')),
+        finished    DOUBLE PRECISION,
+        result      TEXT,
+        error       TEXT
+    );
+    CREATE INDEX commands_queued ON commands(id) WHERE state = 'queued';
+    CREATE TABLE trainer_heartbeat (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        leader      TEXT NOT NULL,
+        beat        DOUBLE PRECISION NOT NULL,
+        backlog     BIGINT NOT NULL,
+        learned     BIGINT NOT NULL
+    );
+    """,
 )
 #: The schema version this code writes.
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -111,8 +139,15 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 _MIGRATION_LOCK = 0x50534D4947
 #: Advisory-lock key taken (for one transaction) to assign learning orders: gapless, in commit order.
 _LEARN_ORDER_LOCK = 0x50534C4F
-#: The channel a trainer notifies when it publishes a model (payload: the checkpoint id).
+#: The channel a trainer notifies when it publishes a model (payload: the checkpoint id); a replica that
+#: changed the service configuration notifies it too (payload ``settings``).
 MODELS_CHANNEL = "personalizer_models"
+#: The channel a replica notifies when it queues a command or a job (payload: ``command`` or ``job``).
+WORK_CHANNEL = "personalizer_work"
+#: The channel the trainer notifies when a command is done or failed (payload: the command id).
+COMMANDS_DONE_CHANNEL = "personalizer_commands_done"
+#: States a command ends in.
+FINAL_COMMAND_STATES = ("done", "failed", "cancelled")
 
 _EVENT_COLUMNS = ("seq, event_id, created, request_hash, request, response, mode, deferred, activated,"
                   " status, closed, learn_seq, labels")
@@ -249,6 +284,19 @@ class PgEventLog:
     def transaction(self) -> _PgTransaction:
         """Context manager grouping this thread's writes into one commit."""
         return _PgTransaction(self)
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Inside ``transaction()``: a block whose writes roll back alone when it raises (a SAVEPOINT),
+        so the enclosing transaction can still record why and commit."""
+        pinned = getattr(self._local, "conn", None)
+        if pinned is None:
+            raise RuntimeError("savepoint() needs an open transaction() on this thread")
+        try:
+            with pinned.transaction():
+                yield
+        except psycopg.Error as exc:
+            raise pg_error(exc, self.home) from None
 
     # ------------------------------------------------------------ events
     def add_event(self, event_id: str, created: float, request_hash: str, request_json: str,
@@ -388,7 +436,10 @@ class PgEventLog:
         """
         with self._conn() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LEARN_ORDER_LOCK,))
-            row = conn.execute("SELECT COALESCE(MAX(learn_seq), 0) FROM events").fetchone()
+            # After a log deletion the learned events are gone but the checkpoint remembers how far the
+            # order went: continue after it, or the trainer would never replay the new ones.
+            row = conn.execute("SELECT GREATEST((SELECT COALESCE(MAX(learn_seq), 0) FROM events),"
+                               " (SELECT COALESCE(MAX(learn_seq), 0) FROM checkpoints))").fetchone()
         return int(row[0]) + 1 if row else 1
 
     def holds_lease(self) -> bool:
@@ -420,6 +471,95 @@ class PgEventLog:
                              (checkpoint_id,))
         return Checkpoint(*row[:5], bytes(row[5])) if row else None
 
+    def lock_learn_order(self) -> None:
+        """Hold the learning-order lock until the caller's ``transaction()`` ends: no event is learned
+        meanwhile (the trainer applies a command that replaces the model or deletes the log under it)."""
+        self._execute("SELECT pg_advisory_xact_lock(%s)", (_LEARN_ORDER_LOCK,))
+
+    def leader_present(self) -> bool:
+        """True while some process holds the owner lock (a trainer leads, or an embedded engine runs)."""
+        row = self._fetchone(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND classid = %s AND objid = %s AND objsubid = 1)",
+            ((OWNER_LOCK >> 32) & 0xFFFFFFFF, OWNER_LOCK & 0xFFFFFFFF))
+        return bool(row and row[0])
+
+    def notify(self, channel: str, payload: str) -> None:
+        """``pg_notify`` (delivered when the caller's transaction commits)."""
+        self._execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+    # ------------------------------------------------------------ commands (replicas -> trainer)
+    def add_command(self, kind: str, payload: dict[str, Any], data: bytes | None, created: float) -> int:
+        """Queue a command for the trainer and wake it; returns its id."""
+        with self.transaction():
+            row = self._fetchone("INSERT INTO commands (kind, payload, data, created) VALUES (%s, %s, %s, %s)"
+                                 " RETURNING id", (kind, json.dumps(payload), data, created))
+            self.notify(WORK_CHANNEL, "command")
+        assert row is not None
+        return int(row[0])
+
+    def command_outcome(self, command_id: int) -> tuple[str, Any, Any]:
+        """(state, result, error) of a command; result and error are decoded JSON (or None)."""
+        row = self._fetchone("SELECT state, result, error FROM commands WHERE id = %s", (command_id,))
+        if row is None:
+            return "cancelled", None, None
+        return row[0], None if row[1] is None else json.loads(row[1]), None if row[2] is None else json.loads(row[2])
+
+    def cancel_command(self, command_id: int, lock_wait_seconds: float) -> bool:
+        """Cancel a command still queued; True if it was. A command the trainer is applying holds its row
+        lock, so this waits (at most ``lock_wait_seconds``, then 503) for the outcome and returns False."""
+        with self.transaction():
+            self._execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_wait_seconds * 1000)}ms",))
+            return self._execute("UPDATE commands SET state = 'cancelled', finished = %s"
+                                 " WHERE id = %s AND state = 'queued'", (self.db_now(), command_id)) > 0
+
+    def claim_command(self) -> tuple[int, str, dict[str, Any], bytes | None] | None:
+        """The oldest queued command, its row locked until the caller's ``transaction()`` ends (or None).
+
+        Applying it and finishing it happen in that same transaction: a trainer that dies meanwhile
+        rolls back to ``queued`` (the next leader applies it); a replica cancelling it waits for the outcome.
+        """
+        row = self._fetchone("SELECT id, kind, payload, data FROM commands WHERE state = 'queued'"
+                             " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED")
+        if row is None:
+            return None
+        return int(row[0]), row[1], json.loads(row[2]), None if row[3] is None else bytes(row[3])
+
+    def finish_command(self, command_id: int, state: str, result: Any = None, error: Any = None) -> None:
+        """Record a claimed command's outcome and notify the waiting replica (at the caller's commit)."""
+        self._execute("UPDATE commands SET state = %s, finished = %s, result = %s, error = %s, data = NULL"
+                      " WHERE id = %s", (state, self.db_now(), None if result is None else json.dumps(result),
+                                         None if error is None else json.dumps(error), command_id))
+        self.notify(COMMANDS_DONE_CHANNEL, str(command_id))
+
+    def queued_commands(self) -> int:
+        """How many commands wait for the trainer."""
+        row = self._fetchone("SELECT COUNT(*) FROM commands WHERE state = 'queued'")
+        return int(row[0]) if row else 0
+
+    # ------------------------------------------------------------ the trainer's heartbeat
+    def due_backlog(self, wait_seconds: float) -> int:
+        """Pending events whose reward wait has ended (by the database's clock): the trainer's backlog."""
+        row = self._fetchone("SELECT COUNT(*) FROM events WHERE status = 'pending' AND COALESCE(activated, created)"
+                             " + %s <= extract(epoch FROM clock_timestamp())", (wait_seconds,))
+        return int(row[0]) if row else 0
+
+    def beat(self, leader: str, backlog: int, learned: int) -> None:
+        """Write the leading trainer's heartbeat (the database's clock)."""
+        self._execute("INSERT INTO trainer_heartbeat (id, leader, beat, backlog, learned)"
+                      " VALUES (1, %s, extract(epoch FROM clock_timestamp()), %s, %s) ON CONFLICT (id) DO UPDATE"
+                      " SET leader = EXCLUDED.leader, beat = EXCLUDED.beat, backlog = EXCLUDED.backlog,"
+                      " learned = EXCLUDED.learned", (leader, backlog, learned))
+
+    def heartbeat(self) -> dict[str, Any] | None:
+        """The last heartbeat: leader, backlog, learned and its age in seconds (or None: no trainer ever led)."""
+        row = self._fetchone("SELECT leader, backlog, learned, extract(epoch FROM clock_timestamp()) - beat"
+                             " FROM trainer_heartbeat WHERE id = 1")
+        if row is None:
+            return None
+        return {"leader": row[0], "backlog": int(row[1]), "learnedEvents": int(row[2]),
+                "heartbeatAgeSeconds": round(max(0.0, float(row[3])), 3)}
+
     # ------------------------------------------------------------ rewards
     def add_rewards(self, event_id: str, rewards: list[tuple[str, float]], when: float, late: bool = False) -> None:
         """Log rewards for an event (every call is kept, whatever the aggregation)."""
@@ -442,6 +582,11 @@ class PgEventLog:
     def get_setting(self, key: str) -> Any:
         """A stored JSON setting, or None."""
         row = self._fetchone("SELECT value FROM settings WHERE key = %s", (key,))
+        return json.loads(row[0]) if row else None
+
+    def lock_setting(self, key: str) -> Any:
+        """A stored JSON setting (or None), its row locked until the caller's ``transaction()`` ends."""
+        row = self._fetchone("SELECT value FROM settings WHERE key = %s FOR UPDATE", (key,))
         return json.loads(row[0]) if row else None
 
     def set_setting(self, key: str, value: Any) -> None:
@@ -489,9 +634,28 @@ class PgEventLog:
                       " ON CONFLICT (id) DO UPDATE SET created = EXCLUDED.created, record = EXCLUDED.record",
                       (record_id, created, record_json))
 
+    def update_record(self, kind: str, record_id: str, record_json: str) -> bool:
+        """Replace an existing job record (never re-create a deleted one); True when there was one."""
+        return self._execute(f"UPDATE {RECORD_TABLES[kind]} SET record = %s WHERE id = %s",
+                             (record_json, record_id)) > 0
+
+    def add_record(self, kind: str, record_id: str, created: float, record_json: str) -> bool:
+        """Insert a job record unless one with this id exists (two replicas creating one id); True if inserted."""
+        return self._execute(f"INSERT INTO {RECORD_TABLES[kind]} (id, created, record) VALUES (%s, %s, %s)"
+                             " ON CONFLICT (id) DO NOTHING", (record_id, created, record_json)) > 0
+
     def delete_record(self, kind: str, record_id: str) -> bool:
         """Delete one job record; True when there was one."""
         return self._execute(f"DELETE FROM {RECORD_TABLES[kind]} WHERE id = %s", (record_id,)) > 0
+
+    def record(self, kind: str, record_id: str) -> str | None:
+        """One job record's JSON text, or None."""
+        row = self._fetchone(f"SELECT record FROM {RECORD_TABLES[kind]} WHERE id = %s", (record_id,))
+        return None if row is None else str(row[0])
+
+    def record_ids(self, kind: str) -> list[str]:
+        """The ids of every stored job of ``kind`` (without their possibly large results)."""
+        return [str(r[0]) for r in self._fetchall(f"SELECT id FROM {RECORD_TABLES[kind]} ORDER BY created, id")]
 
     def records(self, kind: str) -> list[tuple[str, str]]:
         """(id, record JSON text) of every stored job of ``kind``, oldest first."""

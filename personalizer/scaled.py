@@ -13,6 +13,17 @@ model, and publishes the model every ``modelExportFrequency`` (at least 1 s) as 
 ``NOTIFY``; it also enforces ``logRetentionDays`` in bounded batches. Standbys wait for the lock and
 take over within about a second of the leader's death.
 
+Changes that replace the model or delete the log (policy update, reset and rollback, model import and
+reset, log deletion) are accepted by any replica: it checks them as the embedded engine does (a bad one
+is a 400 and queues nothing), queues a command (``commands`` table, ``NOTIFY``), and waits for the
+outcome. The leader applies commands in order, each claimed, applied and finished in one transaction
+(a leader that dies mid-command rolls it back to ``queued``), and publishes the new model at once. A
+replica that gets no outcome (no leader for ``leaderless_grace`` s, or ``command_timeout`` s) cancels
+the command while it is still queued, so it is never applied after its caller got the 503. The leader
+also writes a heartbeat row every second (backlog of due events, learned count) that every replica's
+``/health`` reports, and runs the evaluations and feature-importance jobs replicas queue
+(``scaled_jobs``).
+
 Both reuse the embedded engine (``LocalPersonalizer``): validation, encoding, prediction, learning
 and replay are its own code; only where state lives differs (the database, not memory).
 """
@@ -20,17 +31,23 @@ and replay are its own code; only where state lives differs (the database, not m
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import os
+import socket
 import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-from .contract import PersonalizerError, parse_duration
-from .engine import RETENTION_INTERVAL, LocalPersonalizer, _unknown_event
-from .pgstore import MODELS_CHANNEL, PgEventLog
+from .contract import PersonalizerError, PolicyContract, ServiceConfiguration, parse, parse_duration
+from .engine import DEFAULT_POLICY_ARGUMENTS, RETENTION_INTERVAL, LocalPersonalizer, _unknown_event
+from .pgstore import COMMANDS_DONE_CHANNEL, FINAL_COMMAND_STATES, MODELS_CHANNEL, WORK_CHANNEL, PgEventLog
+from .policy_history import ChangeNote, same_arguments
 from .store import StoredEvent
+from .vw import trial
 from .vw import workspace as vw_workspace
+from .vw.arguments import effective_arguments, parse_arguments
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +55,22 @@ log = logging.getLogger(__name__)
 MODEL_POLL_SECONDS = 2.0
 #: Shortest model export interval honoured.
 MIN_EXPORT_SECONDS = 1.0
+#: Seconds a replica waits for the trainer to apply a command before it cancels it and answers 503.
+COMMAND_TIMEOUT_SECONDS = 30.0
+#: Seconds with no trainer leading at all after which a replica cancels a queued command (a standby
+#: takes over well within this).
+LEADERLESS_GRACE_SECONDS = 3.0
+#: Seconds between a command waiter's checks when no NOTIFY arrives (the fallback).
+COMMAND_POLL_SECONDS = 0.25
+#: Seconds between the leading trainer's heartbeats.
+HEARTBEAT_SECONDS = 1.0
+#: A heartbeat older than this makes ``/health`` warn (the trainer is dead, stuck or cut off).
+HEARTBEAT_STALE_SECONDS = 10.0
+#: What each command is, for messages.
+_COMMAND_WHAT = {"updatePolicy": "policy update", "resetPolicy": "policy reset", "rollbackPolicy": "policy rollback",
+                 "importModel": "model import", "resetModel": "model reset", "deleteLogs": "log deletion"}
+#: Commands that replace the model (the trainer publishes the new one at once).
+_MODEL_COMMANDS = frozenset({"updatePolicy", "resetPolicy", "rollbackPolicy", "importModel", "resetModel"})
 
 
 def _iso(ts: float | None) -> str | None:
@@ -79,16 +112,37 @@ class _SharedLog:
         self._log.close_event(ev.event_id, "learned", now, seq, labels)
         return "learned", seq
 
+    def record(self, kind: str, record_id: str) -> str | None:
+        """One stored job record's JSON text, or None."""
+        return self._log.record(kind, record_id)
+
+    def record_ids(self, kind: str) -> list[str]:
+        """The ids of the stored jobs of ``kind``, oldest first."""
+        return self._log.record_ids(kind)
+
 
 class ReplicaEngine(_SharedLog, LocalPersonalizer):
     """A stateless API replica on a shared PostgreSQL log (``serve --role replica``)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, command_timeout: float = COMMAND_TIMEOUT_SECONDS,
+                 leaderless_grace: float = LEADERLESS_GRACE_SECONDS) -> None:
         store = PgEventLog(url, own=False)
         self._model_id: int | None = None
         self.model_error: str | None = None  # why the newest published model did not load (the old one serves)
         self._stop = threading.Event()
+        #: Seconds to wait for the trainer to apply a command (then cancel it and answer 503).
+        self.command_timeout = command_timeout
+        #: Seconds with no leading trainer after which a queued command is cancelled (503).
+        self.leaderless_grace = leaderless_grace
+        self._refreshing = threading.Lock()  # one model load at a time (watcher and request threads)
+        self._polled = time.monotonic()  # the watcher's last poll for a model (the NOTIFY's fallback)
+        self._commands_done = threading.Condition()
+        self._done_generation = 0  # bumped on each "command done" NOTIFY: waiters re-read their command
+        # The trainer's last heartbeat as the watcher last read it (and when, monotonic): /health answers
+        # from memory, on the event loop, never waiting for the database.
+        self._heartbeat: tuple[dict[str, Any] | None, float, str | None] = (None, 0.0, None)
         super().__init__(store, clock=store.db_now)
+        self._read_heartbeat()
         self._watcher = threading.Thread(target=self._watch_models, name="model-watcher", daemon=True)
         self._watcher.start()
 
@@ -98,6 +152,9 @@ class ReplicaEngine(_SharedLog, LocalPersonalizer):
         self._learn_seq, self._created, self._modified = 0, self._clock(), None
         self._since_checkpoint, self.replayed_on_start = 0, 0
         self._load_published()
+        origin = self._log.first_checkpoint_since_reset()  # the model's creation, as every replica reports it
+        if origin is not None:
+            self._created = origin.created
 
     def _checkpoint(self, reason: str) -> None:
         """Replicas publish nothing: models come from the trainer."""
@@ -116,21 +173,30 @@ class ReplicaEngine(_SharedLog, LocalPersonalizer):
             log.warning("%s; the previous model keeps serving", self.model_error)
             return False
         settings = self._log.get_setting("service")
+        policy = self._log.get_setting("policy")
         with self._lock:
             old, self._vw = self._vw, vw
             self._model_id = self._log.current_model_id = cp.id
             self._learn_seq, self._modified = cp.learn_seq, cp.created
+            if cp.reason != "periodic":  # a new lineage (policy change, import, reset): created now
+                self._created = cp.created
+            if policy is not None:
+                self._policy = PolicyContract.model_validate(policy)
             if settings is not None:
-                self._apply_settings(settings)
+                self._apply_settings(settings, rebuild=False)
             self.model_error = None
         old.finish()
         return True
 
-    def _apply_settings(self, stored: dict[str, Any]) -> None:
-        from .contract import ServiceConfiguration
-
+    def _apply_settings(self, stored: dict[str, Any], *, rebuild: bool = True) -> None:
+        """Serve with the stored configuration; a changed exploration rebuilds the workspace with it
+        (``rebuild``; call with the engine lock held)."""
+        arguments = self.arguments
         self._config = ServiceConfiguration.model_validate(stored)
         self._wait = self._config.reward_wait_seconds
+        if rebuild and self.arguments != arguments:
+            old, self._vw = self._vw, self._workspace(self._model_bytes())
+            old.finish()
 
     def _watch_models(self) -> None:
         """LISTEN for published models, with a poll as the fallback (a lost connection, a missed notify)."""
@@ -140,16 +206,32 @@ class ReplicaEngine(_SharedLog, LocalPersonalizer):
             try:
                 with psycopg.connect(self._log.url, autocommit=True) as conn:
                     conn.execute(f"LISTEN {MODELS_CHANNEL}")
+                    conn.execute(f"LISTEN {COMMANDS_DONE_CHANNEL}")
                     while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=MODEL_POLL_SECONDS, stop_after=1):
-                            pass
-                        self._refresh()
+                        if time.monotonic() - self._heartbeat[1] >= HEARTBEAT_SECONDS:
+                            self._read_heartbeat()
+                        notes = list(conn.notifies(timeout=HEARTBEAT_SECONDS, stop_after=1))
+                        if any(n.channel == COMMANDS_DONE_CHANNEL for n in notes):
+                            self._wake_command_waiters()
+                        if any(n.channel == MODELS_CHANNEL for n in notes) or \
+                                time.monotonic() - self._polled >= MODEL_POLL_SECONDS:
+                            self._polled = time.monotonic()
+                            self._refresh()
             except Exception as exc:  # the database went away: poll again after a pause
-                log.warning("model watcher: %s", exc)
+                if not self._stop.is_set():  # (a closed replica's watcher may outlive the database)
+                    log.warning("model watcher: %s", exc)
                 self._stop.wait(MODEL_POLL_SECONDS)
 
+    def _read_heartbeat(self) -> None:
+        """Read the leading trainer's heartbeat for ``/health`` (the watcher does, every second)."""
+        try:
+            self._heartbeat = (self._log.heartbeat(), time.monotonic(), None)
+        except PersonalizerError as exc:
+            self._heartbeat = (None, time.monotonic(), exc.message)
+
     def _refresh(self) -> None:
-        with contextlib.suppress(PersonalizerError):
+        """Load the newest published model, or else apply a changed stored configuration."""
+        with self._refreshing, contextlib.suppress(PersonalizerError):
             if not self._load_published():
                 settings = self._log.get_setting("service")
                 if settings is not None and settings != self._config.model_dump(by_alias=True):
@@ -157,10 +239,102 @@ class ReplicaEngine(_SharedLog, LocalPersonalizer):
                         self._apply_settings(settings)
 
     def health_details(self) -> dict[str, Any]:
-        """What ``/health`` adds for a replica: the role, the store, the model it ranks with and its age."""
-        return {"role": "replica", "store": self._log.home, "modelId": self._model_id,
-                "modelAgeSeconds": None if self._modified is None else round(time.time() - self._modified, 3),
-                "modelError": self.model_error}
+        """What ``/health`` adds for a replica: the role, the store kind, the model it ranks with and its
+        age, and the leading trainer's last heartbeat (backlog of due events, learned count, its age).
+
+        ``status`` is ``warning`` (still a 200: the replica itself serves) when the heartbeat is older than
+        ``HEARTBEAT_STALE_SECONDS`` or no trainer ever led, or when a newer model failed to load.
+        """
+        out: dict[str, Any] = {
+            "role": "replica", "store": "postgresql", "modelId": self._model_id,
+            "modelAgeSeconds": None if self._modified is None else round(max(0.0, time.time() - self._modified), 3),
+            "modelError": self.model_error}
+        warnings = [] if self.model_error is None else [self.model_error]
+        beat, read_at, unreachable = self._heartbeat
+        if beat is not None:  # aged by the time since the watcher read it
+            beat = {**beat, "heartbeatAgeSeconds": round(beat["heartbeatAgeSeconds"] + time.monotonic() - read_at, 3)}
+        if unreachable is not None:
+            warnings.append(f"the store is unreachable: {unreachable}")
+        else:
+            if beat is None:
+                warnings.append("no trainer has run on this store yet: run 'python -m personalizer train --store URL'")
+            elif beat["heartbeatAgeSeconds"] > HEARTBEAT_STALE_SECONDS:
+                warnings.append(f"the trainer's last heartbeat is {beat['heartbeatAgeSeconds']:.0f} s old: no trainer "
+                                "leads (rewards are not learned, commands are not applied)")
+        out["trainer"] = beat
+        if warnings:
+            out["status"], out["warnings"] = "warning", warnings
+        return out
+
+    # -- commands: validated here, applied by the leading trainer, answered with its result
+    def _wake_command_waiters(self) -> None:
+        with self._commands_done:
+            self._done_generation += 1
+            self._commands_done.notify_all()
+
+    def _command(self, kind: str, payload: dict[str, Any], data: bytes | None = None) -> Any:
+        """Queue a command, wait for the trainer's outcome, and answer it as the embedded engine would.
+
+        No trainer leading for ``leaderless_grace`` seconds, or no outcome within ``command_timeout``:
+        the command is cancelled if still queued (so it is never applied after this caller got an
+        error) and the answer is 503; one the trainer is applying is waited for.
+        """
+        what = _COMMAND_WHAT[kind]
+        command_id = self._log.add_command(kind, payload, data, self._clock())
+        deadline = time.monotonic() + self.command_timeout
+        leaderless_since: float | None = None
+        while True:
+            generation = self._done_generation
+            state, result, error = self._log.command_outcome(command_id)
+            if state in FINAL_COMMAND_STATES:
+                break
+            now = time.monotonic()
+            if self._log.leader_present():
+                leaderless_since = None
+            elif leaderless_since is None:
+                leaderless_since = now
+            leaderless = leaderless_since is not None and now - leaderless_since >= self.leaderless_grace
+            if leaderless or now >= deadline:
+                try:
+                    cancelled = self._log.cancel_command(command_id, self.command_timeout)
+                except PersonalizerError:
+                    raise PersonalizerError(
+                        "ServiceUnavailable", f"the trainer is still applying the {what} (command {command_id}); "
+                        "check the outcome (e.g. the policy or model properties) before retrying", 503) from None
+                if cancelled:
+                    why = ("no trainer is running for this deployment (start 'python -m personalizer train "
+                           "--store URL')") if leaderless else \
+                        f"the trainer did not apply it within {self.command_timeout:g} s"
+                    raise PersonalizerError("ServiceUnavailable", f"the {what} was not applied: {why}; it was "
+                                            "cancelled and will not be applied later, retry", 503)
+                continue  # finished while we cancelled: read its outcome
+            with self._commands_done:
+                if self._done_generation == generation:
+                    self._commands_done.wait(COMMAND_POLL_SECONDS)
+        if state == "failed":
+            raise PersonalizerError(error["code"], error["message"], int(error["status"]))
+        if state == "cancelled":
+            raise PersonalizerError("ServiceUnavailable", f"the {what} was cancelled before it was applied; retry", 503)
+        if kind in _MODEL_COMMANDS:
+            self._refresh()  # answer with the published model loaded here: read-your-writes on this replica
+        return result
+
+    def _checked_policy(self, policy: Any, exploration_percentage: float | None) -> PolicyContract:
+        """The embedded engine's checks of a policy change, done here so a bad one queues nothing:
+        the contract, the argument allow-list, the exploration, then the child-process trial."""
+        contract = parse(PolicyContract, policy, "InvalidPolicyContract")
+        parse_arguments(contract.arguments)
+        if exploration_percentage is not None:
+            parse(ServiceConfiguration, {"explorationPercentage": exploration_percentage},
+                  "InvalidServiceConfiguration")
+        with self._locked():
+            exploration = self._config.exploration_percentage if exploration_percentage is None \
+                else exploration_percentage
+            arguments = effective_arguments(contract.arguments, exploration)
+            examples = self._trial_examples()
+        if contract.arguments != DEFAULT_POLICY_ARGUMENTS:
+            trial.trial_policy(arguments, examples)
+        return contract
 
     @property
     def model_id(self) -> int | None:
@@ -243,33 +417,102 @@ class ReplicaEngine(_SharedLog, LocalPersonalizer):
                     return {"eventId": event_id, "status": self._close_stored(ev, now, None)[0]}
             return {"eventId": event_id, "status": "pending"}
 
-    # -- what a replica does not do yet (issue 10, later phases): the trainer owns the model
-    def _not_on_replica(self, what: str) -> PersonalizerError:
-        return PersonalizerError(
-            "NotSupportedOnReplica", f"{what} is not available on a scaled-out replica yet; stop the deployment "
-            "and run it with one 'serve --store URL' (role all)", 501)
-
     def enforce_retention(self, limit: int = 1000) -> int:
         """The trainer enforces ``logRetentionDays``; a replica deletes nothing."""
         return 0
 
-    def update_policy(self, *_: Any, **__: Any) -> dict[str, Any]:
-        raise self._not_on_replica("changing the learning policy")
+    def update_policy(self, policy: dict[str, Any], *, exploration_percentage: float | None = None,
+                      note: ChangeNote | None = None) -> dict[str, Any]:
+        """Checked here (400 and nothing queued when bad), applied by the trainer; returns the new policy."""
+        self._checked_policy(policy, exploration_percentage)
+        note = note or ChangeNote()
+        return self._command("updatePolicy", {"policy": policy, "explorationPercentage": exploration_percentage,
+                                              "note": dataclasses.asdict(note)})
 
-    def reset_policy(self, *_: Any, **__: Any) -> dict[str, Any]:
-        raise self._not_on_replica("resetting the learning policy")
+    def reset_policy(self, *, note: ChangeNote | None = None) -> dict[str, Any]:
+        """Back to the default policy (applied by the trainer); returns it."""
+        return self._command("resetPolicy", {"note": dataclasses.asdict(note or ChangeNote(action="reset"))})
 
-    def rollback_policy(self, *_: Any, **__: Any) -> dict[str, Any]:
-        raise self._not_on_replica("rolling back the learning policy")
+    def rollback_policy(self, change_id: str | int, *, who: str = "api") -> dict[str, Any]:
+        """Checked here (404 unknown change, 409 already live, 400 a policy that fails its trial), applied
+        by the trainer; returns the new change."""
+        self._refresh()
+        with self._lock:
+            target = self._policy_change(change_id)
+            live = self._policy_snapshot()
+        before = target.before
+        if same_arguments(before["arguments"], live["arguments"]) and \
+                before.get("explorationPercentage") == live["explorationPercentage"]:
+            raise PersonalizerError("PolicyAlreadyActive", f"the policy before change {target.id} is already the "
+                                    "live policy; nothing to roll back", 409)
+        self._checked_policy({"name": before["name"], "arguments": before["arguments"]},
+                             before.get("explorationPercentage"))
+        return self._command("rollbackPolicy", {"changeId": str(target.id), "who": who})
 
     def import_model(self, model: bytes) -> None:
-        raise self._not_on_replica("importing a model")
+        """Checked here (header, allow-list, child-process trial), installed and published by the trainer."""
+        if not model:
+            raise PersonalizerError("InvalidModelImportFormat", "the model file is empty")
+        vw_workspace.read_header(model)
+        with self._locked():
+            arguments = self.arguments
+            examples = self._trial_examples()
+        trial.trial_model(model, arguments, examples)
+        self._command("importModel", {}, model)
 
     def reset_model(self) -> None:
-        raise self._not_on_replica("resetting the model")
+        """A fresh model with the current policy, made and published by the trainer."""
+        self._command("resetModel", {})
 
     def delete_logs(self) -> int:
-        raise self._not_on_replica("deleting the log")
+        """Closed events deleted by the trainer (after a checkpoint of everything learned); returns how many."""
+        deleted = int(self._command("deleteLogs", {}))
+        self._counts = None
+        return deleted
+
+    def update_service_configuration(self, configuration: dict[str, Any]) -> dict[str, Any]:
+        """Merge into the stored configuration (its row locked, so concurrent updates through other
+        replicas are not lost), serve with it here, and notify the other replicas and the trainer."""
+        if not isinstance(configuration, dict):
+            raise PersonalizerError("InvalidServiceConfiguration", "configuration must be a JSON object")
+        with self._log.transaction():
+            stored = self._log.lock_setting("service")
+            with self._locked():
+                if stored is not None and stored != self._config.model_dump(by_alias=True):
+                    self._apply_settings(stored)
+                answer = super().update_service_configuration(configuration)
+            self._log.notify(MODELS_CHANNEL, "settings")
+        return answer
+
+    def get_service_configuration(self) -> dict[str, Any]:
+        """The shared configuration (re-read, so a change through another replica shows at once)."""
+        self._refresh()
+        return super().get_service_configuration()
+
+    def get_policy(self) -> dict[str, Any]:
+        """The policy of the newest published model (re-read, as the configuration)."""
+        self._refresh()
+        return super().get_policy()
+
+    def model_properties(self) -> dict[str, Any]:
+        """Creation and last learning time of the newest published model."""
+        self._refresh()
+        return super().model_properties()
+
+    def notify_jobs(self) -> None:
+        """Wake the trainer's job runner: an evaluation or feature-importance job was queued or deleted."""
+        self._log.notify(WORK_CHANNEL, "job")
+
+    def add_record(self, kind: str, record_id: str, created: float, record_json: str) -> bool:
+        """Insert a job record unless the id is taken (another replica created it); True if inserted."""
+        return self._log.add_record(kind, record_id, created, record_json)
+
+    def job_managers(self) -> tuple[Any, Any]:
+        """The evaluations and feature-importance managers a replica's app serves: they create and read
+        records in the shared store; the trainer runs them (``scaled_jobs``)."""
+        from .scaled_jobs import ReplicaEvaluations, ReplicaFeatureImportances
+
+        return ReplicaEvaluations(self), ReplicaFeatureImportances(self)
 
     def stats(self) -> dict[str, Any]:
         """Counts from the shared log (no events are pending in a replica's memory)."""
@@ -295,6 +538,9 @@ class TrainerEngine(_SharedLog, LocalPersonalizer):
         store = PgEventLog(url, own=True)  # raises 503 "in use" while another trainer leads
         self._published_at = 0.0
         self._retention_due = 0.0
+        self._beat_due = 0.0
+        #: Who leads, as the heartbeat names it (host and process id).
+        self.leader = f"{socket.gethostname()}:{os.getpid()}"
         super().__init__(store, clock=store.db_now)
         self._publish()
 
@@ -350,6 +596,85 @@ class TrainerEngine(_SharedLog, LocalPersonalizer):
             self._learn_seq = start + n
         return n
 
+    def _check_lease(self) -> None:
+        if not self._log.holds_lease():
+            raise PersonalizerError("ServiceUnavailable", "this trainer lost its leadership", 503)
+
+    # -- commands queued by replicas: applied in order, each in one transaction with its outcome
+    def apply_commands(self) -> int:
+        """Apply every queued command, oldest first; returns how many were applied or failed.
+
+        Each command is claimed (row locked), applied and marked done or failed in ONE transaction,
+        with the learning order locked (no event is learned meanwhile) and what was learned so far
+        replayed first (a log deletion's checkpoint keeps it). A trainer that dies mid-command rolls
+        it back to ``queued``: the next leader applies it, or the waiting replica cancels it.
+        """
+        applied = 0
+        while True:
+            with self._log.transaction():
+                self._check_lease()
+                claimed = self._log.claim_command()
+                if claimed is None:
+                    return applied
+                command_id, kind, payload, data = claimed
+                self._log.lock_learn_order()
+                self._since_checkpoint += self._replay_after(self._learn_seq)
+                result: Any = None
+                error: dict[str, Any] | None = None
+                try:
+                    with self._log.savepoint():
+                        result = self._apply_command(kind, payload, data)
+                except PersonalizerError as exc:
+                    if exc.status >= 500 and exc.code != "InternalServerError":
+                        raise  # the database failed: roll back, the command stays queued
+                    error = {"code": exc.code, "message": exc.message, "status": exc.status}
+                except Exception as exc:  # a bug or a VW failure: the caller gets a 500, the trainer goes on
+                    log.exception("command %s (%s) failed", command_id, kind)
+                    error = {"code": "InternalServerError", "message": f"the trainer failed to apply it: "
+                             f"{type(exc).__name__}: {str(exc)[:200]}", "status": 500}
+                self._log.finish_command(command_id, "failed" if error else "done", result, error)
+                if error is None and kind in _MODEL_COMMANDS | {"deleteLogs"}:
+                    newest = self._log.newest_checkpoint_id()
+                    if newest is not None:
+                        self._log.notify_model(newest)
+                self._check_lease()  # a dead leader commits nothing
+            if error is None and kind in _MODEL_COMMANDS | {"deleteLogs"}:
+                self._published_at = self._clock()
+            applied += 1
+
+    def _apply_command(self, kind: str, payload: dict[str, Any], data: bytes | None) -> Any:
+        """One command, with the embedded engine's own code (its checks run again here)."""
+        if kind == "updatePolicy":
+            return self.update_policy(payload["policy"], exploration_percentage=payload.get("explorationPercentage"),
+                                      note=ChangeNote(**payload["note"]))
+        if kind == "resetPolicy":
+            return self.reset_policy(note=ChangeNote(**payload["note"]))
+        if kind == "rollbackPolicy":
+            return self.rollback_policy(payload["changeId"], who=payload.get("who", "api"))
+        if kind == "importModel":
+            self.import_model(data or b"")
+            return None
+        if kind == "resetModel":
+            self.reset_model()
+            return None
+        if kind == "deleteLogs":
+            return self.delete_logs()
+        raise PersonalizerError("InvalidCommand", f"unknown command kind '{kind}'", 400)
+
+    # -- the heartbeat every replica's /health reports
+    def beat(self, force: bool = False) -> None:
+        """Write the heartbeat (backlog of due events, learned count) at most every ``HEARTBEAT_SECONDS``."""
+        now = time.monotonic()
+        if not force and now < self._beat_due:
+            return
+        self._beat_due = now + HEARTBEAT_SECONDS
+        self._log.beat(self.leader, self._log.due_backlog(self._wait), self._learn_seq)
+
+    # -- job records: the replicas create them; the trainer only updates those that still exist
+    def save_record(self, kind: str, record_id: str, created: float, record_json: str) -> None:
+        """Update a job's record if it still exists: one deleted through a replica is not written back."""
+        self._log.update_record(kind, record_id, record_json)
+
     def _publish(self) -> None:
         with self._log.transaction():
             if not self._log.holds_lease():
@@ -373,9 +698,24 @@ class TrainerEngine(_SharedLog, LocalPersonalizer):
         out["role"] = "trainer"
         return out
 
+    def health_details(self) -> dict[str, Any]:
+        """The trainer's own view (it serves no HTTP; replicas report its heartbeat): role, published
+        model, backlog of due events and learned count."""
+        return {"role": "trainer", "store": "postgresql", "leader": self.leader,
+                "modelId": self._log.newest_checkpoint_id(), "backlog": self._log.due_backlog(self._wait),
+                "learnedEvents": self._learn_seq}
 
-def run_trainer(url: str, *, stop: threading.Event | None = None, idle_seconds: float = 0.2) -> None:
-    """Lead when the owner lock is free, else wait as a standby; runs until ``stop`` is set."""
+
+def run_trainer(url: str, *, stop: threading.Event | None = None, idle_seconds: float = 0.2,
+                run_jobs: bool = True) -> None:
+    """Lead when the owner lock is free, else wait as a standby; runs until ``stop`` is set.
+
+    While leading: applies the replicas' commands, closes and learns due events, publishes models,
+    writes the heartbeat, and (``run_jobs``) runs the evaluations and feature-importance jobs the
+    replicas queued. A ``NOTIFY`` from a replica wakes it at once; otherwise it polls every ``idle_seconds``.
+    """
+    import psycopg
+
     stop = stop or threading.Event()
     while not stop.is_set():
         try:
@@ -386,13 +726,36 @@ def run_trainer(url: str, *, stop: threading.Event | None = None, idle_seconds: 
             stop.wait(0.5)  # another trainer leads (or the database is away): try again shortly
             continue
         log.info("trainer leads on %s", trainer.home)
+        jobs = None
         try:
-            while not stop.is_set():
-                if trainer.step() == 0:
-                    stop.wait(idle_seconds)
-        except PersonalizerError as exc:
-            log.warning("trainer stops leading: %s", exc.message)
+            with psycopg.connect(url, autocommit=True) as wake:
+                wake.execute(f"LISTEN {WORK_CHANNEL}")
+                if run_jobs:
+                    from .scaled_jobs import TrainerJobs
+
+                    jobs = TrainerJobs(trainer)
+                jobs_due = 0.0
+                while not stop.is_set():
+                    trainer.apply_commands()
+                    closed = trainer.step()
+                    trainer.beat()
+                    if jobs is not None and time.monotonic() >= jobs_due:
+                        jobs.sync()
+                        jobs_due = time.monotonic() + 1.0
+                    if closed == 0:
+                        notes = list(wake.notifies(timeout=idle_seconds, stop_after=1))
+                        if jobs is not None and any(n.payload == "job" for n in notes):
+                            jobs_due = 0.0
+        except (PersonalizerError, psycopg.Error) as exc:
+            why = exc.message if isinstance(exc, PersonalizerError) else str(exc).splitlines()[0] if str(exc) else exc
+            log.warning("trainer stops leading: %s", why)
+            # Its memory may be ahead of what committed (a command rolled back): write no checkpoint from
+            # it; the next leader replays the log, which is the truth.
+            trainer._since_checkpoint = 0
         finally:
+            if jobs is not None:
+                with contextlib.suppress(Exception):
+                    jobs.close()
             with contextlib.suppress(Exception):
                 trainer.close()
         time.sleep(0.1)

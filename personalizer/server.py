@@ -954,6 +954,9 @@ def create_app(
         engine.max_rank_features = max_rank_features
     engine_calls = _EngineCalls(lock_timeout)
     owns_evaluations = evaluations is None
+    replica_jobs = getattr(engine, "job_managers", None)  # a scaled-out replica: the trainer runs the jobs
+    if replica_jobs is not None and evaluations is None and feature_importances is None:
+        evaluations, feature_importances = replica_jobs()
     if evaluations is None:
         from .evaluation import Evaluations
 
@@ -1044,7 +1047,9 @@ def _add_routes(app: FastAPI, engine: LocalEngine, manager: Evaluations) -> None
             )
 
     async def health(request: Request) -> Response:
-        details = getattr(engine, "health_details", None)  # a scaled-out replica: role, model id and age
+        # Role, store kind, model id and age, backlog (a replica: the trainer's heartbeat). Engines answer
+        # from memory without their lock, so this stays on the loop: no hop behind a busy engine.
+        details = getattr(engine, "health_details", None)
         return _json({"status": "ok", "service": "personalizer-studio", "version": app.version,
                       **(details() if details is not None else {})})
 

@@ -22,10 +22,6 @@ from personalizer.engine import LocalPersonalizer
 from personalizer.interface import LocalEngine, Personalizer
 from personalizer.scaled import ReplicaEngine, run_trainer
 
-#: Tests a scaled-out replica cannot pass yet: policy changes, model import/reset and log deletion are
-#: answered 501 on replicas until a later phase of issue 10 routes them to the trainer.
-REPLICA_LATER = {"test_configuration_and_policy", "test_model_round_trip_and_log"}
-
 
 @pytest.fixture(params=["embedded", "remote", "embedded-pg", "remote-pg", "replicas-pg"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Personalizer]:
@@ -33,8 +29,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Personal
     data directory, or (``-pg``) on a fresh PostgreSQL database; or (``replicas-pg``) a scaled-out
     deployment: two replica servers and a trainer on one database, each call sent to the other replica."""
     if request.param == "replicas-pg":
-        if request.node.originalname in REPLICA_LATER:
-            pytest.skip("not on scaled-out replicas yet (issue 10, later phase): answered 501")
         yield from _replicas(request.getfixturevalue("pg_url"))
         return
     store = request.getfixturevalue("pg_url") if request.param.endswith("-pg") else tmp_path / "data"

@@ -622,7 +622,7 @@ class Evaluations:
         rerun = []
         for rec in stored_jobs(self._store, "evaluation", _parse_record, self._set_aside):
             if rec.result is None and rec.status in ("pending", "running", "notSubmitted"):
-                rec.status = "pending"  # interrupted by a restart: run again
+                rec.status, rec.progress = "pending", 0.0  # interrupted by a restart: run again
                 rerun.append(rec.id)
             self._records[rec.id] = rec
         for evaluation_id in rerun:
@@ -656,6 +656,7 @@ def _record_item(rec: _Record) -> dict[str, Any]:
         "onlinePolicy": rec.online_policy, "created": rec.created, "evaluationType": rec.evaluation_type,
         "offlineExperimentation": rec.offline_experimentation, "status": rec.status,
         "message": rec.message, "result": rec.result.to_json() if rec.result else None,
+        "progress": round(rec.progress, 4),  # a trainer running it for replicas reports how far it is
     }
 
 
@@ -680,6 +681,8 @@ def _record_from_item(item: dict[str, Any]) -> _Record:
         rec.done.set()
     elif rec.status not in ("pending", "running", "notSubmitted"):
         rec.done.set()
+    else:
+        rec.progress = float(item.get("progress", 0.0))
     return rec
 
 
