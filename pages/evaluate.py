@@ -9,7 +9,7 @@ import streamlit as st
 
 from personalizer.contract import PersonalizerError
 from personalizer.dashboard import charts, offline, policy_history, routing, state, widgets
-from personalizer.dashboard.backend import evaluations_for, has_event_log, log_lift
+from personalizer.dashboard.backend import evaluations_for, has_local_log, log_lift
 from personalizer.dashboard.lift import LATER_SLOTS_CAVEAT, from_history
 from personalizer.dashboard.ranking import error_text
 from personalizer.dashboard.text import md, percent, plural
@@ -291,7 +291,7 @@ def main() -> None:
     backend = widgets.current_backend()
     if backend is None:
         return
-    if not has_event_log(backend):
+    if not has_local_log(backend):
         remote_state()
         return
     stats = backend.stats()

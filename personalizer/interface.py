@@ -11,7 +11,7 @@ type against ``LocalEngine`` instead of asking an object what it happens to have
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -59,6 +59,12 @@ class Personalizer(Protocol):
     def log_properties(self) -> dict[str, Any]: ...
 
     def delete_logs(self) -> int: ...
+
+    def log_events(self, start: str | None = None, end: str | None = None, after: str | None = None,
+                   top: int | None = None) -> dict[str, Any]: ...
+
+    def iter_log_events(self, start: str | None = None, end: str | None = None, after: str | None = None,
+                        top: int | None = None) -> Iterator[dict[str, Any]]: ...
 
     def stats(self) -> dict[str, Any]: ...
 

@@ -23,7 +23,7 @@ import binascii
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import IO, Any
 from urllib.parse import urlencode
@@ -206,7 +206,7 @@ def iterate_pages(list_page: Callable[..., dict[str, Any]], start: str | None = 
 # ---------------------------------------------------------------- the command line's export
 
 def _records(location: str | os.PathLike[str] | None, start: float | None,
-             end: float | None) -> tuple[Iterator[LogRecord], Callable[[], None]]:
+             end: float | None) -> tuple[Generator[LogRecord, None, None], Callable[[], None]]:
     """A plain reader of the store ``location`` names (no ownership taken, nothing written), and its closer."""
     from .eventstore import default_location, is_postgres_url
     from .settings import load_settings
@@ -232,6 +232,7 @@ def export_log(out: IO[str], location: str | os.PathLike[str] | None = None, sta
     try:
         return write_lines(records, out)
     finally:
+        records.close()  # the cursor first, then its connection
         close()
 
 

@@ -24,7 +24,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import psycopg
@@ -589,7 +589,7 @@ def open_reader(url: str) -> psycopg.Connection[Any]:
 
 
 def export_rows(conn: psycopg.Connection[Any], start: float | None = None, end: float | None = None,
-                after: LogPosition | None = None, limit: int | None = None) -> Iterator[LogRecord]:
+                after: LogPosition | None = None, limit: int | None = None) -> Generator[LogRecord, None, None]:
     """``PgEventLog.export_events`` on a reader's connection: one snapshot, streamed by a server-side cursor."""
     sql, params = export_query(start, end, after, limit)
     try:

@@ -24,7 +24,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -581,7 +581,7 @@ def open_reader(home: str | os.PathLike[str]) -> sqlite3.Connection:
 
 
 def export_rows(db: sqlite3.Connection, start: float | None = None, end: float | None = None,
-                after: LogPosition | None = None, limit: int | None = None) -> Iterator[LogRecord]:
+                after: LogPosition | None = None, limit: int | None = None) -> Generator[LogRecord, None, None]:
     """``EventLog.export_events`` on any connection (the owner's or a read-only reader's), streamed.
 
     One query: each event's rewards come from a correlated subquery on ``rewards_event``, as JSON text

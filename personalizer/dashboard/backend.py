@@ -166,7 +166,12 @@ def service_configuration(backend: Any) -> dict[str, Any] | None:
 
 
 def has_event_log(backend: Any) -> bool:
-    """True when the dashboard can read the backend's logged events (the embedded engine)."""
+    """True when the dashboard can list the backend's logged events (``log_events``: embedded or remote)."""
+    return callable(getattr(backend, "log_events", None))
+
+
+def has_local_log(backend: Any) -> bool:
+    """True when the backend's log is in this process (the embedded engine): offline evaluations run here."""
     return callable(getattr(backend, "events", None)) and callable(getattr(backend, "log_properties", None))
 
 
@@ -221,7 +226,7 @@ def _log_rows(home: str, engine_id: int, _engine: Any) -> LogRows:
 
 
 def log_rows_for(engine: Any, progress: Callable[[float], None] | None = None) -> LogRows:
-    """The engine's log as trend rows (one reader per engine for the whole server: tabs share it), up to date.
+    """The backend's log as trend rows (one reader per backend for the whole server: tabs share it), up to date.
 
     ``progress(share)`` hears how far a first read of a large log got.
     """
