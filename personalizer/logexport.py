@@ -24,7 +24,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Generator, Iterable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 from urllib.parse import urlencode
 
@@ -98,8 +98,15 @@ class LogEventsPage(BaseModel):
                                   "only what came since (null: nothing listed yet, read from the start).")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+    """ISO-8601 UTC to the microsecond, truncated (not rounded): an event's own ``created`` given as ``start``
+    includes it, and as ``end`` leaves it out."""
+    if ts is None:
+        return None
+    return (_EPOCH + timedelta(microseconds=math.floor(ts * 1_000_000))).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def exported(record: LogRecord) -> dict[str, Any]:
