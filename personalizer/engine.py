@@ -880,9 +880,16 @@ class LocalPersonalizer:
 
         Events ranked in [start, end) (ISO-8601; naive means UTC) after the cursor ``after``, at most
         ``top`` (default 500, at most 5000). Answers ``{"value", "nextLink", "cursor"}``: ``cursor`` is
-        where this page ended (pass it as ``after`` for what follows, now or later); ``nextLink`` is set
-        only when more events were already there. Bad arguments are a 400 that reads nothing.
+        where this page ended (pass it as ``after`` for what follows, now or later); ``nextLink``
+        (``logs/events?...``, relative) is set only when more events were already there. Bad arguments
+        are a 400 that reads nothing.
         """
+        page = self.log_page(start, end, after, top)
+        return page.to_dict(page.relative_link())
+
+    def log_page(self, start: str | None = None, end: str | None = None, after: str | None = None,
+                 top: int | None = None) -> logexport.LogPage:
+        """:meth:`log_events` as read, before it becomes dicts (the server encodes it without them)."""
         lo, hi, position, size = logexport.page_arguments(start, end, after, top)
         with self._locked():  # one page at a time: ranks wait for at most one page's read
             records = list(self._log.export_events(lo, hi, position, size + 1, settle=True))

@@ -32,7 +32,17 @@ from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool
 
 from .contract import PersonalizerError
-from .store import RECORD_TABLES, Checkpoint, LogPosition, LogRecord, PolicyChange, StoredEvent, _change, _event
+from .store import (
+    RECORD_TABLES,
+    Checkpoint,
+    LogPosition,
+    LogRecord,
+    PolicyChange,
+    StoredEvent,
+    _change,
+    _event,
+    log_record,
+)
 
 #: Advisory-lock key held by the process that runs the engine on this database (the ASCII of "PSOWNER").
 OWNER_LOCK = 0x50534F574E4552
@@ -556,7 +566,7 @@ def export_query(start: float | None, end: float | None, after: LogPosition | No
 
 def _record(row: tuple[Any, ...]) -> LogRecord:
     rewards = [(str(slot), float(value), float(received), bool(late)) for slot, value, received, late in row[14] or []]
-    return LogRecord(_event(row), None if row[13] is None else int(row[13]), rewards)
+    return log_record(row, None if row[13] is None else int(row[13]), rewards)
 
 
 def open_reader(url: str) -> psycopg.Connection[Any]:

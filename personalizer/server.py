@@ -426,10 +426,8 @@ async def _log_events(engine: LocalEngine, request: Request, _: str) -> Response
     top = _int_param(request, "top", minimum=1)
 
     def page() -> bytes:  # a page of 5,000 events is megabytes of JSON: encoded off the event loop too
-        body = engine.log_events(q.get("start"), q.get("end"), q.get("after"), top)
-        if body.get("nextLink") is not None:
-            body["nextLink"] = str(request.url.include_query_params(after=body["cursor"]))
-        return _dumps(body)
+        listed = engine.log_page(q.get("start"), q.get("end"), q.get("after"), top)
+        return listed.to_json(str(request.url.include_query_params(after=listed.cursor)) if listed.more else None)
 
     return Response(await run_in_threadpool(page), media_type=_JSON)
 

@@ -161,13 +161,33 @@ class PolicyChange:
 
 @dataclass
 class LogRecord:
-    """One event as the log export reads it: the row, the model that ranked it and every reward it got."""
+    """One event as the log export reads it: the row (its request as the logged JSON text: the export
+    writes it as it is, without decoding and encoding it again), the model that ranked it and every reward."""
 
-    event: StoredEvent
+    seq: int
+    event_id: str
+    created: float
+    request_json: str
+    response: dict[str, Any]
+    mode: str
+    deferred: bool
+    activated: float | None
+    status: str
+    closed: float | None
+    learn_seq: int | None
+    labels: list[float | None] | None
     #: The published model (checkpoint id) that ranked it: PostgreSQL replicas record it; SQLite does not.
     model_id: int | None
     #: (slot_id, value, received, late) of every reward received, on time or late, in arrival order.
     rewards: list[tuple[str, float, float, bool]]
+
+
+def log_record(row: tuple[Any, ...], model_id: int | None, rewards: list[tuple[str, float, float, bool]]) -> LogRecord:
+    """A ``LogRecord`` from a row of ``_EVENT_COLUMNS`` (both stores select them in this order)."""
+    return LogRecord(
+        seq=row[0], event_id=row[1], created=row[2], request_json=row[4], response=json.loads(row[5]), mode=row[6],
+        deferred=bool(row[7]), activated=row[8], status=row[9], closed=row[10], learn_seq=row[11],
+        labels=json.loads(row[12]) if row[12] else None, model_id=model_id, rewards=rewards)
 
 
 #: The export's position in the log: (created, seq) of the last event read; ``(-inf, 0)`` is the start.
@@ -598,7 +618,7 @@ def export_rows(db: sqlite3.Connection, start: float | None = None, end: float |
         for row in cur:
             rewards = [(slot, float(value), float(received), bool(late))
                        for slot, value, received, late in json.loads(row[13])]
-            yield LogRecord(_event(row), None, rewards)
+            yield log_record(row, None, rewards)
     except sqlite3.Error as exc:
         raise storage_error(exc) from None
     finally:

@@ -5,6 +5,7 @@ real server, and the dashboard's log rows read through it."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -23,7 +24,7 @@ from personalizer.client import PersonalizerClient
 from personalizer.contract import PersonalizerError
 from personalizer.engine import LocalPersonalizer
 from personalizer.interface import Personalizer
-from personalizer.logexport import MAX_TOP, ExportedEvent, LogEventsPage, parse_time
+from personalizer.logexport import MAX_TOP, ExportedEvent, LogEventsPage, export_log, parse_time
 
 ROOT = Path(__file__).resolve().parent.parent
 HERO, SIDEBAR = "BigHeroPosition", "SmallSidebar"
@@ -101,13 +102,18 @@ def test_the_exported_shape_round_trips_on_sqlite(tmp_path: Path) -> None:
         one_page = engine.log_events()
         assert one_page["value"] == exported and one_page["nextLink"] is None
         assert LogEventsPage.model_validate(one_page).model_dump() == one_page
+        lines = io.StringIO()  # the command line's writer (requests spliced in as logged) says the same
+        assert export_log(lines, tmp_path / "data") == 5 and _lines(lines.getvalue()) == exported
 
 
 def test_the_exported_shape_round_trips_on_postgres(pg_url: str) -> None:
     clock = FakeClock()
     with LocalPersonalizer(pg_url, clock=clock) as engine:
         expected = _fill(engine, clock)
-        _check_shape(engine, list(engine.iter_log_events(top=2)), expected)
+        exported = list(engine.iter_log_events(top=2))
+        _check_shape(engine, exported, expected)
+        lines = io.StringIO()
+        assert export_log(lines, pg_url) == 5 and _lines(lines.getvalue()) == exported
 
 
 # ---------------------------------------------------------------- the command line
