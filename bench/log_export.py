@@ -152,6 +152,15 @@ def main() -> None:
         old, _ = _timed(lambda: old_cls(engine).refresh())
         rows.append((f"LogRows cold read, previous reader (engine.events(), git {args.baseline})",
                      f"{old:.2f} s", "baseline"))
+        from personalizer.dashboard.log_trends import _collection_paused
+
+        def old_paused() -> None:
+            with _collection_paused():
+                old_cls(engine).refresh()
+
+        paused, _ = _timed(old_paused)
+        rows.append(("LogRows cold read, previous reader with the collector paused as the new one does",
+                     f"{paused:.2f} s", f"{old / paused:.2f}x faster than previous: the pause's share"))
     new_embedded, _ = _timed(lambda: LogRows(engine).refresh())
     rows.append(("LogRows cold read through log_events, embedded", f"{new_embedded:.2f} s",
                  f"{old / new_embedded:.2f}x faster than previous" if old else ""))

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from .logexport import LogPage
 
 __all__ = ["JobRecords", "LocalEngine", "Personalizer"]
 
@@ -95,7 +98,7 @@ class LocalEngine(Personalizer, JobRecords, Protocol):
     def events(self, start: float | None = None, end: float | None = None) -> Sequence[Any]: ...
 
     def log_page(self, start: str | None = None, end: str | None = None, after: str | None = None,
-                 top: int | None = None) -> Any: ...
+                 top: int | None = None) -> LogPage: ...
 
     def greedy(self, request: dict[str, Any]) -> dict[str, str]: ...
 
