@@ -10,7 +10,7 @@ import streamlit as st
 from personalizer.contract import PersonalizerError
 from personalizer.dashboard import charts, offline, policy_history, routing, state, widgets
 from personalizer.dashboard.backend import evaluations_for, log_lift
-from personalizer.dashboard.capabilities import event_log
+from personalizer.dashboard.capabilities import local_engine
 from personalizer.dashboard.lift import LATER_SLOTS_CAVEAT, from_history
 from personalizer.dashboard.ranking import error_text
 from personalizer.dashboard.text import md, percent, plural
@@ -288,7 +288,7 @@ def main() -> None:
     backend = widgets.current_backend()
     if backend is None:
         return
-    engine = event_log(backend)
+    engine = local_engine(backend)  # offline evaluations read the log in this process
     if engine is None:
         remote_state()
         return

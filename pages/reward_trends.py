@@ -9,9 +9,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from personalizer.contract import PersonalizerError
 from personalizer.dashboard import charts, log_trends, report, routing, session, state, trends, widgets
 from personalizer.dashboard.backend import log_rows_for
-from personalizer.dashboard.capabilities import event_log, local_engine
+from personalizer.dashboard.capabilities import local_engine
 from personalizer.dashboard.experiments import Experiment
 from personalizer.dashboard.history import to_csv
 from personalizer.dashboard.labels import Labels
@@ -147,7 +148,7 @@ def lift_section(report: LiftReport, labels: Labels) -> None:
     widgets.lift_metrics(report, labels)
     if len(report.lifts) > 1:
         st.caption(LATER_SLOTS_CAVEAT)
-    if event_log(state.backend()) is not None:
+    if local_engine(state.backend()) is not None:
         st.page_link("pages/evaluate.py", label="Compare other learning settings on the Evaluate page",
                      icon=":material/science:")
 
@@ -269,6 +270,14 @@ def tab_view(labels: Labels) -> Drawn:
     return drawn
 
 
+def cannot_list(error: PersonalizerError | None) -> None:
+    """Why the log view is empty: the backend does not list its log (a server without ``logs/events``)."""
+    why = f" It answered {error.code} ({error.status}): {md(error.message)}" if error is not None else ""
+    st.info("**The server's log cannot be listed from here.** It does not offer this project's log listing "
+            f"(GET …/logs/events), so only this tab's history can be charted: switch Show to This tab's history.{why}",
+            icon=":material/cloud_off:")
+
+
 def log_view(labels: Labels) -> Drawn:
     """Every logged event of the sidebar's catalog on this backend, since the last change or all of it."""
     drawn = Drawn("All events in the log", "")
@@ -276,22 +285,19 @@ def log_view(labels: Labels) -> Drawn:
     scenario = state.scenario()
     if backend is None or scenario is None:
         return drawn
-    engine = event_log(backend)
-    if engine is None:
-        st.info("**The remote server's log cannot be listed from here.** Its API has no call that returns "
-                "logged events (a log export is planned), so only this tab's history can be charted: switch "
-                "Show to This tab's history. What drives the choices still reports on the server's own log "
-                "(through its feature-importance API).",
-                icon=":material/cloud_off:")
-        return drawn
     span = st.segmented_control("Span", [SPAN_SINCE, SPAN_WHOLE], default=SPAN_SINCE, key="trend-log-span",
                                 required=True,
                                 help="Since last change: events the current model served (since its last reset "
                                      "or policy change). Whole log: every logged event of this catalog, with "
                                      "a rule where the current model began.") or SPAN_SINCE
     bar = st.empty()  # the first read of a large log takes seconds (then only what is new): show how far it got
-    rows = log_rows_for(engine, progress=lambda share: bar.progress(
-        share, text=f"Reading the event log for the first time… {share:.0%}"))
+    try:
+        rows = log_rows_for(backend, progress=lambda share: bar.progress(
+            share, text=f"Reading the event log for the first time… {share:.0%}"))
+    except PersonalizerError as exc:  # e.g. a Personalizer look-alike without the log listing
+        bar.empty()
+        cannot_list(exc)
+        return drawn
     bar.empty()
     catalog = rows.catalog_number((frozenset(scenario.action_ids), tuple(scenario.slot_ids)))
     experiment = state.experiment()
@@ -321,6 +327,9 @@ def log_view(labels: Labels) -> Drawn:
         return log_trends.time_markers(frame, marks)
 
     draw_trends(df, key, labels, drawn, extra_marks=log_marks)
+    st.download_button("Download CSV", data=lambda: to_csv(rows.with_event_ids(df)), file_name="personalizer-log.csv",
+                       mime="text/csv", icon=":material/download:", key="download-log", on_click="ignore",
+                       help="The rows of this view, one per event and slot, with the events' ids.")
     return drawn
 
 

@@ -1,4 +1,6 @@
-"""Command line: ``python -m personalizer serve [--host 127.0.0.1] [--port 8000] [--data DIR] [--key KEY]``.
+"""Command line: ``python -m personalizer serve [--host 127.0.0.1] [--port 8000] [--data DIR] [--key KEY]``,
+``python -m personalizer train --store URL`` and
+``python -m personalizer logs export [--store DIR|URL] [--start ISO] [--end ISO] [--out FILE]``.
 
 Keys may also come from ``PERSONALIZER_KEY`` and ``PERSONALIZER_KEY_2`` (preferred: a
 ``--key`` argument is visible to other users in the process list); both are valid at
@@ -97,8 +99,24 @@ def main(argv: list[str] | None = None) -> int:
                            help="the shared log: a postgresql://user@host:port/db URL (default $PERSONALIZER_STORE)")
     train_cmd.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve_cmd.add_argument("--access-log", action="store_true", help="log every request line (off: faster)")
+    logs_cmd = commands.add_parser("logs", help="read the event log")
+    logs_commands = logs_cmd.add_subparsers(dest="logs_command", required=True)
+    export_cmd = logs_commands.add_parser(
+        "export", help="write the event log as JSON Lines, one event per line, in creation order",
+        description="Write every logged event (any status) as JSON Lines: eventId, created, the rank request, "
+                    "each slot's action and probability, every reward received, status, labels, learnSeq, modelId. "
+                    "Reads without taking the log over: works while a server runs on it.")
+    export_cmd.add_argument("--store", default=None,
+                            help="a data directory (SQLite) or a postgresql:// URL (default as serve: "
+                                 "$PERSONALIZER_STORE, else $PERSONALIZER_HOME or ./.personalizer)")
+    export_cmd.add_argument("--start", default=None, help="only events created at or after this ISO-8601 time "
+                                                          "(naive means UTC)")
+    export_cmd.add_argument("--end", default=None, help="only events created before this ISO-8601 time")
+    export_cmd.add_argument("--out", default=None, help="write to this file (replaced when complete); default stdout")
     args = parser.parse_args(argv)
 
+    if args.command == "logs":
+        return _export_logs(args.store, args.start, args.end, args.out)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
     if args.command == "train":
         return _train(args.store or settings.store or "")
@@ -138,6 +156,43 @@ def _train(store: str) -> int:
         run_trainer(store, stop=stop)
     except PersonalizerError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _export_logs(store: str | None, start: str | None, end: str | None, out: str | None) -> int:
+    """``logs export``: 0 when written; 2 for a bad time (a usage error), 1 when the store cannot be read."""
+    import os
+
+    from .contract import PersonalizerError
+    from .logexport import export_log, parse_time
+
+    try:
+        lo, hi = parse_time(start, "--start"), parse_time(end, "--end")
+    except PersonalizerError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    try:
+        if out is None:
+            export_log(sys.stdout, store, lo, hi)
+            sys.stdout.flush()
+            return 0
+        partial = f"{out}.partial"  # a failed export never leaves a truncated file where a complete one was
+        try:
+            with open(partial, "w", encoding="utf-8") as target:
+                export_log(target, store, lo, hi)
+            os.replace(partial, out)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
+    except PersonalizerError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. piped into head: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # --out in a missing directory, a full disk
+        print(f"error: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
 

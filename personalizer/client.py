@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -31,6 +32,7 @@ from urllib3.exceptions import MaxRetryError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from .contract import PersonalizerError
+from .logexport import iterate_pages
 from .protocol import API_VERSION, DELETED_HEADER, KEY_HEADER, STATUS_HEADER, code_of_status, new_event_id
 
 __all__ = ["API_VERSION", "PersonalizerClient", "normalize_endpoint"]
@@ -183,6 +185,18 @@ class PersonalizerClient:
             return int(resp.headers.get(DELETED_HEADER, "0"))
         except ValueError:
             return 0
+
+    def log_events(self, start: str | None = None, end: str | None = None, after: str | None = None,
+                   top: int | None = None) -> dict[str, Any]:
+        """One page of the event log, ``{"value", "nextLink", "cursor"}`` (this project's server extension):
+        events created in [start, end) after the cursor ``after``, ``top`` per page (default 500, max 5000)."""
+        params = {k: v for k, v in (("start", start), ("end", end), ("after", after), ("top", top)) if v is not None}
+        return _json_of(self._call("GET", "/logs/events", safe=True, query="&" + urlencode(params) if params else ""))
+
+    def iter_log_events(self, start: str | None = None, end: str | None = None, after: str | None = None,
+                        top: int | None = None) -> Iterator[dict[str, Any]]:
+        """Every event of :meth:`log_events`, page after page (one request per ``top`` events)."""
+        return iterate_pages(self.log_events, start, end, after, top)
 
     def stats(self) -> dict[str, Any]:
         """Event counts and settings (this project's server extension)."""

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from . import logexport
 from .contract import (
     DEFAULT_EXPLORATION,
     MIN_PROBABILITY,
@@ -872,6 +873,32 @@ class LocalPersonalizer:
         """
         with self._locked():
             return list(self._log.iter_events(start, end))
+
+    def log_events(self, start: str | None = None, end: str | None = None, after: str | None = None,
+                   top: int | None = None) -> dict[str, Any]:
+        """One page of the event log in the exported shape (``logexport.ExportedEvent``), every status.
+
+        Events ranked in [start, end) (ISO-8601; naive means UTC) after the cursor ``after``, at most
+        ``top`` (default 500, at most 5000). Answers ``{"value", "nextLink", "cursor"}``: ``cursor`` is
+        where this page ended (pass it as ``after`` for what follows, now or later); ``nextLink``
+        (``logs/events?...``, relative) is set only when more events were already there. Bad arguments
+        are a 400 that reads nothing.
+        """
+        page = self.log_page(start, end, after, top)
+        return page.to_dict(page.relative_link())
+
+    def log_page(self, start: str | None = None, end: str | None = None, after: str | None = None,
+                 top: int | None = None) -> logexport.LogPage:
+        """:meth:`log_events` as read, before it becomes dicts (the server encodes it without them)."""
+        lo, hi, position, size = logexport.page_arguments(start, end, after, top)
+        with self._locked():  # one page at a time: ranks wait for at most one page's read
+            records = list(self._log.export_events(lo, hi, position, size + 1, settle=True))
+        return logexport.page_of(records, size, after, {"start": start, "end": end})
+
+    def iter_log_events(self, start: str | None = None, end: str | None = None, after: str | None = None,
+                        top: int | None = None) -> Iterator[dict[str, Any]]:
+        """Every event of :meth:`log_events`, page after page (``top`` events per page)."""
+        return logexport.iterate_pages(self.log_events, start, end, after, top)
 
     def event(self, event_id: str) -> StoredEvent | None:
         """One logged event, whatever its status, or None."""

@@ -11,9 +11,12 @@ type against ``LocalEngine`` instead of asking an object what it happens to have
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from .logexport import LogPage
 
 __all__ = ["JobRecords", "LocalEngine", "Personalizer"]
 
@@ -60,6 +63,12 @@ class Personalizer(Protocol):
 
     def delete_logs(self) -> int: ...
 
+    def log_events(self, start: str | None = None, end: str | None = None, after: str | None = None,
+                   top: int | None = None) -> dict[str, Any]: ...
+
+    def iter_log_events(self, start: str | None = None, end: str | None = None, after: str | None = None,
+                        top: int | None = None) -> Iterator[dict[str, Any]]: ...
+
     def stats(self) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
@@ -87,6 +96,9 @@ class LocalEngine(Personalizer, JobRecords, Protocol):
     max_rank_features: int | None
 
     def events(self, start: float | None = None, end: float | None = None) -> Sequence[Any]: ...
+
+    def log_page(self, start: str | None = None, end: str | None = None, after: str | None = None,
+                 top: int | None = None) -> LogPage: ...
 
     def greedy(self, request: dict[str, Any]) -> dict[str, str]: ...
 

@@ -28,7 +28,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import psycopg
@@ -36,7 +36,17 @@ from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool
 
 from .contract import PersonalizerError
-from .store import RECORD_TABLES, Checkpoint, PolicyChange, StoredEvent, _change, _event
+from .store import (
+    RECORD_TABLES,
+    Checkpoint,
+    LogPosition,
+    LogRecord,
+    PolicyChange,
+    StoredEvent,
+    _change,
+    _event,
+    log_record,
+)
 
 #: Advisory-lock key held by the process that runs the engine on this database (the ASCII of "PSOWNER").
 OWNER_LOCK = 0x50534F574E4552
@@ -152,6 +162,10 @@ FINAL_COMMAND_STATES = ("done", "failed", "cancelled")
 _EVENT_COLUMNS = ("seq, event_id, created, request_hash, request, response, mode, deferred, activated,"
                   " status, closed, learn_seq, labels")
 _CHANGE_COLUMNS = "id, created, who, action, evaluation_id, before, after, details"
+#: Seconds a listing by a process that does not own the log stays behind the database clock: events are
+#: inserted by other processes, each with a creation time read just before its insert commits, so the
+#: newest second or two may still gain rows that sort before the last one listed.
+SETTLE_SECONDS = 2.0
 #: Names of server-side cursors (unique per process: two may be open on one pinned connection).
 _CURSOR_NAMES = (f"personalizer_stream_{n}" for n in itertools.count())
 
@@ -373,6 +387,23 @@ class PgEventLog:
                 (start if start is not None else float("-inf"), end if end is not None else float("inf"),
                  list(statuses))):
             yield _event(row)
+
+    def export_events(self, start: float | None = None, end: float | None = None,
+                      after: LogPosition | None = None, limit: int | None = None,
+                      *, settle: bool = False) -> Iterator[LogRecord]:
+        """Every event ranked in [start, end) after position ``after``, whatever its status, ordered by
+        (created, seq), with the model that ranked it and its rewards (the log export and listing).
+
+        ``settle``: when this process does not own the log (a replica), leave out the newest
+        ``SETTLE_SECONDS`` by the database clock, so a paged listing never moves past an event that
+        another replica is still committing.
+        """
+        if settle and self._lease is None:
+            horizon = self.db_now() - SETTLE_SECONDS
+            end = horizon if end is None else min(end, horizon)
+        sql, params = export_query(start, end, after, limit)
+        for row in self._stream(sql, params):
+            yield _record(row)
 
     def counts(self) -> dict[str, int]:
         """Number of events per status, and of rewards."""
@@ -682,6 +713,67 @@ class PgEventLog:
         """One recorded policy change, or None."""
         row = self._fetchone(f"SELECT {_CHANGE_COLUMNS} FROM policy_changes WHERE id = %s", (change_id,))
         return _change(row) if row else None
+
+
+def export_query(start: float | None, end: float | None, after: LogPosition | None,
+                 limit: int | None) -> tuple[str, tuple[Any, ...]]:
+    """The export's query: events with their model and rewards (one JSON array per event, arrival order)."""
+    columns = ", ".join("e." + c.strip() for c in _EVENT_COLUMNS.split(","))
+    position = after if after is not None else (float("-inf"), 0)
+    return (f"SELECT {columns}, e.model_id, (SELECT json_agg(json_build_array(r.slot_id, r.value, r.received,"
+            " r.late) ORDER BY r.id) FROM rewards r WHERE r.event_id = e.event_id)"
+            " FROM events e WHERE e.created >= %s AND e.created < %s AND (e.created, e.seq) > (%s, %s)"
+            " ORDER BY e.created, e.seq LIMIT %s",
+            (start if start is not None else float("-inf"), end if end is not None else float("inf"),
+             position[0], position[1], limit))
+
+
+def _record(row: tuple[Any, ...]) -> LogRecord:
+    rewards = [(str(slot), float(value), float(received), bool(late)) for slot, value, received, late in row[14] or []]
+    return log_record(row, None if row[13] is None else int(row[13]), rewards)
+
+
+def open_reader(url: str) -> psycopg.Connection[Any]:
+    """A plain reading connection to the log at ``url``: no owner lock, no migration, nothing written.
+
+    Raises a ``PersonalizerError`` when the database cannot be reached or holds no Personalizer log.
+    """
+    where = redact(url)
+    try:
+        conn = psycopg.connect(url, autocommit=True, application_name=f"personalizer-reader-{os.getpid()}",
+                               connect_timeout=10)
+    except psycopg.Error as exc:
+        raise pg_error(exc, where) from None
+    try:
+        conn.execute("SET default_transaction_read_only = on")
+        row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+        version = conn.execute("SELECT version FROM schema_version").fetchone() if row and row[0] else None
+    except psycopg.Error as exc:
+        conn.close()
+        raise pg_error(exc, where) from None
+    if version is None:
+        conn.close()
+        raise PersonalizerError("ResourceNotFound", f"no Personalizer event log in {where}", 404)
+    if int(version[0]) != SCHEMA_VERSION:
+        conn.close()
+        raise PersonalizerError(
+            "DatabaseVersionNotSupported", f"the database {where} has schema version {version[0]}; this version "
+            f"of Personalizer Studio reads version {SCHEMA_VERSION} (start its server once to migrate it)", 503)
+    return conn
+
+
+def export_rows(conn: psycopg.Connection[Any], start: float | None = None, end: float | None = None,
+                after: LogPosition | None = None, limit: int | None = None) -> Generator[LogRecord, None, None]:
+    """``PgEventLog.export_events`` on a reader's connection: one snapshot, streamed by a server-side cursor."""
+    sql, params = export_query(start, end, after, limit)
+    try:
+        with conn.transaction(), conn.cursor(name=next(_CURSOR_NAMES)) as cur:
+            cur.itersize = 2000
+            cur.execute(sql, params)
+            for row in cur:
+                yield _record(row)
+    except psycopg.Error as exc:
+        raise pg_error(exc, redact(conn.info.dsn)) from None
 
 
 class _PgTransaction:

@@ -86,6 +86,7 @@ from .contract import (
     loads,
 )
 from .interface import LocalEngine
+from .logexport import LogEventsPage
 from .protocol import (  # re-exported: callers import them from the server too
     API_VERSIONS,
     DELETED_HEADER,
@@ -419,6 +420,18 @@ async def _log_properties(engine: LocalEngine, request: Request, _: str) -> Resp
     return _json(await _offload(request, engine.log_properties))
 
 
+async def _log_events(engine: LocalEngine, request: Request, _: str) -> Response:
+    """Extension: one page of the event log in the export shape; ``nextLink`` carries the cursor on."""
+    q = request.query_params
+    top = _int_param(request, "top", minimum=1)
+
+    def page() -> bytes:  # a page of 5,000 events is megabytes of JSON: encoded off the event loop too
+        listed = engine.log_page(q.get("start"), q.get("end"), q.get("after"), top)
+        return listed.to_json(str(request.url.include_query_params(after=listed.cursor)) if listed.more else None)
+
+    return Response(await run_in_threadpool(page), media_type=_JSON)
+
+
 async def _stats(engine: LocalEngine, request: Request, _: str) -> Response:
     stats = dict(await _offload(request, engine.stats))
     stats.pop("home", None)  # the server's file system is none of the caller's business
@@ -633,6 +646,13 @@ _OPERATIONS = (
                "Delete closed events and their rewards from the log."),
     _Operation("Log_GetProperties", "GET", "/logs/properties", _log_properties, 200,
                "The time range the event log covers.", LogsProperties),
+    _Operation("Log_ListEvents", "GET", "/logs/events", _log_events, 200,
+               "Extension: logged events (any status) in creation order, in the shape 'logs export' writes, "
+               "paged by an opaque cursor that stays valid while new events arrive.", LogEventsPage,
+               query=(("start", "string", "Only events created at or after this ISO-8601 time."),
+                      ("end", "string", "Only events created before this ISO-8601 time."),
+                      ("after", "string", "The cursor of an earlier page: list what came after it."),
+                      ("top", "integer", "Events per page: 1 to 5000 (default 500)."))),
     _Operation("Stats", "GET", "/stats", _stats, 200,
                "Extension: event counts by status, rewards, pending events, learning mode and policy."),
     # Offline evaluations: v1.x shapes on the versioned paths, 2022-09-01-preview shapes with ?api-version.

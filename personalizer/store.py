@@ -24,7 +24,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,6 +159,41 @@ class PolicyChange:
     details: dict[str, Any] | None
 
 
+@dataclass
+class LogRecord:
+    """One event as the log export reads it: the row (its request as the logged JSON text: the export
+    writes it as it is, without decoding and encoding it again), the model that ranked it and every reward."""
+
+    seq: int
+    event_id: str
+    created: float
+    request_json: str
+    response: dict[str, Any]
+    mode: str
+    deferred: bool
+    activated: float | None
+    status: str
+    closed: float | None
+    learn_seq: int | None
+    labels: list[float | None] | None
+    #: The published model (checkpoint id) that ranked it: PostgreSQL replicas record it; SQLite does not.
+    model_id: int | None
+    #: (slot_id, value, received, late) of every reward received, on time or late, in arrival order.
+    rewards: list[tuple[str, float, float, bool]]
+
+
+def log_record(row: tuple[Any, ...], model_id: int | None, rewards: list[tuple[str, float, float, bool]]) -> LogRecord:
+    """A ``LogRecord`` from a row of ``_EVENT_COLUMNS`` (both stores select them in this order)."""
+    return LogRecord(
+        seq=row[0], event_id=row[1], created=row[2], request_json=row[4], response=json.loads(row[5]), mode=row[6],
+        deferred=bool(row[7]), activated=row[8], status=row[9], closed=row[10], learn_seq=row[11],
+        labels=json.loads(row[12]) if row[12] else None, model_id=model_id, rewards=rewards)
+
+
+#: The export's position in the log: (created, seq) of the last event read; ``(-inf, 0)`` is the start.
+LogPosition = tuple[float, int]
+
+
 def default_home() -> Path:
     """The data directory: ``$PERSONALIZER_HOME`` or ``.personalizer/`` in the working directory."""
     return load_settings().home
@@ -178,20 +213,29 @@ class EventLog:
         try:
             self._open()
         except BaseException:
-            self._db.close()
+            self.close()
             raise
 
     def _open(self) -> None:
         try:
             # One process owns a data directory: a second engine would learn a diverging model
-            # from the same log. EXCLUSIVE locking enforces that and skips shared-memory locking.
-            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            # from the same log. An exclusive lock on a file beside the database enforces that
+            # while SQLite itself keeps NORMAL locking, so readers in other processes (``logs
+            # export`` while the server runs) can read the WAL database. Where ``fcntl`` is
+            # missing, SQLite's EXCLUSIVE locking mode does it (and then nothing else can read).
+            self._owner = _lock_owner(self.home)
+            if self._owner is None:
+                self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if load_settings().full_sync else 'NORMAL'}")
             # Checkpointing the WAL is what fsyncs; doing it every ~40 MB instead of every
             # ~4 MB takes most of the cost off each commit.
             self._db.execute("PRAGMA wal_autocheckpoint=10000")
-            self._db.execute("BEGIN IMMEDIATE")  # take the write lock now; EXCLUSIVE mode keeps it
+            self._db.execute("BEGIN IMMEDIATE")  # the write lock for the migration (EXCLUSIVE mode keeps it)
+        except _InUse as exc:
+            raise PersonalizerError(
+                "InternalServerError", f"the data directory {self.home} is in use by another process ({exc})",
+                503) from None
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 raise storage_error(exc, self.path) from None
@@ -231,8 +275,12 @@ class EventLog:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def close(self) -> None:
-        """Close the database connection."""
+        """Close the database connection and release the data directory."""
         self._db.close()
+        owner = getattr(self, "_owner", None)
+        if owner is not None:
+            owner.close()  # closing the file drops its lock
+            self._owner = None
 
     def _write(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
         """One write statement; a failure (full disk, I/O) becomes a Personalizer error, nothing written."""
@@ -356,6 +404,14 @@ class EventLog:
                 self._db.execute(f"DELETE FROM rewards WHERE event_id IN ({marks})", chunk)
                 self._db.execute(f"DELETE FROM events WHERE event_id IN ({marks})", chunk)
         return len(ids)
+
+    def export_events(self, start: float | None = None, end: float | None = None,
+                      after: LogPosition | None = None, limit: int | None = None,
+                      *, settle: bool = False) -> Iterator[LogRecord]:
+        """Every event ranked in [start, end) after position ``after``, whatever its status, in log order,
+        with its rewards (the log export and listing). ``settle`` matters only to a log shared by several
+        writers (PostgreSQL); here one process writes, so the order of ``seq`` is the order of creation."""
+        return export_rows(self._db, start, end, after, limit)
 
     # ------------------------------------------------------------ rewards
     def add_rewards(self, event_id: str, rewards: list[tuple[str, float]], when: float, late: bool = False) -> None:
@@ -496,6 +552,77 @@ def _rollback(db: sqlite3.Connection) -> None:
     if db.in_transaction:
         with contextlib.suppress(sqlite3.Error):
             db.execute("ROLLBACK")
+
+
+class _InUse(Exception):
+    """The data directory's owner lock is held by another process (or another open log)."""
+
+
+def _lock_owner(home: Path) -> Any:
+    """Hold the data directory's owner lock (``personalizer.lock``, an exclusive ``flock``) on an open file.
+
+    The lock dies with the process (a SIGKILL releases it) or when the file is closed. Returns the
+    open file, or None where ``fcntl`` does not exist; raises ``_InUse`` while another holds it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: SQLite's EXCLUSIVE locking mode guards the directory instead
+        return None
+    owner = open(home / "personalizer.lock", "a+b")  # noqa: SIM115 - held open for the log's lifetime
+    try:
+        fcntl.flock(owner.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        owner.close()
+        raise _InUse(f"{home / 'personalizer.lock'} is locked: {exc.strerror or exc}") from None
+    return owner
+
+
+def open_reader(home: str | os.PathLike[str]) -> sqlite3.Connection:
+    """A read-only connection to the event log in ``home`` (none is created), usable while a server owns it.
+
+    Raises a ``PersonalizerError`` (404 when there is no log there, 503 when it cannot be read).
+    """
+    path = Path(home) / "personalizer.sqlite3"
+    if not path.is_file():
+        raise PersonalizerError("ResourceNotFound", f"no event log in {home} ({path.name} is missing)", 404)
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
+                             timeout=5.0)
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            db.close()
+            raise PersonalizerError(
+                "DatabaseVersionNotSupported", f"the database {path} has schema version {version}, newer than "
+                f"this version of Personalizer Studio supports ({SCHEMA_VERSION})", 503)
+        db.execute("SELECT 1 FROM events LIMIT 1").fetchall()
+    except sqlite3.Error as exc:
+        raise storage_error(exc, path) from None
+    return db
+
+
+def export_rows(db: sqlite3.Connection, start: float | None = None, end: float | None = None,
+                after: LogPosition | None = None, limit: int | None = None) -> Generator[LogRecord, None, None]:
+    """``EventLog.export_events`` on any connection (the owner's or a read-only reader's), streamed.
+
+    One query: each event's rewards come from a correlated subquery on ``rewards_event``, as JSON text
+    with ``quote()``d numbers (SQLite's JSON prints 15 digits; ``quote`` round-trips a float).
+    """
+    cur = db.execute(
+        f"SELECT {', '.join('e.' + c.strip() for c in _EVENT_COLUMNS.split(','))},"
+        " (SELECT json_group_array(json_array(slot_id, quote(value), quote(received), late))"
+        "  FROM (SELECT slot_id, value, received, late FROM rewards r WHERE r.event_id = e.event_id ORDER BY r.id))"
+        " FROM events e WHERE e.created >= ? AND e.created < ? AND e.seq > ? ORDER BY e.seq LIMIT ?",
+        (start if start is not None else float("-inf"), end if end is not None else float("inf"),
+         after[1] if after is not None else 0, -1 if limit is None else limit))
+    try:
+        for row in cur:
+            rewards = [(slot, float(value), float(received), bool(late))
+                       for slot, value, received, late in json.loads(row[13])]
+            yield log_record(row, None, rewards)
+    except sqlite3.Error as exc:
+        raise storage_error(exc) from None
+    finally:
+        cur.close()
 
 
 def _execute_script(db: sqlite3.Connection, script: str) -> None:

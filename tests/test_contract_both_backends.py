@@ -88,7 +88,7 @@ def test_both_backends_are_a_personalizer(backend: Any) -> None:
     assert isinstance(backend, Personalizer)
     assert isinstance(backend, LocalEngine) == isinstance(backend, LocalPersonalizer)
     operations = sorted(n for n, v in vars(Personalizer).items() if callable(v) and not n.startswith("_"))
-    assert len(operations) == 21
+    assert len(operations) == 23
     for name in operations:
         wanted = inspect.signature(getattr(Personalizer, name)).parameters
         offered = inspect.signature(getattr(type(backend), name)).parameters

@@ -469,15 +469,15 @@ def test_custom_policies_time_windows_and_candidates() -> None:
 
 def test_only_the_embedded_engine_offers_the_local_extras(tmp_path: Path) -> None:
     from personalizer.client import PersonalizerClient
-    from personalizer.dashboard.capabilities import event_log, local_engine, top_picks
+    from personalizer.dashboard.capabilities import local_engine, top_picks
     from personalizer.interface import Personalizer
 
     client = PersonalizerClient("http://127.0.0.1:9", None)
     engine = LocalPersonalizer(tmp_path)
     try:
         assert isinstance(client, Personalizer) and isinstance(engine, Personalizer)
-        assert local_engine(client) is None and event_log(client) is None and top_picks(client) is None
-        assert local_engine(engine) is engine and event_log(engine) is engine
+        assert local_engine(client) is None and top_picks(client) is None
+        assert local_engine(engine) is engine
         picks = top_picks(engine)
         assert picks is not None and set(picks(SEED.rank_request(CONTEXT))) == set(SEED.slot_ids)
     finally:

@@ -141,7 +141,7 @@ def test_secrets_toml_settings_win_and_a_missing_endpoint_is_explained(studio_ho
     assert KEY not in _everything(at)
 
 
-def test_remote_trends_say_the_servers_log_cannot_be_listed_and_cards_explain_through_the_api(
+def test_remote_trends_chart_the_servers_whole_log_and_cards_explain_through_the_api(
         app: AppTest, server: ThreadedServer) -> None:
     from personalizer.dashboard.scenarios import builtin
     from personalizer.simulation import simulate
@@ -156,7 +156,15 @@ def test_remote_trends_say_the_servers_log_cannot_be_listed_and_cards_explain_th
     app.switch_page("pages/reward_trends.py").run()
     assert not app.exception
     assert app.segmented_control(key="trend-view").value == "All events in the log"
-    assert "The remote server's log cannot be listed from here." in texts(app)
+    # The server's whole log, listed through its logs/events API: every visitor the server answered.
+    assert app.metric[0].value == "300", texts(app)
+    app.segmented_control(key="trend-log-span").set_value("Whole log").run()
+    assert not app.exception and app.metric[0].value == "300"
+    assert app.download_button(key="download-log").label == "Download CSV"  # the view's rows, under the charts
+    # New events on the server show on the next run (read from the listing's cursor, not from the start).
+    simulate(server.engine, builtin("seed"), 20, seed=6)
+    app.run()
+    assert not app.exception and app.metric[0].value == "320"
     # What drives the choices: the same report through the server's featureImportances API.
     app.switch_page("pages/what_drives.py").run()
     app.selectbox(key="why-range").set_value("All logged events")

@@ -208,16 +208,16 @@ def clear_caches() -> None:
 # ---------------------------------------------------------------- the log as trend rows
 
 @st.cache_resource(show_spinner="Reading the event log…", max_entries=8)
-def _log_rows(home: str, engine_id: int, _engine: LocalEngine) -> LogRows:
-    return LogRows(_engine)
+def _log_rows(backend_id: int, _backend: Personalizer) -> LogRows:
+    return LogRows(_backend)
 
 
-def log_rows_for(engine: LocalEngine, progress: Callable[[float], None] | None = None) -> LogRows:
-    """The engine's log as trend rows (one reader per engine for the whole server: tabs share it), up to date.
+def log_rows_for(engine: Personalizer, progress: Callable[[float], None] | None = None) -> LogRows:
+    """The backend's log as trend rows (one reader per backend for the whole server: tabs share it), up to date.
 
     ``progress(share)`` hears how far a first read of a large log got.
     """
-    rows = _log_rows(str(engine.home), id(engine), engine)
+    rows = _log_rows(id(engine), engine)
     rows.refresh(progress)
     return rows
 

@@ -3,8 +3,9 @@
 Every backend (the embedded engine, the HTTP client) satisfies
 :class:`~personalizer.interface.Personalizer`, and the pages call that API
 directly. A few features need the engine in this process, which the client does
-not offer: its event log (log trends, lift from the log, offline evaluations,
-apprentice metrics), the model's greedy pick (exploration labels on the cards),
+not offer: reading its event log in process (offline evaluations, lift from the
+log, apprentice metrics; log trends list any backend's log through
+``log_events``), the model's greedy pick (exploration labels on the cards),
 job records kept beside it (evaluations, feature importances) and the automatic
 optimization's state. Whether a backend has them is one typed decision,
 :func:`local_engine` (the runtime-checkable
@@ -21,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..interface import LocalEngine, Personalizer
 
-__all__ = ["FeatureImportanceJobs", "TopPicks", "event_log", "local_engine", "top_picks"]
+__all__ = ["FeatureImportanceJobs", "TopPicks", "local_engine", "top_picks"]
 
 #: The model's top pick per slot for a rank request (exploration off, nothing logged).
 TopPicks = Callable[[dict[str, Any]], dict[str, str]]
@@ -43,15 +44,6 @@ class FeatureImportanceJobs(Protocol):
 def local_engine(backend: Personalizer) -> LocalEngine | None:
     """The backend as the engine in this process (event log, greedy, job records), or None for a remote one."""
     return backend if isinstance(backend, LocalEngine) else None
-
-
-def event_log(backend: Personalizer) -> LocalEngine | None:
-    """The backend whose event log the dashboard reads (trends, lift, evaluations), or None.
-
-    Only the embedded engine today: widen this one function when the remote
-    client can list events too.
-    """
-    return local_engine(backend)
 
 
 def top_picks(backend: Personalizer) -> TopPicks | None:

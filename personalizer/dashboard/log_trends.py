@@ -1,23 +1,30 @@
-"""The embedded engine's event log as trend rows, read incrementally (plain Python and pandas, no Streamlit).
+"""A backend's event log as trend rows, read incrementally (plain Python and pandas, no Streamlit).
 
 The Reward trends page charts this tab's history by default; with "All events in
-the log" it charts what the engine logged instead, so a fresh tab or a reload is
+the log" it charts what the backend logged instead, so a fresh tab or a reload is
 never an empty page. :class:`LogRows` turns logged events into the history's row
 shape (one row per event and slot, :data:`.history.COLUMNS` plus ``catalog`` and
 ``mode``), so every trends function and chart works on either.
 
+The events come through the one interface's ``log_events`` (the exported shape of
+``personalizer.logexport``, one page at a time), so the embedded engine, a ``serve``
+and a scaled-out replica are read alike.
+
 Why incremental: a log of 100,000 events takes seconds to read and parse, and the
 page reruns on every click. The rows of closed events never change, so each read
-only asks the engine for events from the oldest one still pending (whose reward
-may still arrive) onwards; a shrunken log (deleted logs) is read again from the
-start. One :class:`LogRows` per engine lives in the dashboard's process cache.
+resumes from the listing's cursor: after the last event read, or, while some events
+are still pending (their rewards may still arrive), from the start of the first page
+that held one; a shrunken log (deleted logs) is read again from the start. One
+:class:`LogRows` per backend lives in the dashboard's process cache.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -26,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ..contract import PersonalizerError
-from ..interface import LocalEngine, Personalizer
+from ..interface import Personalizer
 from .history import COLUMNS
 
 log = logging.getLogger(__name__)
@@ -40,7 +47,7 @@ Catalog = tuple[frozenset[str], tuple[str, ...]]
 T = TypeVar("T")
 _MISSING = object()
 _MEMO_ENTRIES = 64
-#: Events per read of the engine's log on a first read (each read holds the engine's lock).
+#: Events per page of the backend's log listing (each page holds the engine's lock for its read).
 READ_CHUNK = 5_000
 
 
@@ -71,26 +78,37 @@ class _EventRows:
 
 
 class LogRows:
-    """Trend rows of one engine's log, kept up to date by :meth:`refresh` (thread-safe)."""
+    """Trend rows of one backend's log, kept up to date by :meth:`refresh` (thread-safe).
 
-    def __init__(self, engine: LocalEngine) -> None:
-        self._engine = engine
+    ``backend``: anything with the interface's ``log_events`` and ``stats`` (the embedded engine,
+    a ``PersonalizerClient``).
+    """
+
+    def __init__(self, backend: Personalizer) -> None:
+        self._backend = backend
         self._lock = threading.Lock()
         self._reset()
 
     def _reset(self) -> None:
         self.catalogs: list[Catalog] = []
         self._catalog_index: dict[Catalog, int] = {}
-        self._closed: list[_EventRows] = []
+        # Closed events' rows go into columns page by page (one small frame per page read): 100,000
+        # row objects kept alive made every garbage collection walk them, and that was most of a read.
+        self._closed_chunks: list[pd.DataFrame] = []
+        self._closed_total = 0                 # closed events read
         self._closed_ids: set[str] = set()
         self._pending: list[_EventRows] = []
-        self._cursor: float | None = None   # created of the newest event read
+        self._numbers: dict[str, int] = {}  # pending events' numbers: kept when they close
+        self._next_number = 1
+        self._ids: list[str] = []             # event id of each number (number n at index n - 1)
+        self._resume: str | None = None       # listing cursor the next read starts after (None: the start)
+        self._read = False
         self._seen_total = 0
         self.version = 0                      # bumps whenever the rows change
         self._frame: pd.DataFrame | None = None
         self._frame_version = -1
         self._closed_frame: pd.DataFrame | None = None
-        self._closed_in_frame = 0
+        self._chunks_in_frame = 0
         self._memo: dict[tuple, Any] = {}
 
     def _catalog(self, request: dict[str, Any]) -> int:
@@ -102,17 +120,31 @@ class LogRows:
             self.catalogs.append(key)
         return index
 
-    def _rows_of(self, ev: Any) -> _EventRows:
-        request, response = ev.request or {}, ev.response or {}
-        served = response.get("slots") or []
+    def _number(self, event_id: str, pending: bool) -> int:
+        """The event's number in log order (the frame's integer ``eventId``), stable while it is pending."""
+        number = self._numbers.pop(event_id, None)
+        if number is None:
+            number = self._next_number
+            self._next_number += 1
+            self._ids.append(event_id)
+        if pending:
+            self._numbers[event_id] = number
+        return number
+
+    def _rows_of(self, ev: dict[str, Any]) -> _EventRows:
+        """Rows of one exported event (``logexport.ExportedEvent``)."""
+        request = ev.get("request") or {}
+        served = ev.get("slots") or []
         asked = {s.get("id"): s for s in request.get("slots", [])}
-        closed = ev.status not in ("pending", "discarded") and ev.labels is not None
-        labels = ev.labels or []
+        status = ev.get("status")
+        closed = status not in ("pending", "discarded") and ev.get("labels") is not None
+        labels = ev.get("labels") or []
         rewards = [float(labels[k]) if closed and k < len(labels) and labels[k] is not None else
                    (0.0 if closed else float("nan")) for k in range(len(served))]
         return _EventRows(
-            seq=int(ev.seq), created=float(ev.created), event_id=ev.event_id, catalog=self._catalog(request),
-            mode=str(ev.mode), context=_context_text(request.get("contextFeatures")),
+            seq=self._number(ev["eventId"], status == "pending"), created=parse_time(ev.get("created")) or 0.0,
+            event_id=ev["eventId"], catalog=self._catalog(request), mode=str(ev.get("mode")),
+            context=_context_text(request.get("contextFeatures")),
             slots=[s.get("id") for s in served], actions=[s.get("rewardActionId") for s in served],
             baselines=[(asked.get(s.get("id")) or {}).get("baselineAction") for s in served],
             probabilities=[float(s["probability"]) if s.get("probability") is not None else float("nan")
@@ -121,60 +153,62 @@ class LogRows:
         )
 
     def _logged_total(self) -> int:
-        stats = self._engine.stats()
+        stats = self._backend.stats()
         return int(stats.get("learned", 0)) + int(stats.get("logged", 0)) + int(stats.get("pending", 0))
 
     @property
     def cold(self) -> bool:
         """True until the first read (the one that may take seconds on a large log)."""
-        return self._cursor is None
-
-    def _windows(self, start: float | None, total: int) -> list[tuple[float | None, float | None]]:
-        """Time windows to read, so the engine's lock is held for one chunk at a time, not the whole log."""
-        if start is not None or total <= READ_CHUNK:
-            return [(start, None)]
-        rng = (self._engine.log_properties() or {}).get("dateRange") or {}
-        first, last = parse_time(rng.get("from")), parse_time(rng.get("to"))
-        if first is None or last is None or last <= first:
-            return [(None, None)]
-        n = min(200, -(-total // READ_CHUNK))
-        cuts = [first + (last - first) * i / n for i in range(1, n)]
-        return list(zip([None, *cuts], [*cuts, None], strict=True))
+        return not self._read
 
     def refresh(self, progress: Callable[[float], None] | None = None) -> int:
         """Read what the log gained since the last call; returns :attr:`version`.
 
-        ``progress(share)`` is told how far a long (first) read got, after each chunk.
+        ``progress(share)`` is told how far a long (first) read got, after each page.
         """
-        with self._lock:
+        with self._lock, _collection_paused():
             total = self._logged_total()
             if total < self._seen_total:  # logs were deleted: read it all again
                 self._reset()
-            starts = [self._cursor] + [p.created for p in self._pending]
-            start = None if self._cursor is None else min(s for s in starts if s is not None)
-            if self._cursor is not None and total == self._seen_total and not self._pending:
+            if self._read and total == self._seen_total and not self._pending:
                 return self.version  # nothing new can be there (closed events never change)
             changed = False
             pending: list[_EventRows] = []
-            windows = self._windows(start, total)
-            for i, (lo, hi) in enumerate(windows):
-                for ev in self._engine.events(lo, hi):
-                    if ev.event_id in self._closed_ids:
-                        continue
+            after, pages, read = self._resume, 0, 0
+            resume, resume_set = None, False
+            while True:
+                page = self._backend.log_events(after=after, top=READ_CHUNK)
+                pages += 1
+                closed: list[_EventRows] = []
+                for ev in page.get("value", []):
+                    read += 1
+                    status = ev.get("status")
+                    if status == "discarded" or ev.get("eventId") in self._closed_ids:
+                        continue  # discarded: deferred and never activated, nobody saw it
                     rows = self._rows_of(ev)
-                    self._cursor = rows.created if self._cursor is None else max(self._cursor, rows.created)
-                    if ev.status == "pending":
+                    if status == "pending":
                         pending.append(rows)
+                        if not resume_set:  # re-read from this page's start next time: its reward may come
+                            resume, resume_set = after, True
                     else:
-                        self._closed.append(rows)
+                        closed.append(rows)
                         self._closed_ids.add(rows.event_id)
-                        changed = True
-                if progress is not None and len(windows) > 1:
-                    progress((i + 1) / len(windows))
-            if self._cursor is None:  # an empty log: read, nothing there
-                self._cursor = float("-inf")
+                if closed:
+                    self._closed_chunks.append(_to_frame(closed, first_visitor=self._closed_total + 1))
+                    self._closed_total += len(closed)
+                    changed = True
+                after = page.get("cursor") or after
+                more = bool(page.get("nextLink")) and bool(page.get("value"))
+                if progress is not None and (more or pages > 1):
+                    progress(1.0 if not more else min(0.99, read / max(total, 1)))
+                if not more:
+                    break
+            self._resume = resume if resume_set else after
+            self._read = True
             if pending != self._pending:
                 changed = True
+            for gone in {p.event_id for p in self._pending} - {p.event_id for p in pending} - self._closed_ids:
+                self._numbers.pop(gone, None)  # left the log while pending (deleted logs)
             self._pending = pending
             self._seen_total = total
             if changed:
@@ -189,17 +223,24 @@ class LogRows:
         with self._lock:
             if self._frame is not None and self._frame_version == self.version:
                 return self._frame
-            fresh = self._closed[self._closed_in_frame:]
+            fresh = self._closed_chunks[self._chunks_in_frame:]
             if fresh or self._closed_frame is None:
-                new = _to_frame(fresh, first_visitor=self._closed_in_frame + 1)
-                self._closed_frame = new if self._closed_frame is None or not len(self._closed_frame) else \
-                    pd.concat([self._closed_frame, new], ignore_index=True)
-                self._closed_in_frame = len(self._closed)
+                parts = [f for f in ([self._closed_frame] if self._closed_frame is not None else []) + fresh if len(f)]
+                self._closed_frame = pd.concat(parts, ignore_index=True) if parts else _to_frame([])
+                self._chunks_in_frame = len(self._closed_chunks)
             pending = sorted(self._pending, key=lambda r: r.seq)
             self._frame = self._closed_frame if not pending else pd.concat(
-                [self._closed_frame, _to_frame(pending, first_visitor=len(self._closed) + 1)], ignore_index=True)
+                [self._closed_frame, _to_frame(pending, first_visitor=self._closed_total + 1)], ignore_index=True)
             self._frame_version = self.version
             return self._frame
+
+    def with_event_ids(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame`` (rows of :meth:`frame`) with the events' ids in ``eventId`` instead of their numbers (the CSV)."""
+        with self._lock:
+            ids = np.asarray(self._ids, dtype=object)
+        out = frame.copy()
+        out["eventId"] = ids[frame["eventId"].to_numpy(dtype=np.int64) - 1] if len(frame) else frame["eventId"]
+        return out
 
     def memo(self, key: tuple, compute: Callable[[], T]) -> T:
         """``compute()`` once per ``key`` while the log stays as it is, shared by every tab (a reload is cheap).
@@ -225,11 +266,30 @@ class LogRows:
             return self._catalog_index.get((frozenset(catalog[0]), tuple(catalog[1])))
 
 
+@contextlib.contextmanager
+def _collection_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a read builds pages of nested dicts (requests, rewards).
+
+    They hold no cycles and die with their page, but each page's thousands of containers survive enough
+    young collections to trigger full ones, each walking every object of the process: measured, that
+    was more than half of a cold read of 100,000 events. Reference counting still frees everything; the
+    collector is switched back on (if it was on) as soon as the read ends.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _to_frame(events: list[_EventRows], first_visitor: int = 1) -> pd.DataFrame:
     """Columns built with numpy (one pass per column).
 
-    ``eventId`` holds the event's log sequence number (an integer: grouping 200,000 rows by it is
-    several times faster than by the id text); ``visitor`` numbers events from ``first_visitor``.
+    ``eventId`` holds the event's number in log order (an integer: grouping 200,000 rows by it is
+    several times faster than by the id text; ``LogRows.with_event_ids`` puts the ids back);
+    ``visitor`` numbers events from ``first_visitor``.
     """
     if not events:
         frame = pd.DataFrame({c: pd.Series(dtype="float64" if c in _NUMERIC else "object") for c in LOG_COLUMNS})
