@@ -118,6 +118,11 @@ logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- app factory
 
+_DESCRIPTION = ("A self-hosted, Personalizer-compatible Rank / Reward service. Authenticate with the "
+                f"`{KEY_HEADER}` header. The same operations are served under /personalizer/"
+                f"{{{', '.join(VERSIONED_PREFIXES)}}}/ (no multi-slot under v1.0) and under /personalizer/ "
+                f"with ?api-version={API_VERSIONS[0]}.")
+
 def create_app(
     engine: LocalEngine,
     key: str | Sequence[str] | None = None,
@@ -181,10 +186,7 @@ def create_app(
     app = FastAPI(
         title="Personalizer Studio",
         version=_version(),
-        description=("A self-hosted, Personalizer-compatible Rank / Reward service. Authenticate with the "
-                     f"`{KEY_HEADER}` header. The same operations are served under /personalizer/"
-                     f"{{{', '.join(VERSIONED_PREFIXES)}}}/ (no multi-slot under v1.0) and under /personalizer/ "
-                     f"with ?api-version={API_VERSIONS[0]}."),
+        description=_DESCRIPTION,
         lifespan=lifespan,
         redoc_url=None,
     )
