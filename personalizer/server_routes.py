@@ -110,13 +110,16 @@ class Deferred:
         return Annotated[RawJson, PlainValidator(_undecoded, json_schema_input_type=model), Body()]
 
 
+_UNREAD = object()  # a body not read yet (a JSON body may decode to None)
+
+
 class ContractRequest(Request):
     """A request whose JSON body is decoded by ``contract.loads`` (our limits and messages)."""
 
-    decoded: Any = None
+    decoded: Any = _UNREAD
 
     async def json(self) -> Any:
-        if self.decoded is None:
+        if self.decoded is _UNREAD:
             self.decoded = loads(await self.body())
         return self.decoded
 
@@ -125,7 +128,7 @@ class _DeferredRequest(ContractRequest):
     """A request whose ``json()`` is the undecoded body (checked non-empty): the engine decodes it."""
 
     async def json(self) -> Any:
-        if self.decoded is None:
+        if self.decoded is _UNREAD:
             body = await self.body()
             if not body.strip():
                 loads(body)  # contract.loads's 400 for an empty body
