@@ -4,6 +4,11 @@ The data contract is declared here once and serves validation, the server's
 OpenAPI document and error messages alike. Models use Personalizer's camelCase
 field names; requests are validated strictly enough that nothing malformed can
 reach the learner or the log.
+
+Every wire model is here, on purpose, though that makes the module long (~800 lines):
+the engine, the server's typed routes (FastAPI builds ``/openapi.json`` from these
+models), the evaluations manager and the simulator's scenario check all read one
+set of rules and raise one error type, so a limit or a message changes in one file.
 """
 
 from __future__ import annotations
