@@ -591,9 +591,12 @@ def _evaluation_filter(expression: str | None) -> Callable[[dict[str, Any]], boo
 
 #: The key, as FastAPI documents it (``securitySchemes``); ``server_wire.Guard`` enforces it before routing.
 subscription_key = APIKeyHeader(name=KEY_HEADER, auto_error=False, scheme_name="apim_key")
+# "default" also tells FastAPI not to document its 422 (the RequestValidationError handler answers 400).
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": code}
-    for status, code in STATUS_CODES.items() if status in (400, 401, 404, 409, 413, 415, 500)}
+    **{status: {"model": ErrorResponse, "description": code}
+       for status, code in STATUS_CODES.items() if status in (400, 401, 404, 409, 413, 415, 500)},
+    "default": {"model": ErrorResponse, "description": "Any other error, with its code (x-ms-error-code)."},
+}
 
 
 async def _api_version(
