@@ -31,7 +31,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request, Security
@@ -98,7 +98,10 @@ def _undecoded(body: Any) -> Any:
     return body
 
 
-class Deferred:
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+class Deferred(Generic[_Model]):
     """``Deferred[Model]``: a body documented as ``Model`` whose bytes reach the route undecoded.
 
     pydantic's ``PlainValidator(json_schema_input_type=Model)`` is the public way to validate
@@ -106,7 +109,7 @@ class Deferred:
     For the hot routes, which decode and validate on the engine's worker thread (module docstring).
     """
 
-    def __class_getitem__(cls, model: type[BaseModel]) -> Any:
+    def __class_getitem__(cls, model: Any) -> Any:  # the annotation FastAPI reads, not a generic alias
         return Annotated[RawJson, PlainValidator(_undecoded, json_schema_input_type=model), Body()]
 
 
