@@ -4,6 +4,11 @@ The data contract is declared here once and serves validation, the server's
 OpenAPI document and error messages alike. Models use Personalizer's camelCase
 field names; requests are validated strictly enough that nothing malformed can
 reach the learner or the log.
+
+Every wire model is here, on purpose, though that makes the module long (~800 lines):
+the engine, the server's typed routes (FastAPI builds ``/openapi.json`` from these
+models), the evaluations manager and the simulator's scenario check all read one
+set of rules and raise one error type, so a limit or a message changes in one file.
 """
 
 from __future__ import annotations
@@ -13,10 +18,19 @@ import math
 import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime, timedelta
-from typing import Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 #: Most candidate actions one rank request may carry (the retired service's limit); slots are
 #: bounded by the number of actions.
@@ -465,22 +479,26 @@ def _check_reward_value(v: Any) -> float:
 
 # ---------------------------------------------------------------- configuration
 
-_DURATION = re.compile(
-    r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
-)
+#: ISO-8601 durations (``PT10M``, ``P1DT2H``; also ``00:01:00``) as pydantic reads them.
+_DURATION = TypeAdapter(timedelta)
 
 
 def parse_duration(text: str) -> timedelta:
-    """Parse an ISO-8601 duration of days, hours, minutes and seconds (``PT10M``, ``P1DT2H``),
-    at most ``MAX_DURATION`` long (``P99999999999999999999D`` is a ValueError, not an overflow)."""
-    m = _DURATION.match(text or "")
-    if not m or text in ("P", "PT") or text.endswith("T"):
-        raise ValueError(f"'{_shown(text or '')}' is not an ISO-8601 duration such as PT10M")
-    parts = {k: float(v) if v else 0.0 for k, v in m.groupdict().items()}
-    seconds = parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
-    if seconds > MAX_DURATION.total_seconds():
-        raise ValueError(f"duration '{text[:40]}' is longer than {MAX_DURATION.days} days")
-    return timedelta(seconds=seconds)
+    """A duration setting as a timedelta (pydantic's ISO-8601 reader), at most ``MAX_DURATION`` long
+    and not negative (``P99999999999999999999D`` is a ValueError, not an overflow).
+
+    Settings keep the text they were given (``"PT10M"``), so what a client sent is what it reads back.
+    """
+    shown = _shown(text) if isinstance(text, str) else repr(text)[:40]
+    try:
+        duration = _DURATION.validate_python(text, strict=False) if isinstance(text, str) else None
+    except ValidationError:
+        duration = None
+    if duration is None or duration < timedelta(0):
+        raise ValueError(f"'{shown}' is not an ISO-8601 duration such as PT10M")
+    if duration > MAX_DURATION:
+        raise ValueError(f"duration '{shown[:40]}' is longer than {MAX_DURATION.days} days")
+    return duration
 
 
 LearningMode = Literal["Online", "Apprentice", "LoggingOnly"]
@@ -559,6 +577,118 @@ class PolicyContract(_Model):
         return check_text(v, f"policy {info.field_name}")
 
 
+# ---------------------------------------------------------------- offline evaluations
+
+#: Most learning settings one evaluation may compare beside Online, Baseline and Random.
+MAX_CUSTOM_POLICIES = 10
+# Epoch seconds a datetime can show (years 1..9999).
+_MIN_EPOCH = datetime(1, 1, 2, tzinfo=UTC).timestamp()
+_MAX_EPOCH = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
+
+
+def evaluation_time(value: Any, what: str) -> datetime:
+    """An aware datetime from epoch seconds, a datetime or an ISO-8601 string (naive means UTC).
+
+    ValueError (its message names ``what``) for anything else, or a time outside the years 1..9999.
+    Python's ``fromisoformat`` reads the strings, as evaluations always have.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be a date-time")
+    if isinstance(value, (int, float)):
+        # Epoch seconds a datetime can show; 1e308 or a huge int is a 400, not an overflow.
+        if not _MIN_EPOCH <= value <= _MAX_EPOCH:
+            raise ValueError(f"{what} is outside the years 1..9999")
+        return datetime.fromtimestamp(value, UTC)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(check_text(value, what).strip())
+        except ValueError:
+            raise ValueError(f"{what} '{value[:64]!a}' is not an ISO-8601 date-time") from None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        try:
+            value.timestamp()
+        except (OverflowError, ValueError, OSError):
+            raise ValueError(f"{what} is outside the years 1..9999") from None
+        return value
+    raise ValueError(f"{what} is required (an ISO-8601 date-time)")
+
+
+class EvaluationContract(_Model):
+    """An offline evaluation to run (the body of POST /evaluations and PUT /evaluations/{evaluationId}).
+
+    The evaluations manager validates through it too (``Evaluations.create``), so the rules
+    live here once. An error inside one of ``policies`` is an InvalidPolicyContract
+    (``nested_error_codes``), any other an InvalidEvaluationContract; duplicate names and
+    VW's own checks of the arguments are the manager's (they need the engine).
+    """
+
+    #: Error code of a problem inside an item of these list fields (the rest: the route's code).
+    nested_error_codes: ClassVar[dict[str, str]] = {"policies": "InvalidPolicyContract"}
+
+    name: str = Field(max_length=256, description="The evaluation's name.")
+    start_time: datetime = Field(alias="startTime",
+                                 description="Start of the logged events to evaluate (ISO-8601; naive means UTC).")
+    end_time: datetime = Field(alias="endTime",
+                               description="End (exclusive) of the logged events to evaluate; after startTime.")
+    policies: list[PolicyContract] = Field(
+        default_factory=list, max_length=MAX_CUSTOM_POLICIES,
+        description=f"Up to {MAX_CUSTOM_POLICIES} learning settings to evaluate beside Online, Baseline and Random; "
+                    "unique names.")
+    enable_offline_experimentation: StrictBool | None = Field(
+        default=None, alias="enableOfflineExperimentation",
+        description="v1.x: also evaluate the preset learning settings (OfflineExperimentation).")
+    enable_policy_optimization: StrictBool | None = Field(
+        default=None, alias="enablePolicyOptimization",
+        description="2022-09-01-preview name of enableOfflineExperimentation.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("name must be a non-empty string of <= 256 characters")
+        return check_text(v, "name")  # a name that cannot be encoded could never be stored or listed
+
+    @field_validator("start_time", "end_time", mode="before")
+    @classmethod
+    def _time(cls, v: Any, info: Any) -> datetime:
+        return evaluation_time(v, "startTime" if info.field_name == "start_time" else "endTime")
+
+    @field_validator("policies", mode="before")
+    @classmethod
+    def _policies(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if not isinstance(v, (list, tuple)):
+            raise ValueError("policies must be a list of {name, arguments}")
+        return v
+
+    @model_validator(mode="after")
+    def _range(self) -> EvaluationContract:
+        if self.end_time <= self.start_time:
+            raise ValueError("endTime must be after startTime")
+        return self
+
+    def create_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of ``Evaluations.create`` (after the id) for this body."""
+        explore = self.enable_offline_experimentation
+        if explore is None:
+            explore = self.enable_policy_optimization
+        return {"name": self.name, "start": self.start_time, "end": self.end_time,
+                "policies": [p.model_dump(by_alias=True) for p in self.policies],
+                "enable_offline_experimentation": bool(explore)}
+
+
+class PolicyReferenceContract(_Model):
+    """A policy of a finished evaluation (the body of POST /configurations/applyFromEvaluation)."""
+
+    evaluation_id: str = Field(alias="evaluationId", max_length=256)
+    policy_name: str | None = Field(
+        default=None, alias="policyName", max_length=256,
+        description="Required by the contract; this server applies the evaluation's optimalPolicy when absent.")
+
+
 class ModelProperties(_Model):
     """When the current model was created (reset or imported) and last changed."""
 
@@ -604,19 +734,48 @@ def parse(model: type[_Model], body: Any, code: str = "BadRequest") -> Any:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        raise PersonalizerError(code, describe_validation_error(exc), 400) from None
+        errors = exc.errors()
+        raise PersonalizerError(error_code(model, errors, code), describe_errors(errors), 400) from None
+
+
+def error_code(model: Any, errors: Sequence[Any], code: str) -> str:
+    """``code``, or the ``nested_error_codes`` code of ``model`` when the first error lies inside a list item."""
+    nested = getattr(model, "nested_error_codes", None) or {}
+    for err in errors[:1]:
+        loc = [part for part in err.get("loc", ()) if part not in _SOURCES]
+        if len(loc) > 2 and loc[0] in nested and isinstance(loc[1], int):
+            return str(nested[loc[0]])
+    return code
 
 
 def describe_validation_error(exc: ValidationError) -> str:
     """One readable line per problem: ``field.path: what is wrong``."""
+    return describe_errors(exc.errors())
+
+
+#: Where FastAPI says a request value came from (the first part of an error's location).
+_SOURCES = ("body", "query", "path", "header", "cookie")
+#: pydantic error types of a value that is not an object where a model was expected.
+_NOT_AN_OBJECT = ("model_type", "model_attributes_type", "dict_type")
+
+
+def describe_errors(errors: Sequence[Any], *, strip_source: bool = False) -> str:
+    """``describe_validation_error`` for pydantic's error dicts; ``strip_source`` drops FastAPI's
+    leading ``body``/``query``/``path`` so a typed route body reads as ``contract.parse`` reads it."""
     lines = []
-    for err in exc.errors()[:5]:
+    for err in errors[:5]:
+        parts = tuple(err.get("loc", ()))
+        if strip_source and parts and parts[0] in _SOURCES:
+            if parts == ("body",) and err.get("type") in _NOT_AN_OBJECT:
+                lines.append(f"request body must be a JSON object, not {_json_type(err.get('input'))}")
+                continue
+            parts = parts[1:] if parts[0] == "body" else parts[1:] or parts
         loc = ""
-        for part in err["loc"]:
+        for part in parts:
             loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         lines.append(f"{loc}: {msg}" if loc else msg)
-    more = len(exc.errors()) - 5
+    more = len(errors) - 5
     if more > 0:
         lines.append(f"... and {more} more problem(s)")
     return "; ".join(lines)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..contract import DEFAULT_EXPLORATION, PersonalizerError, check_text
+from ..contract import DEFAULT_EXPLORATION, EvaluationContract, PersonalizerError, parse
 from ..interface import LocalEngine
 from ..jobs import PREPARED, JobRunner, has_logged_events, stored_jobs
 from ..policy_history import ChangeNote, estimate_details
@@ -336,17 +336,11 @@ class Evaluations:
         if not isinstance(evaluation_id, str) or not _ID_OK.match(evaluation_id):
             raise PersonalizerError("InvalidEvaluationContract",
                                     "evaluation id must be 1..256 characters without '/', '\\', '?', '#' or controls")
-        if not isinstance(name, str) or not name.strip() or len(name) > 256:
-            raise PersonalizerError("InvalidEvaluationContract", "name must be a non-empty string of <= 256 characters")
-        try:  # a name that cannot be encoded could never be stored or listed
-            check_text(name, "name")
-        except ValueError as exc:
-            raise PersonalizerError("InvalidEvaluationContract", str(exc)) from None
-        t0 = _timestamp(start, "startTime")
-        t1 = _timestamp(end, "endTime")
-        if t1 <= t0:
-            raise PersonalizerError("InvalidEvaluationContract", "endTime must be after startTime")
-        clean = self._check_policies(policies, self._exploration())
+        # The wire contract's rules (name, times, at most 10 policies of {name, arguments}), once.
+        contract = parse(EvaluationContract, {"name": name, "startTime": start, "endTime": end,
+                                              "policies": policies}, "InvalidEvaluationContract")
+        t0, t1 = contract.start_time.timestamp(), contract.end_time.timestamp()
+        clean = self._check_policies([p.model_dump(by_alias=True) for p in contract.policies], self._exploration())
         if enable_offline_experimentation:
             taken = {p["name"].casefold() for p in clean}
             clean += [{"name": n, "arguments": a, "source": "OfflineExperimentation"}
@@ -500,24 +494,13 @@ class Evaluations:
         return float(self._engine.get_service_configuration().get("explorationPercentage", DEFAULT_EXPLORATION))
 
     def _check_policies(self, policies: Sequence[dict[str, str]], exploration: float | None) -> list[dict[str, str]]:
-        if policies is None:
-            policies = []
-        if not isinstance(policies, (list, tuple)):
-            raise PersonalizerError("InvalidEvaluationContract", "policies must be a list of {name, arguments}")
-        if len(policies) > MAX_CUSTOM_POLICIES:
-            raise PersonalizerError("InvalidEvaluationContract",
-                                    f"at most {MAX_CUSTOM_POLICIES} policies per evaluation, got {len(policies)}")
+        """Unique names and arguments VW accepts (the shapes are ``EvaluationContract``'s)."""
         seen: set[str] = {n.casefold() for n in BUILTIN_POLICIES}
         clean = []
         for i, p in enumerate(policies):
-            if not isinstance(p, dict):
-                raise PersonalizerError("InvalidEvaluationContract", f"policies[{i}] must be an object")
-            name, args = p.get("name"), p.get("arguments")
-            if not isinstance(name, str) or not name.strip() or len(name) > 256:
+            name, args = p["name"], p["arguments"]
+            if not name.strip():
                 raise PersonalizerError("InvalidPolicyContract", f"policies[{i}].name must be 1..256 characters")
-            if not isinstance(args, str) or len(args) > 1024:
-                raise PersonalizerError("InvalidPolicyContract",
-                                        f"policies[{i}].arguments must be a string of <= 1024 characters")
             if name.casefold() in seen:
                 why = " (a built-in policy name)" if name.casefold() in {n.casefold() for n in BUILTIN_POLICIES} else ""
                 raise PersonalizerError("DuplicateCustomPolicyNames", f"policy name '{name}' is used twice{why}")

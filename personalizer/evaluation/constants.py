@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 from ..contract import DEFAULT_EXPLORATION, MIN_PROBABILITY
+from ..contract import MAX_CUSTOM_POLICIES as MAX_CUSTOM_POLICIES  # the contract's limit, re-exported
 from ..engine import (
     DEFAULT_LEARNER,
     DEFAULT_POLICY_ARGUMENTS,
@@ -13,8 +14,6 @@ from ..engine import (
 )
 from ..protocol import iso_utc
 
-#: Personalizer accepted at most this many custom policies per evaluation.
-MAX_CUSTOM_POLICIES = 10
 #: Personalizer's guidance: switch Apprentice to Online once the model agrees with the baseline this often.
 APPRENTICE_READY_MATCH_RATE = 0.6
 #: Names of the policies every evaluation includes; custom policies may not take them.

@@ -8,12 +8,11 @@ import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import numpy as np
 
-from ..contract import PersonalizerError, check_text
+from ..contract import PersonalizerError, evaluation_time
 from ..engine import (
     labeled_example,
 )
@@ -328,34 +327,13 @@ def _concatenate_pairs(chunks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray
     return tuple(np.concatenate([c[f] for c in chunks]) for f in range(3))  # type: ignore[return-value]
 
 
-#: Epoch seconds a datetime can show (years 1..9999).
-_MIN_EPOCH = datetime(1, 1, 2, tzinfo=UTC).timestamp()
-_MAX_EPOCH = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
-
-
 def _timestamp(value: Any, what: str) -> float:
-    """Epoch seconds from epoch numbers, datetimes or ISO-8601 strings (naive means UTC)."""
-    if isinstance(value, bool):
-        raise PersonalizerError("InvalidEvaluationContract", f"{what} must be a date-time")
-    if isinstance(value, (int, float)):
-        # Epoch seconds a datetime can show (years 1..9999); 1e308 or a huge int is a 400, not an overflow.
-        if not _MIN_EPOCH <= value <= _MAX_EPOCH:
-            raise PersonalizerError("InvalidEvaluationContract", f"{what} is outside the years 1..9999")
-        return float(value)
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(check_text(value, what).strip())
-        except ValueError:
-            raise PersonalizerError("InvalidEvaluationContract",
-                                    f"{what} '{value[:64]!a}' is not an ISO-8601 date-time") from None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        try:
-            return value.timestamp()
-        except (OverflowError, ValueError, OSError):
-            raise PersonalizerError("InvalidEvaluationContract", f"{what} is outside the years 1..9999") from None
-    raise PersonalizerError("InvalidEvaluationContract", f"{what} is required (an ISO-8601 date-time)")
+    """Epoch seconds from epoch numbers, datetimes or ISO-8601 strings (naive means UTC); the
+    rules are ``contract.evaluation_time``'s (``EvaluationContract`` reads its times with it)."""
+    try:
+        return evaluation_time(value, what).timestamp()
+    except ValueError as exc:
+        raise PersonalizerError("InvalidEvaluationContract", str(exc)) from None
 
 
 def _log_range(engine: Personalizer) -> tuple[float, float] | None:
