@@ -379,7 +379,8 @@ def measure(dep: Deployment, mix: bool, clients: int, seconds: float, tag: str) 
     cpu = {role: 1000 * cpu_used(before[role], after.get(role, {})) / requests_made for role in before}
     cpu["load generator"] = load_cpu_ms / requests_made
     workload = f"{'rank+reward' if mix else 'rank'} x{clients}"
-    return Cell(dep.name, workload, requests_made / seconds, 1000 * statistics.median(ranks), 1000 * _pct(ranks, 0.99), 1000 * statistics.median(rewards) if rewards else float("nan"),
+    return Cell(dep.name, workload, requests_made / seconds, 1000 * statistics.median(ranks), 1000 * _pct(ranks, 0.99),
+                1000 * statistics.median(rewards) if rewards else float("nan"),
                 1000 * _pct(rewards, 0.99), cpu, acks)
 
 
@@ -627,7 +628,8 @@ def print_cells(args: argparse.Namespace, cells: list[Cell], latency: dict[str, 
     print(f"\n## bench/scale.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
     print(f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), load average "
           f"{os.getloadavg()[0]:.1f}, Python {sys.version.split()[0]}, PostgreSQL from {args.pg_bin}, "
-          f"keep-alive http.client threads (x1 or x{args.clients}) in 1 load-generator process, {args.seconds:g} s per cell, "
+          f"keep-alive http.client threads (x1 or x{args.clients}) in 1 load-generator process, "
+          f"{args.seconds:g} s per cell, "
           f"rewardWaitTime {WAIT}, modelExportFrequency PT1S; PostgreSQL synchronous_commit "
           f"{'on' if args.pg_sync else 'off'} (SQLite synchronous=NORMAL).\n")
     print("### Throughput and latency over HTTP (baseline: the embedded SQLite server)\n")
