@@ -516,15 +516,21 @@ def trainer_throughput(pg: PgCluster, events: int) -> dict[str, float]:
 class AlternatingReplicas:
     """The simulator's backend: visitor i ranks on replica i % 2 and rewards on the other one."""
 
-    def __init__(self, bases: list[str]) -> None:
+    def __init__(self, bases: list[str], pace: float = 0.0) -> None:
         self.clients = [bench_server.RawClient(b) for b in bases]
+        self.pace = pace  # visitors per second; 0: as fast as the replicas answer
+        self.started: float | None = None
 
     @staticmethod
     def _index(event_id: str) -> int:
         return int(event_id.rsplit("-", 1)[1])
 
     def rank(self, request: dict[str, Any]) -> dict[str, Any]:
-        return self.clients[self._index(request["eventId"]) % 2].rank(request)
+        i = self._index(request["eventId"])
+        if self.pace > 0:  # visitor i arrives at i / pace seconds: the model's lag in events is pace x export
+            self.started = self.started or time.perf_counter()
+            time.sleep(max(0.0, self.started + i / self.pace - time.perf_counter()))
+        return self.clients[i % 2].rank(request)
 
     def reward(self, event_id: str, reward: dict[str, Any]) -> None:
         self.clients[(self._index(event_id) + 1) % 2].reward(event_id, reward)
@@ -534,7 +540,7 @@ class AlternatingReplicas:
 
 
 def learning_runs(pg: PgCluster, scenario_name: str, events: int, seeds: int, window: tuple[int, int],
-                  tmp: Path) -> list[tuple[str, int, float, float]]:
+                  tmp: Path, pace: float = 0.0) -> list[tuple[str, int, float, float]]:
     """(backend, seed, accept rate in ``window``, seconds) for the embedded engine and two replicas at 1 s / 10 s."""
     from personalizer.engine import LocalPersonalizer
     from personalizer.simulation import accept_rate, load_scenario, simulate
@@ -556,7 +562,7 @@ def learning_runs(pg: PgCluster, scenario_name: str, events: int, seeds: int, wi
             servers = [start_server(url, role="replica", log=tmp / "replica-learn.log") for _ in range(2)]
             try:
                 t0 = time.perf_counter()
-                records = simulate(AlternatingReplicas([b for _, b in servers]), scenario, events, seed,
+                records = simulate(AlternatingReplicas([b for _, b in servers], pace), scenario, events, seed,
                                    event_prefix="v-")
                 out.append((f"2 replicas, model export {export[2:].lower()}", seed, accept_rate(records, *window),
                             time.perf_counter() - t0))
@@ -622,9 +628,8 @@ def throughput_cells(pg: PgCluster, tmp: Path, clients: int, seconds: float) -> 
     return cells, latency
 
 
-def print_cells(args: argparse.Namespace, cells: list[Cell], latency: dict[str, float]) -> None:
-    """The throughput table, the capacity on paper and reward-to-learned."""
-    base = {c.workload: c for c in cells if c.deployment == "embedded SQLite server"}
+def print_header(args: argparse.Namespace) -> None:
+    """The machine and the settings."""
     print(f"\n## bench/scale.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
     print(f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), load average "
           f"{os.getloadavg()[0]:.1f}, Python {sys.version.split()[0]}, PostgreSQL from {args.pg_bin}, "
@@ -632,6 +637,11 @@ def print_cells(args: argparse.Namespace, cells: list[Cell], latency: dict[str, 
           f"{args.seconds:g} s per cell, "
           f"rewardWaitTime {WAIT}, modelExportFrequency PT1S; PostgreSQL synchronous_commit "
           f"{'on' if args.pg_sync else 'off'} (SQLite synchronous=NORMAL).\n")
+
+
+def print_cells(cells: list[Cell], latency: dict[str, float]) -> None:
+    """The throughput table, the capacity on paper and reward-to-learned."""
+    base = {c.workload: c for c in cells if c.deployment == "embedded SQLite server"}
     print("### Throughput and latency over HTTP (baseline: the embedded SQLite server)\n")
     print("| deployment | workload | req/s | vs SQLite | rank p50 ms | p99 ms | reward p50 ms | p99 ms "
           "| CPU ms/req: server or replicas | PostgreSQL | trainer | load gen | total |")
@@ -664,18 +674,21 @@ def print_cells(args: argparse.Namespace, cells: list[Cell], latency: dict[str, 
 def print_drain(drain: dict[str, float]) -> None:
     """The trainer's throughput."""
     print("### Trainer throughput (seed catalog, due events preloaded, both slots rewarded)\n")
+    print(f"Load average now {os.getloadavg()[0]:.1f}.\n")
     print("| events | seconds | events/s joined + learned | of which learning s | trainer CPU ms/event "
-          "| PostgreSQL CPU ms/event | target |")
-    print("|---:|---:|---:|---:|---:|---:|---|")
+          "| PostgreSQL CPU ms/event | events/s per trainer CPU second | target |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---|")
     print(f"| {drain['events']:,} | {drain['seconds']:.2f} | {drain['rate']:,.0f} | {drain['learn_seconds']:.2f} "
-          f"| {drain['trainer_cpu_ms']:.3f} | {drain['pg_cpu_ms']:.3f} "
+          f"| {drain['trainer_cpu_ms']:.3f} | {drain['pg_cpu_ms']:.3f} | {1000 / drain['trainer_cpu_ms']:,.0f} "
           f"| >= 5,000/s: {'PASS' if drain['rate'] >= 5000 else 'MISS'} |", flush=True)
 
 
 def print_learning(args: argparse.Namespace, cells: list[Cell], learning: list[tuple[str, int, float, float]],
                    window: tuple[int, int]) -> None:
     """Learning through two replicas beside the embedded engine; the targets."""
-    print(f"\n### Learning through two replicas: {args.scenario}, {args.events:,} events x {args.seeds} seed(s)\n")
+    pace = f"{args.pace:g} visitors/s" if args.pace else "unpaced (as fast as the replicas answer)"
+    print(f"\n### Learning through two replicas: {args.scenario}, {args.events:,} events x {args.seeds} seed(s), "
+          f"{pace}\n")
     print(f"| backend | accept rate, events {window[0]:,}-{window[1]:,} | vs embedded | events/s |")
     print("|---|---:|---:|---:|")
     names = list(dict.fromkeys(name for name, *_ in learning))
@@ -707,6 +720,10 @@ def main() -> int:
     parser.add_argument("--scenario", default="seed-joint", help="scenario of the learning part")
     parser.add_argument("--events", type=int, default=3000, help="visitors per learning run (default 3000)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the learning part (default 3)")
+    parser.add_argument("--pace", type=float, default=0.0, help="visitors per second in the learning part "
+                        "(default 0: as fast as the replicas answer)")
+    parser.add_argument("--parts", nargs="+", choices=["throughput", "trainer", "learning"],
+                        default=["throughput", "trainer", "learning"], help="which parts to run (default all)")
     parser.add_argument("--pg-sync", action="store_true", help="PostgreSQL with synchronous_commit on (an fsync "
                         "per commit, as PERSONALIZER_SYNC=FULL on SQLite); default off, as SQLite's NORMAL")
     parser.add_argument("--quick", action="store_true", help="a short smoke run (2 s cells, small drain, "
@@ -720,11 +737,16 @@ def main() -> int:
         pg = PgCluster(synchronous_commit=args.pg_sync)
         args.pg_bin = str(pg.bin)
         try:
-            cells, latency = throughput_cells(pg, tmp, args.clients, args.seconds)
-            print_cells(args, cells, latency)
-            print_drain(trainer_throughput(pg, args.drain_events))
-            learning = learning_runs(pg, args.scenario, args.events, args.seeds, window, tmp)
-            print_learning(args, cells, learning, window)
+            print_header(args)
+            cells: list[Cell] = []
+            if "throughput" in args.parts:
+                cells, latency = throughput_cells(pg, tmp, args.clients, args.seconds)
+                print_cells(cells, latency)
+            if "trainer" in args.parts:
+                print_drain(trainer_throughput(pg, args.drain_events))
+            if "learning" in args.parts:
+                learning = learning_runs(pg, args.scenario, args.events, args.seeds, window, tmp, args.pace)
+                print_learning(args, cells, learning, window)
         finally:
             STARTED.stop_all()
             pg.stop()
