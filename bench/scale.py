@@ -581,12 +581,14 @@ def cleaned_up() -> Iterator[None]:
     def interrupted(*_: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupted)
+    # SIGINT too: a shell starting us in the background ignores it, and Python then never raises.
+    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         STARTED.stop_all()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def throughput_cells(pg: PgCluster, tmp: Path, clients: int, seconds: float) -> tuple[list[Cell], dict[str, float]]:

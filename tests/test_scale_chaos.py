@@ -200,6 +200,16 @@ def test_chaos_three_replicas_two_trainers_sigkill_mid_load(pg_url: str, tmp_pat
                      configuration={"rewardWaitTime": f"PT{WAIT_SECONDS}S", "modelExportFrequency": "PT1S"})
     load = ChaosLoad([PersonalizerClient(r.base, KEY, retries=0, timeout=10)
                       for r in dep.replicas])
+    try:
+        _chaos(dep, load, pg_url, started)
+    finally:
+        for client in load.clients:
+            client.close()
+        dep.stop()
+
+
+def _chaos(dep: Deployment, load: ChaosLoad, pg_url: str, started: float) -> None:
+    """Load, the two kills, the drain and every check (the caller stops the deployment whatever happens)."""
     workers = [threading.Thread(target=load.worker, args=(w,), name=f"chaos-{w}") for w in range(WORKERS)]
     try:
         for w in workers:
@@ -223,49 +233,44 @@ def test_chaos_three_replicas_two_trainers_sigkill_mid_load(pg_url: str, tmp_pat
 
     # Everything closes at its wait time; the new leader learns it and publishes a model covering the log.
     surviving = list(dep.replicas[1:])
+    wait_for(lambda: _pending(pg_url) == 0, 3 * WAIT_SECONDS + 10, "every event to close")
+    wait_for(lambda: dep.learned_upto() == dep.max_learn_seq(), 15, "a model covering the whole log")
+    with psycopg.connect(pg_url) as conn:
+        newest_id = int(conn.execute("SELECT MAX(id) FROM checkpoints").fetchone()[0])
+    for replica in surviving:
+        wait_for(lambda r=replica: requests.get(r.base + "/health", timeout=5).json().get("modelId")
+                 == newest_id, 10, f"replica {replica.base} to serve model {newest_id}")
+
+    _check_log(pg_url, load)
+
+    # The served model is the one rebuilt from the log alone.
+    rebuilt, arguments, replayed = _rebuild(pg_url)
     try:
-        wait_for(lambda: _pending(pg_url) == 0, 3 * WAIT_SECONDS + 10, "every event to close")
-        wait_for(lambda: dep.learned_upto() == dep.max_learn_seq(), 15, "a model covering the whole log")
         with psycopg.connect(pg_url) as conn:
-            newest_id = int(conn.execute("SELECT MAX(id) FROM checkpoints").fetchone()[0])
-        for replica in surviving:
-            wait_for(lambda r=replica: requests.get(r.base + "/health", timeout=5).json().get("modelId")
-                     == newest_id, 10, f"replica {replica.base} to serve model {newest_id}")
-
-        _check_log(pg_url, load)
-
-        # The served model is the one rebuilt from the log alone.
-        rebuilt, arguments, replayed = _rebuild(pg_url)
+            published, published_args, published_seq = conn.execute(
+                "SELECT model, arguments, learn_seq FROM checkpoints WHERE id = %s", (newest_id,)).fetchone()
+        assert published_args == arguments and published_seq == replayed
+        # Every weight equal. (The bytes differ only in VW's progress-report counters, e.g. the loss
+        # since the last progress line: a model that went through a checkpoint restarts those.)
+        served = vw_workspace.load(bytes(published), arguments)
         try:
-            with psycopg.connect(pg_url) as conn:
-                published, published_args, published_seq = conn.execute(
-                    "SELECT model, arguments, learn_seq FROM checkpoints WHERE id = %s", (newest_id,)).fetchone()
-            assert published_args == arguments and published_seq == replayed
-            # Every weight equal. (The bytes differ only in VW's progress-report counters, e.g. the loss
-            # since the last progress line: a model that went through a checkpoint restarts those.)
-            served = vw_workspace.load(bytes(published), arguments)
-            try:
-                assert served.num_weights() == rebuilt.num_weights()
-                assert all(served.get_weight(i) == rebuilt.get_weight(i) for i in range(rebuilt.num_weights()))
-            finally:
-                vw_workspace.finish(served)
-            probes = [rank_request(f"probe-{r}-{t}-{d}", t, d) for r in range(len(surviving))
-                      for t in TIMES for d in DEVICES]
-            for r, replica in enumerate(surviving):
-                client = load.clients[dep.replicas.index(replica)]
-                for probe in (p for p in probes if p["eventId"].startswith(f"probe-{r}-")):
-                    served = client.rank(probe)
-                    assert [(s["id"], s["rewardActionId"], s["probability"]) for s in served["slots"]] == \
-                        _expected_answer(rebuilt, probe), probe["eventId"]
+            assert served.num_weights() == rebuilt.num_weights()
+            assert all(served.get_weight(i) == rebuilt.get_weight(i) for i in range(rebuilt.num_weights()))
         finally:
-            vw_workspace.finish(rebuilt)
+            vw_workspace.finish(served)
+        probes = [rank_request(f"probe-{r}-{t}-{d}", t, d) for r in range(len(surviving))
+                  for t in TIMES for d in DEVICES]
+        for r, replica in enumerate(surviving):
+            client = load.clients[dep.replicas.index(replica)]
+            for probe in (p for p in probes if p["eventId"].startswith(f"probe-{r}-")):
+                answer = client.rank(probe)
+                assert [(s["id"], s["rewardActionId"], s["probability"]) for s in answer["slots"]] == \
+                    _expected_answer(rebuilt, probe), probe["eventId"]
     finally:
-        for client in load.clients:
-            client.close()
-        dep.stop()
+        vw_workspace.finish(rebuilt)
     print(f"chaos: {len(load.ranked)} events ranked, {sum(load.rewards.values())} rewards on time, "
           f"{sum(load.late.values())} late of {late_calls} held, {len(load.activated)} activations, "
-          f"{load.retried} calls retried on another replica; load {load_seconds:.1f} s, "
+          f"{load.retried} calls retried on another replica; start, load and late calls {load_seconds:.1f} s, "
           f"total {time.monotonic() - started:.1f} s")
 
 
