@@ -295,6 +295,17 @@ class PgEventLog:
             except psycopg.Error as exc:
                 raise pg_error(exc, self.home) from None
 
+    @contextlib.contextmanager
+    def pipeline(self) -> Iterator[None]:
+        """Inside ``transaction()``: send its statements without waiting for each answer (psycopg's pipeline
+        mode; a failure surfaces by the end of the block and rolls the transaction back)."""
+        pinned = getattr(self._local, "conn", None)
+        if pinned is None:
+            yield
+            return
+        with pinned.pipeline():
+            yield
+
     def transaction(self) -> _PgTransaction:
         """Context manager grouping this thread's writes into one commit."""
         return _PgTransaction(self)
@@ -602,6 +613,15 @@ class PgEventLog:
                         [(event_id, slot, value, when, late) for slot, value in rewards])
             except psycopg.Error as exc:
                 raise pg_error(exc, self.home) from None
+
+    def rewards_of_events(self, event_ids: list[str]) -> dict[str, list[tuple[str, float, float]]]:
+        """``rewards_of`` for many events in one query (the trainer closes a claimed batch with it)."""
+        out: dict[str, list[tuple[str, float, float]]] = {}
+        for event_id, slot_id, value, received in self._fetchall(
+                "SELECT event_id, slot_id, value, received FROM rewards WHERE event_id = ANY(%s) AND NOT late"
+                " ORDER BY id", (event_ids,)):
+            out.setdefault(event_id, []).append((slot_id, value, received))
+        return out
 
     def rewards_of(self, event_id: str) -> list[tuple[str, float, float]]:
         """(slot_id, value, received) of an event's on-time rewards, in arrival order."""

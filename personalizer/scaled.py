@@ -97,14 +97,18 @@ class _SharedLog:
     _log: PgEventLog
     _config: Any
 
-    def _close_stored(self, ev: StoredEvent, now: float, learn_seq: int | None) -> tuple[str, int | None]:
-        """Close a locked pending event (inside the caller's transaction); returns (status, learn_seq used)."""
+    def _close_stored(self, ev: StoredEvent, now: float, learn_seq: int | None,
+                      rewards: list[tuple[str, float, float]] | None = None) -> tuple[str, int | None]:
+        """Close a locked pending event (inside the caller's transaction); returns (status, learn_seq used).
+
+        ``rewards``: its on-time rewards when the caller read them already (the trainer, for a whole batch).
+        """
         if ev.deferred and ev.activated is None:
             self._log.close_event(ev.event_id, "discarded", now, None, None)
             return "discarded", None
         slot_ids = [s["id"] for s in ev.response["slots"]]
-        labels = _labels(slot_ids, self._log.rewards_of(ev.event_id), self._config.reward_aggregation,
-                         self._config.default_reward)
+        labels = _labels(slot_ids, self._log.rewards_of(ev.event_id) if rewards is None else rewards,
+                         self._config.reward_aggregation, self._config.default_reward)
         if ev.mode == "LoggingOnly":
             self._log.close_event(ev.event_id, "logged", now, None, labels)
             return "logged", None
@@ -573,12 +577,16 @@ class TrainerEngine(_SharedLog, LocalPersonalizer):
             learnable = {ev.event_id for ev in due
                          if not (ev.deferred and ev.activated is None) and ev.mode != "LoggingOnly"}
             seq = self._log.next_learn_seqs(len(learnable)) if learnable else None
-            for ev in due:
-                if seq is not None and ev.event_id in learnable:
-                    self._close_stored(ev, now, seq)
-                    seq += 1
-                else:
-                    self._close_stored(ev, now, None)
+            # One query for the batch's rewards, the closing updates pipelined: a round trip per batch,
+            # not two per event.
+            rewards = self._log.rewards_of_events([ev.event_id for ev in due]) if due else {}
+            with self._log.pipeline():
+                for ev in due:
+                    if seq is not None and ev.event_id in learnable:
+                        self._close_stored(ev, now, seq, rewards.get(ev.event_id, []))
+                        seq += 1
+                    else:
+                        self._close_stored(ev, now, None, rewards.get(ev.event_id, []))
         learned = self._replay_after(self._learn_seq)
         self._since_checkpoint += learned
         if self._since_checkpoint and self._clock() - self._published_at >= self._export_seconds():
