@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,16 +22,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import streamlit as st
+from server_fixtures import KEY, ThreadedServer
 from streamlit.testing.v1 import AppTest
 
+from personalizer.dashboard.backend import clear_caches, embedded_engine, evaluations_for, resolve_home
+from personalizer.engine import LocalPersonalizer
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the app imports the package from the checkout
-    sys.path.insert(0, str(ROOT))
-
-from server_fixtures import KEY, ThreadedServer  # noqa: E402
-
-from personalizer.dashboard.backend import clear_caches, embedded_engine, evaluations_for, resolve_home  # noqa: E402
-from personalizer.engine import LocalPersonalizer  # noqa: E402
 
 APP = str(ROOT / "app.py")
 RANK = "pages/rank_and_reward.py"

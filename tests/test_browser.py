@@ -284,7 +284,6 @@ def test_the_demo_end_to_end_in_chromium(tmp_path: Path) -> None:
         assert not errors, errors
 
     # After the server stopped, the data directory holds exactly what was clicked.
-    sys.path.insert(0, str(ROOT))
     from personalizer.engine import LocalPersonalizer
 
     with LocalPersonalizer(home) as engine:

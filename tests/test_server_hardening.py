@@ -64,8 +64,7 @@ def process_server_fixture(tmp_path: Path) -> Iterator[ProcessServer]:
 # ---------------------------------------------------------------- finding 4: one request froze everything
 
 def test_budget_admits_the_benchmark_request_and_refuses_the_attack() -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
-    from latency import large_requests  # the engine benchmark's 50 x 10 request must stay admitted
+    from bench.latency import large_requests  # the engine benchmark's 50 x 10 request must stay admitted
 
     large = MultiSlotRankRequest.model_validate(large_requests(1, random.Random(3))[0])
     assert budget.rank_features(large, DEFAULT_POLICY_ARGUMENTS) <= budget.DEFAULT_MAX_RANK_FEATURES
