@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 from .server import (
     DEFAULT_HEADER_TIMEOUT,
@@ -51,6 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m personalizer",
                                      description="Personalizer Studio: a self-hosted Personalizer.")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_serve(commands, settings)
+    _add_train(commands)
+    _add_logs(commands)
+    args = parser.parse_args(argv)
+
+    if args.command == "logs":
+        return _export_logs(args.store, args.start, args.end, args.out)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
+    if args.command == "train":
+        return _train(args.store or settings.store or "")
+    return _serve(args, settings)
+
+
+def _add_serve(commands: Any, settings: Settings) -> None:
+    """``serve``: the REST server (role all or replica); every option also has its environment variable."""
     serve_cmd = commands.add_parser("serve", help="run the Personalizer-compatible REST server")
     serve_cmd.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
@@ -94,11 +110,19 @@ def main(argv: list[str] | None = None) -> int:
                                 "API replica of a scaled-out deployment on --store postgresql://... "
                                 "(run 'train' beside it); $PERSONALIZER_ROLE")
     serve_cmd.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve_cmd.add_argument("--access-log", action="store_true", help="log every request line (off: faster)")
+
+
+def _add_train(commands: Any) -> None:
+    """``train``: the trainer of a scaled-out deployment."""
     train_cmd = commands.add_parser("train", help="run the trainer of a scaled-out deployment (PostgreSQL)")
     train_cmd.add_argument("--store", default=None,
                            help="the shared log: a postgresql://user@host:port/db URL (default $PERSONALIZER_STORE)")
     train_cmd.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    serve_cmd.add_argument("--access-log", action="store_true", help="log every request line (off: faster)")
+
+
+def _add_logs(commands: Any) -> None:
+    """``logs export``: the event log as JSON Lines."""
     logs_cmd = commands.add_parser("logs", help="read the event log")
     logs_commands = logs_cmd.add_subparsers(dest="logs_command", required=True)
     export_cmd = logs_commands.add_parser(
@@ -113,13 +137,10 @@ def main(argv: list[str] | None = None) -> int:
                                                           "(naive means UTC)")
     export_cmd.add_argument("--end", default=None, help="only events created before this ISO-8601 time")
     export_cmd.add_argument("--out", default=None, help="write to this file (replaced when complete); default stdout")
-    args = parser.parse_args(argv)
 
-    if args.command == "logs":
-        return _export_logs(args.store, args.start, args.end, args.out)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
-    if args.command == "train":
-        return _train(args.store or settings.store or "")
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Run ``serve`` until stopped; 1 with one ``error:`` line when it cannot start."""
     keys = args.key if args.key is not None else settings.keys()
     from .contract import PersonalizerError
     from .server import serve
