@@ -161,29 +161,13 @@ def create_app(
     if max_rank_features is not True:
         engine.max_rank_features = max_rank_features
     engine_calls = EngineCalls(lock_timeout)
-    replica_jobs = getattr(engine, "job_managers", None)  # a scaled-out replica: the trainer runs the jobs
-    if replica_jobs is not None and evaluations is None and feature_importances is None:
-        evaluations, feature_importances = replica_jobs()
-    owns_evaluations = evaluations is None
-    if evaluations is None:
-        from .evaluation import Evaluations
-
-        evaluations = Evaluations(engine)
-    manager = evaluations
+    manager, importances, owned = _job_managers(engine, evaluations, feature_importances)
     from .optimization import AutoOptimizer  # automatic optimization: a daemon thread over the manager
 
     optimizer = AutoOptimizer(engine, manager, **(auto_optimization or {}))
-    owns_importances = feature_importances is None
-    if feature_importances is None:
-        from .importance import FeatureImportances
-
-        feature_importances = FeatureImportances(engine)
-    importances = feature_importances
-
     # Closed in this order when the app stops; closing a manager the app owns cancels its running
     # evaluation or feature-importance job, which runs again on the next start.
-    closers = [engine_calls.close, *([manager.close] if owns_evaluations else []), optimizer.close,
-               *([importances.close] if owns_importances else [])]
+    closers = [c for c in (engine_calls.close, owned[0], optimizer.close, owned[1]) if c is not None]
     lifespan = _lifespan(engine, process_interval, optimizer, closers)
 
     app = FastAPI(
@@ -206,6 +190,30 @@ def create_app(
     add_error_handlers(app)
     app.add_middleware(Guard, keys=keys, max_body_bytes=max_body_bytes, max_model_bytes=max_model_bytes)
     return app
+
+
+def _job_managers(engine: LocalEngine, evaluations: Evaluations | None,
+                  importances: FeatureImportances | None) -> tuple[Evaluations, FeatureImportances, list[Any]]:
+    """The evaluation and feature-importance managers, and the close of each one made here (else None).
+
+    A scaled-out replica hands its jobs to the trainer (``job_managers``); otherwise the
+    managers run them in this process, on the engine's log.
+    """
+    replica_jobs = getattr(engine, "job_managers", None)
+    if replica_jobs is not None and evaluations is None and importances is None:
+        evaluations, importances = replica_jobs()
+    owned: list[Any] = [None, None]
+    if evaluations is None:
+        from .evaluation import Evaluations
+
+        evaluations = Evaluations(engine)
+        owned[0] = evaluations.close
+    if importances is None:
+        from .importance import FeatureImportances
+
+        importances = FeatureImportances(engine)
+        owned[1] = importances.close
+    return evaluations, importances, owned
 
 
 def _lifespan(engine: LocalEngine, process_interval: float, optimizer: AutoOptimizer,
