@@ -14,6 +14,12 @@ teaches the model, so a failed write (a full disk) changes nothing and can be
 retried. Memory holds only what closing a pending event needs (its example is
 rebuilt from the logged request). One lock guards the workspace and the log: VW
 is not thread-safe, and Streamlit sessions or server threads share one engine.
+
+Why one module of this size: ``LocalPersonalizer`` is one state machine under one lock
+(workspace, pending events, log, settings and policy history change together, and every
+public method is one critical section); splitting it across mixin modules would spread
+that invariant over files. What is not the loop lives elsewhere: encoding and the
+workspace in ``personalizer.vw``, the log in ``store``, history shapes in ``policy_history``.
 """
 
 from __future__ import annotations

@@ -18,6 +18,11 @@ Scaled out (``scaled``), replicas queue the changes the trainer applies in ``com
 
 Request JSON is kept as the exact text the engine logged (``text``, not ``jsonb``):
 rebuilding an example must see the same features in the same order.
+
+Why one module of this size: it is the PostgreSQL twin of ``store.py`` (every query of the
+``EventStore`` Protocol) plus the scale-out tables; each method is one short SQL statement,
+and keeping the schema, its migrations and the queries that depend on them in one file is
+what lets a schema change be checked in one place.
 """
 
 from __future__ import annotations

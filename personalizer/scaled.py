@@ -26,6 +26,10 @@ also writes a heartbeat row every second (backlog of due events, learned count) 
 
 Both reuse the embedded engine (``LocalPersonalizer``): validation, encoding, prediction, learning
 and replay are its own code; only where state lives differs (the database, not memory).
+
+Why one module of this size: the replica and the trainer are the two halves of one protocol
+over the shared tables (closing rules, commands, heartbeat, model publication); each half is
+short only when read beside the other. The jobs the trainer runs for replicas are in ``scaled_jobs``.
 """
 
 from __future__ import annotations

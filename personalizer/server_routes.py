@@ -22,6 +22,10 @@ Two public FastAPI mechanisms adapt FastAPI's request handling to Personalizer's
   dicts), so a typed body would validate twice, and decoding plus validating a 1 MB
   body on the event loop would stall every connection, ``/health`` included, for as
   long (measured in bench/hardening.py; README, REST server).
+
+Why one module of this size: it is the REST contract, one short typed function per
+operation (about 40 of them); split by group it would scatter the one list a reader
+checks against the Personalizer reference.
 """
 
 from __future__ import annotations
