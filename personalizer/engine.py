@@ -354,7 +354,7 @@ class LocalPersonalizer:
                     self._vw = self._workspace(candidate.model)
                     start = candidate.learn_seq
                     break
-                except Exception as exc:  # e.g. a checkpoint written by another VW version
+                except (PersonalizerError, OSError) as exc:  # e.g. a checkpoint written by another VW version
                     refused = refused or (isinstance(exc, PersonalizerError) and exc.code == "InvalidModelImportFormat")
                     log.warning("checkpoint %d (%s) in %s does not load: %s", candidate.id, candidate.reason,
                                 self.home, _first_line(exc))
@@ -739,7 +739,7 @@ class LocalPersonalizer:
             self._learn_example(p.event_id, head, bodies, allowed, chosen, probs, labels, p.mode)
         except Exception as exc:
             log.error("learning event %s failed after its closing was committed (%s); rebuilding the model "
-                      "from the event log", p.event_id, _first_line(exc))
+                      "from the event log", p.event_id, _first_line(exc), exc_info=True)
             self._rebuild_model()
         if self._since_checkpoint >= self._checkpoint_every:
             try:

@@ -176,7 +176,7 @@ class ReplicaEngine(_SharedLog, LocalPersonalizer):
             return False
         try:
             vw = vw_workspace.load(cp.model, cp.arguments)
-        except Exception as exc:  # keep serving the model that works, and say so in /health
+        except (PersonalizerError, OSError) as exc:  # keep serving the model that works, say so in /health
             self.model_error = f"model {cp.id} did not load: {str(exc).splitlines()[0] if str(exc) else exc}"
             log.warning("%s; the previous model keeps serving", self.model_error)
             return False
