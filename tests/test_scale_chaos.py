@@ -1,10 +1,11 @@
 """Chaos on a scaled-out deployment, on real PostgreSQL with real processes: 3 ``serve --role replica``,
-a leading trainer and a standby, ``rewardWaitTime`` 3 s, model export every 1 s.
+a leading trainer and a standby, ``rewardWaitTime`` 5 s, model export every 1 s.
 
 Seeded mixed load (ranks, rewards with repeats, deferred events activated or left to be discarded)
 where each call of one event goes to a different replica, as behind a round-robin load balancer. Mid-load
 one replica and then the leading trainer are SIGKILLed; the load keeps going, a call that hits the dead
-replica is retried on the next one (as the balancer would). Afterwards, from the store alone:
+replica is retried on the next one (as the balancer would). Afterwards, from the log as
+``python -m personalizer logs export`` writes it (and the store's models):
 
 - every acknowledged rank is in the log once, with the answer the client got; every acknowledged
   reward is logged exactly once (late ones as late; only a call cut off by the kill may add one more row);
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -38,6 +41,8 @@ from personalizer.engine import labeled_example
 from personalizer.pgstore import PgEventLog
 from personalizer.vw import workspace as vw_workspace
 from personalizer.vw.encoding import encode_request
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SEED = 20261204
 WAIT_SECONDS = 5
@@ -201,14 +206,14 @@ def test_chaos_three_replicas_two_trainers_sigkill_mid_load(pg_url: str, tmp_pat
     load = ChaosLoad([PersonalizerClient(r.base, KEY, retries=0, timeout=10)
                       for r in dep.replicas])
     try:
-        _chaos(dep, load, pg_url, started)
+        _chaos(dep, load, pg_url, started, tmp_path / "log.jsonl")
     finally:
         for client in load.clients:
             client.close()
         dep.stop()
 
 
-def _chaos(dep: Deployment, load: ChaosLoad, pg_url: str, started: float) -> None:
+def _chaos(dep: Deployment, load: ChaosLoad, pg_url: str, started: float, export: Path) -> None:
     """Load, the two kills, the drain and every check (the caller stops the deployment whatever happens)."""
     workers = [threading.Thread(target=load.worker, args=(w,), name=f"chaos-{w}") for w in range(WORKERS)]
     try:
@@ -241,7 +246,7 @@ def _chaos(dep: Deployment, load: ChaosLoad, pg_url: str, started: float) -> Non
         wait_for(lambda r=replica: requests.get(r.base + "/health", timeout=5).json().get("modelId")
                  == newest_id, 10, f"replica {replica.base} to serve model {newest_id}")
 
-    _check_log(pg_url, load)
+    _check_log(pg_url, load, export)
 
     # The served model is the one rebuilt from the log alone.
     rebuilt, arguments, replayed = _rebuild(pg_url)
@@ -279,19 +284,24 @@ def _pending(url: str) -> int:
         return int(conn.execute("SELECT COUNT(*) FROM events WHERE status = 'pending'").fetchone()[0])
 
 
-def _check_log(url: str, load: ChaosLoad) -> None:
-    """Every acknowledged call is in the store exactly once; closing and labels follow the logged rewards."""
-    with psycopg.connect(url) as conn:
-        events = {row[0]: row[1:] for row in conn.execute(
-            "SELECT event_id, response, status, deferred, activated, learn_seq, labels FROM events"
-            " WHERE event_id LIKE 'chaos-%%'")}
-        rewards = conn.execute("SELECT event_id, slot_id, value, late FROM rewards ORDER BY id").fetchall()
-        seqs = [r[0] for r in conn.execute("SELECT learn_seq FROM events WHERE learn_seq IS NOT NULL ORDER BY 1")]
+def _exported(url: str, out: Path) -> list[dict[str, Any]]:
+    """The whole log as ``python -m personalizer logs export`` writes it (a real subprocess)."""
+    subprocess.run([sys.executable, "-m", "personalizer", "logs", "export", "--store", url, "--out", str(out)],
+                   check=True, timeout=60, cwd=ROOT)
+    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+
+def _check_log(url: str, load: ChaosLoad, out: Path) -> None:
+    """Every acknowledged call is in the exported log exactly once; closing and labels follow its rewards."""
+    exported = _exported(url, out)
+    seqs = sorted(e["learnSeq"] for e in exported if e["learnSeq"] is not None)
+    events = {e["eventId"]: e for e in exported if e["eventId"].startswith("chaos-")}
+    rewards = [(e["eventId"], r["slotId"], r["value"], r["late"]) for e in exported for r in e["rewards"]]
 
     # Ranks: every acknowledged one is logged with the answer the client got, and nothing else is.
     assert set(events) == set(load.ranked)
     for event_id, answer in load.ranked.items():
-        assert json.loads(events[event_id][0]) == answer, event_id
+        assert events[event_id]["slots"] == answer["slots"], event_id
 
     # Rewards: exactly once each (a call cut off by the kill may have committed before its retry).
     on_time = Counter((e, s, v) for e, s, v, late in rewards if not late)
@@ -304,18 +314,18 @@ def _check_log(url: str, load: ChaosLoad) -> None:
     # Learning order gapless; every event closed: learned, or discarded when never activated.
     assert seqs == list(range(1, len(seqs) + 1))
     earliest: dict[str, dict[str, float]] = {}
-    for e, s, v, is_late in rewards:
+    for e, s, v, is_late in rewards:  # each event's rewards in arrival order
         if not is_late:
             earliest.setdefault(e, {}).setdefault(s, v)
     learned = 0
-    for event_id, (response, status, deferred, activated, learn_seq, labels) in events.items():
-        if deferred and event_id not in load.activated:
-            assert status == "discarded" and learn_seq is None and labels is None, event_id
+    for event_id, event in events.items():
+        if event["deferred"] and event_id not in load.activated:
+            assert event["status"] == "discarded" and event["learnSeq"] is None and event["labels"] is None, event_id
             continue
-        assert not deferred or activated is not None, event_id
-        assert status == "learned" and learn_seq is not None, (event_id, status)
-        slots = [s["id"] for s in json.loads(response)["slots"]]
-        assert json.loads(labels) == [earliest.get(event_id, {}).get(s, 0.0) for s in slots], event_id
+        assert not event["deferred"] or event["activated"] is not None, event_id
+        assert event["status"] == "learned" and event["learnSeq"] is not None, (event_id, event["status"])
+        slots = [slot["id"] for slot in event["slots"]]
+        assert event["labels"] == [earliest.get(event_id, {}).get(s, 0.0) for s in slots], event_id
         learned += 1
     assert learned == len(seqs)
-    assert load.refused_activations <= {e for e, row in events.items() if row[1] == "discarded"}
+    assert load.refused_activations <= {e for e, ev in events.items() if ev["status"] == "discarded"}
