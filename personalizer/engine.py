@@ -974,8 +974,9 @@ class LocalPersonalizer:
         self._change_policy(policy, exploration_percentage, note or ChangeNote())
         return self.get_policy()
 
-    def _change_policy(self, policy: dict[str, Any], exploration_percentage: float | None, note: ChangeNote) -> int:
-        """Install a policy (and exploration) after its trial and record the change; returns the change's id."""
+    def _checked_policy(self, policy: Any, exploration_percentage: float | None) -> PolicyContract:
+        """A policy change's checks, before anything changes: the contract, the argument allow-list,
+        the exploration, then the child-process trial (outside the lock: ranks go on meanwhile)."""
         contract = parse(PolicyContract, policy, "InvalidPolicyContract")
         parse_arguments(contract.arguments)
         if exploration_percentage is not None:
@@ -987,7 +988,12 @@ class LocalPersonalizer:
             args = effective_arguments(contract.arguments, exploration)
             examples = self._trial_examples()
         if contract.arguments != DEFAULT_POLICY_ARGUMENTS:  # the shipped default is known to work
-            trial.trial_policy(args, examples)  # outside the lock: ranks go on meanwhile
+            trial.trial_policy(args, examples)
+        return contract
+
+    def _change_policy(self, policy: dict[str, Any], exploration_percentage: float | None, note: ChangeNote) -> int:
+        """Install a policy (and exploration) after its trial and record the change; returns the change's id."""
+        contract = self._checked_policy(policy, exploration_percentage)
         with self._locked():
             now = self._clock()
             before = self._policy_snapshot()

@@ -44,14 +44,13 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from .contract import PersonalizerError, PolicyContract, ServiceConfiguration, parse, parse_duration
-from .engine import DEFAULT_POLICY_ARGUMENTS, RETENTION_INTERVAL, LocalPersonalizer, _unknown_event
+from .contract import PersonalizerError, PolicyContract, ServiceConfiguration, parse_duration
+from .engine import RETENTION_INTERVAL, LocalPersonalizer, _unknown_event
 from .pgstore import COMMANDS_DONE_CHANNEL, FINAL_COMMAND_STATES, MODELS_CHANNEL, WORK_CHANNEL, PgEventLog
 from .policy_history import ChangeNote, same_arguments
 from .store import StoredEvent
 from .vw import trial
 from .vw import workspace as vw_workspace
-from .vw.arguments import effective_arguments, parse_arguments
 
 log = logging.getLogger(__name__)
 
@@ -326,23 +325,6 @@ class ReplicaEngine(_SharedLog, LocalPersonalizer):
         if kind in _MODEL_COMMANDS:
             self._refresh()  # answer with the published model loaded here: read-your-writes on this replica
         return result
-
-    def _checked_policy(self, policy: Any, exploration_percentage: float | None) -> PolicyContract:
-        """The embedded engine's checks of a policy change, done here so a bad one queues nothing:
-        the contract, the argument allow-list, the exploration, then the child-process trial."""
-        contract = parse(PolicyContract, policy, "InvalidPolicyContract")
-        parse_arguments(contract.arguments)
-        if exploration_percentage is not None:
-            parse(ServiceConfiguration, {"explorationPercentage": exploration_percentage},
-                  "InvalidServiceConfiguration")
-        with self._locked():
-            exploration = self._config.exploration_percentage if exploration_percentage is None \
-                else exploration_percentage
-            arguments = effective_arguments(contract.arguments, exploration)
-            examples = self._trial_examples()
-        if contract.arguments != DEFAULT_POLICY_ARGUMENTS:
-            trial.trial_policy(arguments, examples)
-        return contract
 
     @property
     def model_id(self) -> int | None:
