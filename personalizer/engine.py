@@ -1047,12 +1047,8 @@ class LocalPersonalizer:
             raise PersonalizerError("ResourceNotFound", f"no policy change '{str(change_id)[:64]}'", 404)
         return change
 
-    def rollback_policy(self, change_id: str | int, *, who: str = "api") -> dict[str, Any]:
-        """Restore the policy (and exploration) a recorded change replaced; returns the new change.
-
-        Goes through the same parse and trial as any policy change, and is recorded itself.
-        409 when that policy is already the live one.
-        """
+    def _rollback_target(self, change_id: str | int) -> Any:
+        """The recorded change a rollback undoes: 404 if unknown, 409 if its ``before`` is the live policy."""
         with self._lock:
             target = self._policy_change(change_id)
             live = self._policy_snapshot()
@@ -1061,6 +1057,16 @@ class LocalPersonalizer:
                 before.get("explorationPercentage") == live["explorationPercentage"]:
             raise PersonalizerError("PolicyAlreadyActive", f"the policy before change {target.id} is already the "
                                     "live policy; nothing to roll back", 409)
+        return target
+
+    def rollback_policy(self, change_id: str | int, *, who: str = "api") -> dict[str, Any]:
+        """Restore the policy (and exploration) a recorded change replaced; returns the new change.
+
+        Goes through the same parse and trial as any policy change, and is recorded itself.
+        409 when that policy is already the live one.
+        """
+        target = self._rollback_target(change_id)
+        before = target.before
         new_id = self._change_policy({"name": before["name"], "arguments": before["arguments"]},
                                      before.get("explorationPercentage"),
                                      ChangeNote(who, "rollback", details={"rollbackOf": str(target.id)}))

@@ -47,7 +47,7 @@ from typing import Any
 from .contract import PersonalizerError, PolicyContract, ServiceConfiguration, parse_duration
 from .engine import RETENTION_INTERVAL, LocalPersonalizer, _unknown_event
 from .pgstore import COMMANDS_DONE_CHANNEL, FINAL_COMMAND_STATES, MODELS_CHANNEL, WORK_CHANNEL, PgEventLog
-from .policy_history import ChangeNote, same_arguments
+from .policy_history import ChangeNote
 from .store import StoredEvent
 from .vw import trial
 from .vw import workspace as vw_workspace
@@ -427,14 +427,8 @@ class ReplicaEngine(_SharedLog, LocalPersonalizer):
         """Checked here (404 unknown change, 409 already live, 400 a policy that fails its trial), applied
         by the trainer; returns the new change."""
         self._refresh()
-        with self._lock:
-            target = self._policy_change(change_id)
-            live = self._policy_snapshot()
+        target = self._rollback_target(change_id)
         before = target.before
-        if same_arguments(before["arguments"], live["arguments"]) and \
-                before.get("explorationPercentage") == live["explorationPercentage"]:
-            raise PersonalizerError("PolicyAlreadyActive", f"the policy before change {target.id} is already the "
-                                    "live policy; nothing to roll back", 409)
         self._checked_policy({"name": before["name"], "arguments": before["arguments"]},
                              before.get("explorationPercentage"))
         return self._command("rollbackPolicy", {"changeId": str(target.id), "who": who})
