@@ -218,18 +218,40 @@ class PersonalizerClient:
 
     def list_feature_importances(self) -> list[dict[str, Any]]:
         """Every feature-importance job (without scores), following ``nextLink`` pages."""
+        return self._all_pages("/featureImportances")
+
+    def _all_pages(self, path: str) -> list[dict[str, Any]]:
+        """Every item of a ``{"value", "nextLink"}`` listing, page by page (``skip``)."""
         items: list[dict[str, Any]] = []
-        skip = 0
         while True:
-            page = _json_of(self._call("GET", "/featureImportances", safe=True, query=f"&skip={skip}"))
+            page = _json_of(self._call("GET", path, safe=True, query=f"&skip={len(items)}"))
             items.extend(page.get("value", []))
             if not page.get("nextLink") or not page.get("value"):
                 return items
-            skip = len(items)
 
     def delete_feature_importance(self, feature_importance_id: str) -> None:
         """Delete a feature-importance job (a running one is cancelled)."""
         self._call("DELETE", f"/featureImportances/{_quote(feature_importance_id)}", safe=True)
+
+    # ------------------------------------------------------------ offline evaluations (2022-09-01-preview)
+    def create_evaluation(self, evaluation_id: str, contract: dict[str, Any]) -> dict[str, Any]:
+        """Start an offline evaluation ``{"name", "startTime", "endTime", "policies", ...}``; returns it (Running).
+
+        On a scaled-out deployment any replica accepts it and the trainer runs it.
+        """
+        return _json_of(self._call("PUT", f"/evaluations/{_quote(evaluation_id)}", json_body=contract, safe=False))
+
+    def get_evaluation(self, evaluation_id: str) -> dict[str, Any]:
+        """An evaluation: status, progress and, once Succeeded, ``optimalPolicy`` and ``content`` (per policy)."""
+        return _json_of(self._call("GET", f"/evaluations/{_quote(evaluation_id)}", safe=True))
+
+    def list_evaluations(self) -> list[dict[str, Any]]:
+        """Every evaluation (without results), following ``nextLink`` pages."""
+        return self._all_pages("/evaluations")
+
+    def delete_evaluation(self, evaluation_id: str) -> None:
+        """Delete an evaluation (a running one is cancelled)."""
+        self._call("DELETE", f"/evaluations/{_quote(evaluation_id)}", safe=True)
 
     def health(self) -> dict[str, Any]:
         """The server's health answer (``{"status": "ok", ...}``); needs no key."""
