@@ -64,14 +64,14 @@ def empty_state(events: int) -> None:
 _NO_EVALUATIONS = frozenset({404, 405, 501})
 
 
-def unavailable_state(exc: BaseException) -> None:
+def unavailable_state(exc: BaseException, doing: str) -> None:
     """No evaluations from this backend: why (an endpoint without the API, or an error); the tab's lift still shows."""
     if getattr(exc, "status", None) in _NO_EVALUATIONS:
         st.info(f"**This endpoint does not serve offline evaluations.** {md(error_text(exc))}  \nThis project's "
                 "server does (embedded or scaled out); or switch to the embedded engine in the sidebar.",
                 icon=":material/cloud_off:")
     else:
-        widgets.show_error(exc, "Could not list the offline evaluations")
+        widgets.show_error(exc, doing)
     experiment = state.experiment()
     df = state.history().frame()
     rows = df[df["experiment"] == experiment.number] if experiment is not None else df.iloc[0:0]
@@ -336,8 +336,8 @@ def main() -> None:
     try:
         stats = backend.stats()
         covered = offline.log_range(backend.log_properties())
-    except BACKEND_ERRORS as exc:
-        widgets.show_error(exc, "Could not read the event log")
+    except BACKEND_ERRORS as exc:  # a look-alike without this server's log extensions, or no answer
+        unavailable_state(exc, "Could not read the event log")
         return
     events = int(stats.get("learned", 0)) + int(stats.get("logged", 0))
     if events < offline.MIN_EVENTS or covered is None:
@@ -348,7 +348,7 @@ def main() -> None:
         manager = evaluations_for(backend)
         listed = manager.list()
     except BACKEND_ERRORS as exc:
-        unavailable_state(exc)
+        unavailable_state(exc, "Could not list the offline evaluations")
         policy_history.section(backend)
         return
     created = settings(manager, covered, model_start(backend))
