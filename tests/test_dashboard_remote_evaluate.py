@@ -125,3 +125,47 @@ def test_a_running_remote_evaluation_shows_progress_and_can_be_cancelled(
     app.button(key="eval-cancel").click().run()
     assert not app.exception
     assert client.list_evaluations() == [] and not app.progress and not app.dataframe
+
+
+def test_on_a_postgresql_replica_the_trainer_runs_it_and_any_replica_shows_applies_and_deletes_it(
+        app: AppTest, pg_url: str) -> None:
+    from test_scale_commands import Replicas, TrainerThread
+
+    from personalizer.engine import LocalPersonalizer
+    from personalizer.pgstore import SETTLE_SECONDS
+
+    with LocalPersonalizer(pg_url) as engine:  # 200 rewarded seed visitors in the shared log, just now
+        simulate(engine, builtin("seed"), 200, seed=7)
+    time.sleep(SETTLE_SECONDS)  # a replica lists the log up to this long ago (events still being committed)
+    trainer = TrainerThread(pg_url)
+    replicas = Replicas(pg_url, n=2)
+    other = replicas.clients[1]  # the page talks to replica 0; the test reads through replica 1
+    try:
+        _connect(app, replicas.servers[0].base, KEY)
+        app.switch_page(EVALUATE).run()
+        assert not app.exception and not app.error
+        app.selectbox(key="eval-range").set_value("All logged events").run()
+        done = run_remote_evaluation(app, other)
+        assert done["status"] == "completed" and done["events"] == 200
+        shown = texts(app)
+        assert "200 events" in shown and "n = 200" in shown and "from the server's log" in shown
+        table = app.dataframe[0].value
+        assert [p.removesuffix(" (live)") for p in table["policy"]] == REFERENCES + list(PRESET_POLICIES)
+        assert "Project default (live)" in table["policy"].tolist()  # what the deployment runs, marked
+        offered = [b for b in app.button if b.key == "eval-apply"]
+        if offered:  # a candidate is estimated best: one click
+            candidate = table.loc[table["best"], "policy"].item()
+            offered[0].click().run()
+        else:  # the online (or live) policy won: apply another candidate by hand
+            candidate = "Joint interactions"
+            app.selectbox(key="eval-apply-other").set_value(candidate).run()
+            app.button(key="eval-apply-other-button").click().run()
+        assert not app.exception, app.exception
+        assert f"Applied {candidate}: the server now" in texts(app)
+        assert other.get_policy()["name"] == candidate  # applied by the trainer, served by every replica
+        app.button(key="eval-delete").click().run()
+        assert not app.exception, app.exception
+        assert other.list_evaluations() == []
+    finally:
+        replicas.close()
+        trainer.close()
