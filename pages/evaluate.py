@@ -285,7 +285,8 @@ def apply_section(manager: EvaluationJobs, evaluation_id: str, result: Evaluatio
         with st.expander("Details: the Vowpal Wabbit arguments now running"):
             st.code(applied["arguments"], language=None)
     if live is not None:
-        st.caption(f":material/radio_button_checked: **{md(live)}** is live: the engine runs these settings now.")
+        runs = "the engine runs" if in_process else "the server runs"
+        st.caption(f":material/radio_button_checked: **{md(live)}** is live: {runs} these settings now.")
     best = offline.best_candidate(result)
     if best is not None and best == live:
         st.info(f"The live policy, {md(live)}, is estimated best among these candidates: nothing to apply.",
