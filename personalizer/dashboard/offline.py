@@ -319,7 +319,8 @@ def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "policy": frame["policy"], "estimate": frame["estimate"] * 100,
         "interval": [interval(lo, hi) for lo, hi in zip(frame["low"], frame["high"], strict=True)],
-        "vsOnline": frame["vsOnline"], "support": frame["support"] * 100, "best": frame["best"],
+        "vsOnline": frame["vsOnline"].round(1) + 0.0,  # + 0.0: a live twin of online reads "+0.0", not "-0.0"
+        "support": frame["support"] * 100, "best": frame["best"],
         "arguments": frame["arguments"],
     })
 
