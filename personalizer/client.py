@@ -38,6 +38,9 @@ from .protocol import API_VERSION, DELETED_HEADER, KEY_HEADER, STATUS_HEADER, co
 __all__ = ["API_VERSION", "PersonalizerClient", "normalize_endpoint"]
 
 _API_QUERY = f"?api-version={API_VERSION}"
+#: The versioned path evaluations are created and read on: its v1.1 ``Evaluation`` carries the results
+#: (per-policy estimates and intervals, per slot), which the 2022 API's answers leave out.
+EVALUATIONS_VERSION = "v1.1-preview.3"
 _RETRY_STATUSES = frozenset({429, 503})
 _MAX_RETRY_AFTER = 30
 _NO_BODY: Any = object()  # a JSON body of null is still a body
@@ -220,11 +223,12 @@ class PersonalizerClient:
         """Every feature-importance job (without scores), following ``nextLink`` pages."""
         return self._all_pages("/featureImportances")
 
-    def _all_pages(self, path: str) -> list[dict[str, Any]]:
-        """Every item of a ``{"value", "nextLink"}`` listing, page by page (``skip``)."""
+    def _all_pages(self, path: str, *, page_size: int | None = None) -> list[dict[str, Any]]:
+        """Every item of a ``{"value", "nextLink"}`` listing, page by page (``skip``, ``maxpagesize``)."""
         items: list[dict[str, Any]] = []
+        size = f"&maxpagesize={int(page_size)}" if page_size is not None else ""
         while True:
-            page = _json_of(self._call("GET", path, safe=True, query=f"&skip={len(items)}"))
+            page = _json_of(self._call("GET", path, safe=True, query=f"&skip={len(items)}{size}"))
             items.extend(page.get("value", []))
             if not page.get("nextLink") or not page.get("value"):
                 return items
@@ -233,25 +237,46 @@ class PersonalizerClient:
         """Delete a feature-importance job (a running one is cancelled)."""
         self._call("DELETE", f"/featureImportances/{_quote(feature_importance_id)}", safe=True)
 
-    # ------------------------------------------------------------ offline evaluations (2022-09-01-preview)
-    def create_evaluation(self, evaluation_id: str, contract: dict[str, Any]) -> dict[str, Any]:
-        """Start an offline evaluation ``{"name", "startTime", "endTime", "policies", ...}``; returns it (Running).
+    # ------------------------------------------------------------ offline evaluations
+    def create_evaluation(self, contract: dict[str, Any]) -> dict[str, Any]:
+        """Start an offline evaluation of the logged events; returns it as the v1.1 ``Evaluation`` (status
+        ``pending``, the id the server chose).
 
-        On a scaled-out deployment any replica accepts it and the trainer runs it.
+        ``contract``: ``{"name", "startTime", "endTime", "policies": [{"name", "arguments"}],
+        "enableOfflineExperimentation"}`` (times ISO-8601). Not repeated after an ambiguous failure:
+        a repeat would start a second evaluation.
         """
-        return _json_of(self._call("PUT", f"/evaluations/{_quote(evaluation_id)}", json_body=contract, safe=False))
+        return _json_of(self._call("POST", f"/{EVALUATIONS_VERSION}/evaluations", json_body=contract, safe=False,
+                                   api_version=False))
 
     def get_evaluation(self, evaluation_id: str) -> dict[str, Any]:
-        """An evaluation: status, progress and, once Succeeded, ``optimalPolicy`` and ``content`` (per policy)."""
-        return _json_of(self._call("GET", f"/evaluations/{_quote(evaluation_id)}", safe=True))
+        """An offline evaluation as the v1.1 ``Evaluation``: ``status`` (pending, completed, failed,
+        optimalPolicyApplied...), ``progress`` and, once completed, ``policyResults`` and ``optimalPolicy``."""
+        return _json_of(self._call("GET", f"/{EVALUATIONS_VERSION}/evaluations/{_quote(evaluation_id)}", safe=True,
+                                   api_version=False))
 
-    def list_evaluations(self) -> list[dict[str, Any]]:
-        """Every evaluation (without results), following ``nextLink`` pages."""
-        return self._all_pages("/evaluations")
+    def list_evaluations(self, *, page_size: int | None = None) -> list[dict[str, Any]]:
+        """Every offline evaluation, oldest first, as ``EvaluationDetails`` (id, name, startTime, endTime,
+        creationTime, status in the 2022 API's words: Running, Succeeded, Failed..., evaluationType):
+        without results, so a listing stays small; following ``nextLink`` pages of ``page_size``."""
+        return self._all_pages("/evaluations", page_size=page_size)
 
     def delete_evaluation(self, evaluation_id: str) -> None:
-        """Delete an evaluation (a running one is cancelled)."""
-        self._call("DELETE", f"/evaluations/{_quote(evaluation_id)}", safe=True)
+        """Delete an offline evaluation (a running one is cancelled)."""
+        self._call("DELETE", f"/{EVALUATIONS_VERSION}/evaluations/{_quote(evaluation_id)}", safe=True,
+                   api_version=False)
+
+    def apply_from_evaluation(self, evaluation_id: str, policy_name: str | None = None) -> None:
+        """Make a policy of a completed evaluation the learning policy (default: its ``optimalPolicy``).
+
+        The server sets the policy's learning settings and exploration; whether the model starts
+        from the replay's model is the server's (an embedded server still holding it: yes; a
+        scaled-out deployment: a fresh model). Not repeated after an ambiguous failure.
+        """
+        body: dict[str, Any] = {"evaluationId": evaluation_id}
+        if policy_name is not None:
+            body["policyName"] = policy_name
+        self._call("POST", "/configurations/applyFromEvaluation", json_body=body, safe=False)
 
     def health(self) -> dict[str, Any]:
         """The server's health answer (``{"status": "ok", ...}``); needs no key."""

@@ -19,8 +19,6 @@ import requests
 from server_fixtures import KEY, ThreadedServer
 from timing import FakeClock, Ticking
 
-from personalizer.client import PersonalizerClient
-from personalizer.contract import PersonalizerError
 from personalizer.engine import LocalPersonalizer
 from personalizer.evaluation import Evaluations, _engine_events
 from personalizer.server import API_VERSIONS
@@ -367,23 +365,3 @@ def test_openapi_documents_the_evaluation_routes(server: ThreadedServer) -> None
         p["name"] for p in get_2022["parameters"]}
     assert "/personalizer/v1.0/configurations/applyFromEvaluation" not in paths
     assert {"EvaluationContract", "PolicyReferenceContract"} <= set(doc["components"]["schemas"])
-
-
-def test_client_creates_polls_lists_and_deletes_evaluations(server: ThreadedServer) -> None:
-    """``PersonalizerClient``'s evaluation calls against the real server (the 2022 shapes)."""
-    with PersonalizerClient(server.base, KEY) as client:
-        created = client.create_evaluation("by-client", body("by client", [CANDIDATE]))
-        assert created["id"] == "by-client" and created["status"] in ("Running", "Succeeded")
-        with pytest.raises(PersonalizerError) as again:
-            client.create_evaluation("by-client", body("again"))
-        assert (again.value.code, again.value.status) == ("EvaluationAlreadyExists", 409)
-        deadline = time.monotonic() + 60
-        while (done := client.get_evaluation("by-client"))["status"] == "Running" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert done["status"] == "Succeeded", done
-        assert "by-client" in {e["id"] for e in client.list_evaluations()}
-        client.delete_evaluation("by-client")
-        assert "by-client" not in {e["id"] for e in client.list_evaluations()}
-        with pytest.raises(PersonalizerError) as gone:
-            client.get_evaluation("by-client")
-        assert gone.value.status == 404

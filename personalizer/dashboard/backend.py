@@ -15,8 +15,9 @@ backend; :func:`open_backend` turns it into the shared instance.
   session's :class:`BackendChoice` and the client: never in a widget, a repr or
   a message.
 
-The engine's offline evaluations (:class:`~personalizer.evaluation.Evaluations`),
-feature-importance jobs, log rows and lift over baseline are cached per engine here too.
+The engine's offline evaluations (:class:`~personalizer.evaluation.Evaluations`; a remote
+backend's run on its server), feature-importance jobs, log rows and lift over baseline are
+cached per backend here too.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import pandas as pd
 import streamlit as st
 
 from ..client import PersonalizerClient
@@ -37,10 +39,11 @@ from ..evaluation import Evaluations
 from ..importance import FeatureImportances
 from ..interface import LocalEngine, Personalizer
 from ..settings import load_settings
-from .capabilities import FeatureImportanceJobs, local_engine
-from .lift import LiftReport, from_events
-from .log_trends import LogRows
+from .capabilities import EvaluationJobs, FeatureImportanceJobs, local_engine
+from .lift import LiftReport, from_events, from_history
+from .log_trends import LogRows, in_scope
 from .remote import ENV_ENDPOINT, ENV_KEY, RemoteSettings, endpoint_problem, remote_settings
+from .remote_jobs import ClientEvaluations
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +179,19 @@ def _evaluations(home: str, engine_id: int, _engine: LocalEngine) -> Evaluations
     return Evaluations(_engine)
 
 
-def evaluations_for(engine: LocalEngine) -> Evaluations:
-    """The engine's offline-evaluations manager (one per engine instance; results kept in its data directory)."""
-    return _evaluations(str(engine.home), id(engine), engine)
+def evaluations_for(backend: Personalizer) -> EvaluationJobs:
+    """Who runs offline evaluations for a backend: the engine's manager (one per engine instance, results kept
+    in its data directory), or the server through the client (an embedded ``serve``, or any replica of a
+    scaled-out deployment whose trainer runs them).
+
+    PersonalizerError 501 for a backend that is neither (the Evaluate page says so).
+    """
+    engine = local_engine(backend)
+    if engine is not None:
+        return _evaluations(str(engine.home), id(engine), engine)
+    if isinstance(backend, PersonalizerClient):
+        return ClientEvaluations(backend)
+    raise PersonalizerError("EvaluationsUnavailable", "this backend runs no offline evaluations", 501)
 
 
 @st.cache_data(show_spinner="Estimating lift over baseline…", max_entries=32)
@@ -187,12 +200,27 @@ def _log_lift(home: str, engine_id: int, counts: tuple[int, ...], start: float |
     return from_events(_engine.events(start, end), catalog)
 
 
-def log_lift(engine: LocalEngine, start: float | None = None, end: float | None = None,
+def log_lift(backend: Personalizer, start: float | None = None, end: float | None = None,
              catalog: tuple[frozenset[str], tuple[str, ...]] | None = None) -> LiftReport:
-    """Lift over baseline from the engine's log in [start, end) (one catalog's events), recomputed when the log grew."""
-    stats = engine.stats()
-    counts = (int(stats.get("learned", 0)), int(stats.get("logged", 0)), int(stats.get("rewards", 0)))
-    return _log_lift(str(engine.home), id(engine), counts, start, end, catalog, engine)
+    """Lift over baseline from the backend's log in [start, end) (one catalog's events), recomputed when the log
+    grew: the engine's events in process, else the log listed through the API (the trends page's rows)."""
+    engine = local_engine(backend)
+    if engine is not None:
+        stats = engine.stats()
+        counts = (int(stats.get("learned", 0)), int(stats.get("logged", 0)), int(stats.get("rewards", 0)))
+        return _log_lift(str(engine.home), id(engine), counts, start, end, catalog, engine)
+    rows = log_rows_for(backend)
+    number = None if catalog is None else rows.catalog_number(catalog)
+
+    def compute() -> LiftReport:
+        frame = rows.frame() if catalog is None else in_scope(rows.frame(), number)
+        if start is not None:
+            frame = frame[frame["time"] >= pd.Timestamp(start, unit="s", tz="UTC")]
+        if end is not None:
+            frame = frame[frame["time"] < pd.Timestamp(end, unit="s", tz="UTC")]
+        return from_history(frame)
+
+    return rows.memo(("lift", number, catalog is None, start, end), compute)
 
 
 def clear_caches() -> None:

@@ -7,19 +7,25 @@ would have earned had they been serving. Every estimate has a 95 % interval.
 The first slot's numbers are the unbiased headline (and pick the best policy);
 later slots are shown with cascade weights (unbiased for the whole page,
 noisier) and a caveat.
+
+The page reads results from the wire: an evaluation's v1.1 ``Evaluation`` (what
+``Evaluations.get`` returns in process and ``PersonalizerClient.get_evaluation`` over
+HTTP) becomes an :class:`EvaluationView`, so the embedded engine and a remote server
+(an embedded ``serve`` or a scaled-out replica whose trainer ran it) are shown alike.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import pandas as pd
 
-from ..evaluation import MAX_CUSTOM_POLICIES, PRESET_POLICIES, EvaluationResult
+from ..evaluation import MAX_CUSTOM_POLICIES, PRESET_POLICIES
 
 #: Fewer rewarded events than this and the page explains instead of evaluating.
 MIN_EVENTS = 50
@@ -44,6 +50,107 @@ WEIGHTING_FIRST = "conditional"
 WEIGHTING_LATER = "cascade"
 
 _NAMED = re.compile(r"^\s*([^-\s][^:]*?)\s*:\s+(-.*)$")
+
+
+# ---------------------------------------------------------------- results as the wire tells them
+
+def _number(value: Any) -> float:
+    """A wire number (JSON null for a non-finite one) as a float, NaN when absent."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def _pair(value: Any) -> tuple[float, float]:
+    """A wire interval ``[low, high]`` (nulls for unknown bounds) as floats, NaN where unknown."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return _number(value[0]), _number(value[1])
+    return math.nan, math.nan
+
+
+@dataclass(frozen=True)
+class EstimateView:
+    """One policy's estimate for one slot (or the headline): a ``PolicyResultSummary`` with this server's
+    extensions (every estimator's interval, the DR estimate, the effective number of events)."""
+
+    value: float                      # SNIPS
+    interval: tuple[float, float]     # the headline interval (Cressie-Read; Gaussian for a later slot's conditional)
+    events: int
+    support: float                    # share of events where the policy could have shown what was shown
+    gaussian: tuple[float, float]     # SNIPS, delta method
+    bernstein: tuple[float, float]
+    dr: float
+    dr_interval: tuple[float, float]
+    effective_events: float           # Kish; NaN from a server that does not tell
+
+    @classmethod
+    def from_summary(cls, summary: Mapping[str, Any]) -> EstimateView:
+        """The estimate of one wire summary (``totalSummary``, a slot's or its ``cascade``)."""
+        return cls(value=_number(summary.get("averageReward")), interval=_pair(summary.get("interval")),
+                   events=int(summary.get("events") or 0),
+                   support=_number(summary.get("nonZeroProbability")),
+                   gaussian=_pair(summary.get("snipsInterval")), bernstein=_pair(summary.get("bernsteinInterval")),
+                   dr=_number(summary.get("drAverageReward")), dr_interval=_pair(summary.get("drInterval")),
+                   effective_events=_number(summary.get("effectiveEvents")))
+
+
+@dataclass(frozen=True)
+class PolicyView:
+    """One evaluated policy: the headline (every event's first slot), and per slot both weightings."""
+
+    name: str
+    source: str                       # Online | Baseline | Random | Custom | OfflineExperimentation
+    arguments: str
+    headline: EstimateView
+    conditional: dict[str, EstimateView] = field(default_factory=dict)
+    cascade: dict[str, EstimateView] = field(default_factory=dict)
+
+    def estimate(self, slot: str, *, weighting: str = WEIGHTING_FIRST) -> EstimateView:
+        """The estimate for ``slot`` with ``weighting`` (conditional or cascade)."""
+        return (self.cascade if weighting == WEIGHTING_LATER else self.conditional)[slot]
+
+
+@dataclass(frozen=True)
+class EvaluationView:
+    """A completed evaluation's results as the page shows them, read from the v1.1 ``Evaluation``."""
+
+    slot_ids: list[str]
+    slot_positions: dict[str, int]
+    events: int
+    deterministic_share: float
+    start: float | None
+    end: float | None
+    optimal_policy: str | None
+    policies: list[PolicyView]
+
+    @classmethod
+    def from_wire(cls, evaluation: Mapping[str, Any]) -> EvaluationView | None:
+        """The results of an evaluation answer; None while it has none (pending, failed, no events)."""
+        results = evaluation.get("policyResults") or []
+        if not results:
+            return None
+        policies = []
+        slot_ids: list[str] = []
+        positions: dict[str, int] = {}
+        for item in results:
+            conditional, cascade = {}, {}
+            for slot in item.get("slots") or []:
+                sid = str(slot.get("slotId"))
+                if sid not in positions:
+                    slot_ids.append(sid)
+                    positions[sid] = int(slot.get("position") or 0)
+                conditional[sid] = EstimateView.from_summary(slot)
+                cascade[sid] = EstimateView.from_summary(slot.get("cascade") or {})
+            policies.append(PolicyView(str(item.get("name")), str(item.get("policySource", "Custom")),
+                                       str(item.get("arguments") or ""),
+                                       EstimateView.from_summary(item.get("totalSummary") or {}),
+                                       conditional, cascade))
+        if not slot_ids:
+            return None
+        share = _number(evaluation.get("deterministicShare"))
+        return cls(slot_ids=slot_ids, slot_positions=positions, events=int(evaluation.get("events") or 0),
+                   deterministic_share=0.0 if math.isnan(share) else share,
+                   start=parse_timestamp(evaluation.get("startTime")), end=parse_timestamp(evaluation.get("endTime")),
+                   optimal_policy=evaluation.get("optimalPolicy"), policies=policies)
+
 
 
 def parse_timestamp(value: Any) -> float | None:
@@ -126,17 +233,17 @@ def candidate_policies(presets: Sequence[str], custom_text: str = "") -> list[di
     return chosen
 
 
-def weighting_for(result: EvaluationResult, slot: str) -> str:
+def weighting_for(result: EvaluationView, slot: str) -> str:
     """Conditional weights for the first slot (exact there), cascade for later slots (unbiased for the page)."""
     return WEIGHTING_FIRST if result.slot_positions.get(slot, 0) == 0 else WEIGHTING_LATER
 
 
-def headline_slot(result: EvaluationResult) -> str:
+def headline_slot(result: EvaluationView) -> str:
     """The first slot (the unbiased headline)."""
     return min(result.slot_ids, key=lambda s: (result.slot_positions.get(s, 0), result.slot_ids.index(s)))
 
 
-def slot_order(result: EvaluationResult) -> list[str]:
+def slot_order(result: EvaluationView) -> list[str]:
     """Slot ids in page order."""
     return sorted(result.slot_ids, key=lambda s: (result.slot_positions.get(s, 0), result.slot_ids.index(s)))
 
@@ -145,7 +252,7 @@ def _num(x: float | None) -> float:
     return math.nan if x is None or not math.isfinite(x) else float(x)
 
 
-def result_frame(result: EvaluationResult, slot: str | None = None) -> pd.DataFrame:
+def result_frame(result: EvaluationView, slot: str | None = None) -> pd.DataFrame:
     """One row per policy for one slot (default: the headline): estimate, interval, difference to online.
 
     Columns: policy, kind, estimate, low, high, vsOnline (accept-rate points),
@@ -165,7 +272,7 @@ def result_frame(result: EvaluationResult, slot: str | None = None) -> pd.DataFr
         rows.append({
             "policy": p.name, "kind": _KINDS.get(p.source, KIND_CANDIDATE), "estimate": _num(est.value),
             "low": _num(est.interval[0]), "high": _num(est.interval[1]),
-            "support": est.nonzero / est.events if est.events else math.nan, "events": est.events,
+            "support": est.support, "events": est.events,
             "arguments": p.arguments or "", "best": p.name == best,
         })
     frame = pd.DataFrame(rows, columns=["policy", "kind", "estimate", "low", "high", "vsOnline", "support",
@@ -174,7 +281,7 @@ def result_frame(result: EvaluationResult, slot: str | None = None) -> pd.DataFr
     return frame
 
 
-def interval_details(result: EvaluationResult, slot: str | None = None) -> pd.DataFrame:
+def interval_details(result: EvaluationView, slot: str | None = None) -> pd.DataFrame:
     """Every interval the evaluation computed, per policy, for the details table (percent, 95 %).
 
     The headline is Cressie-Read empirical likelihood; the SNIPS Gaussian, the empirical
@@ -195,7 +302,7 @@ def interval_details(result: EvaluationResult, slot: str | None = None) -> pd.Da
         est = p.headline if slot == first else p.estimate(slot, weighting=weighting)
         rows.append({
             "policy": p.name, "snips": _num(est.value) * 100, "headline": text(est.interval),
-            "gaussian": text(est.interval_of("gaussian")), "bernstein": text(est.interval_of("bernstein")),
+            "gaussian": text(est.gaussian), "bernstein": text(est.bernstein),
             "dr": _num(est.dr) * 100, "drInterval": text(est.dr_interval),
             "effective": _num(est.effective_events),
         })
@@ -212,18 +319,19 @@ def table_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "policy": frame["policy"], "estimate": frame["estimate"] * 100,
         "interval": [interval(lo, hi) for lo, hi in zip(frame["low"], frame["high"], strict=True)],
-        "vsOnline": frame["vsOnline"], "support": frame["support"] * 100, "best": frame["best"],
+        "vsOnline": frame["vsOnline"].round(1) + 0.0,  # + 0.0: a live twin of online reads "+0.0", not "-0.0"
+        "support": frame["support"] * 100, "best": frame["best"],
         "arguments": frame["arguments"],
     })
 
 
-def best_candidate(result: EvaluationResult) -> str | None:
+def best_candidate(result: EvaluationView) -> str | None:
     """The candidate to apply: the best headline estimate among online and candidates; None if online wins."""
     best = result.optimal_policy
     return None if best is None or best == "Online" else best
 
 
-def candidates(result: EvaluationResult) -> list[str]:
+def candidates(result: EvaluationView) -> list[str]:
     """Names of the replayed candidate policies (the ones that can be applied)."""
     return [p.name for p in result.policies if p.source not in _KINDS]
 
@@ -269,7 +377,7 @@ def same_policy(candidate: str, live: str) -> bool:
     return rest_c == rest_l and (eps_c is None or eps_l is None or math.isclose(eps_c, eps_l))
 
 
-def live_candidate(result: EvaluationResult, live: dict[str, Any]) -> str | None:
+def live_candidate(result: EvaluationView, live: dict[str, Any]) -> str | None:
     """The evaluated candidate the engine runs now (by name, else by arguments), or None."""
     names = candidates(result)
     if live.get("name") in names:

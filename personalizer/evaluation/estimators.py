@@ -167,7 +167,8 @@ class Estimate:
         ``averageReward`` is SNIPS (numerator / snipsEstimatorDenominator), ``confidenceInterval``
         the headline (Cressie-Read) interval's half-width, ``interval`` its bounds (it need not be
         symmetric), ``nonZeroProbability`` the share of events where the policy gave the logged
-        action a positive probability, ``sumOfSquares`` the sum of squared IPS terms.
+        action a positive probability, ``sumOfSquares`` the sum of squared IPS terms,
+        ``effectiveEvents`` the Kish effective number of events (a remote dashboard shows it).
         """
         lo, hi = self.interval
         out: dict[str, Any] = {
@@ -188,6 +189,7 @@ class Estimate:
             "bernsteinInterval": [_finite(v) for v in self.bernstein_interval],
             "drAverageReward": _finite(self.dr),
             "drInterval": [_finite(v) for v in self.dr_interval],
+            "effectiveEvents": _finite(self.effective_events),
         }
         if time_stamp is not None:
             out["timeStamp"] = time_stamp
