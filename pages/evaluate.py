@@ -166,7 +166,8 @@ def delete(manager: EvaluationJobs, evaluation_id: str, name: str) -> None:
     try:
         manager.delete(evaluation_id)
     except BACKEND_ERRORS as exc:
-        if not (isinstance(exc, PersonalizerError) and exc.status == 404):  # deleted elsewhere meanwhile: gone either way
+        # Deleted elsewhere meanwhile (404): gone either way.
+        if not (isinstance(exc, PersonalizerError) and exc.status == 404):
             state.flash("error", f"Could not delete {name}. {error_text(exc)}")
             return
     state.set_evaluation_id(None)
@@ -185,8 +186,9 @@ def apply(manager: EvaluationJobs, evaluation_id: str, policy: str, in_process: 
     if in_process:
         state.flash("success", f"Applied {policy}: the engine now {offline.describe_arguments(arguments)}. It "
                                "starts from the model the replay trained; a new experiment begins.")
-    else:  # whether the server kept the replay's model is its own (a scaled-out deployment starts a fresh one)
-        state.flash("success", f"Applied {policy}: the server now {offline.describe_arguments(arguments)}. "
+    else:  # the server starts from the replay's model while it holds it (its own, or the trainer's that ran it)
+        state.flash("success", f"Applied {policy}: the server now {offline.describe_arguments(arguments)}, "
+                               "starting from the model the replay trained while it still holds it. "
                                "A new experiment begins.")
 
 
@@ -338,7 +340,8 @@ def apply_section(manager: EvaluationJobs, evaluation_id: str, result: Evaluatio
                   on_click=apply, args=(manager, evaluation_id, best, in_process),
                   help="Every tab and app using this engine switches to these learning settings, starting from "
                        "the model the replay trained." if in_process else
-                       "Every tab and app using this server switches to these learning settings.")
+                       "Every tab and app using this server switches to these learning settings, starting "
+                       "from the model the replay trained while the server (or the trainer that ran it) holds it.")
     else:
         st.info("The online policy is estimated best among these candidates: nothing to apply.",
                 icon=":material/verified:")

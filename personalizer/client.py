@@ -269,9 +269,10 @@ class PersonalizerClient:
     def apply_from_evaluation(self, evaluation_id: str, policy_name: str | None = None) -> None:
         """Make a policy of a completed evaluation the learning policy (default: its ``optimalPolicy``).
 
-        The server sets the policy's learning settings and exploration; whether the model starts
-        from the replay's model is the server's (an embedded server still holding it: yes; a
-        scaled-out deployment: a fresh model). Not repeated after an ambiguous failure.
+        The server sets the policy's learning settings and exploration, and starts from the model
+        the evaluation's replay trained while it still holds it (an embedded server; the trainer
+        that ran it in a scaled-out deployment), else from a fresh model. Not repeated after an
+        ambiguous failure.
         """
         body: dict[str, Any] = {"evaluationId": evaluation_id}
         if policy_name is not None:

@@ -41,6 +41,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -525,6 +526,10 @@ class TrainerEngine(_SharedLog, LocalPersonalizer):
         self._beat_due = 0.0
         #: Who leads, as the heartbeat names it (host and process id).
         self.leader = f"{socket.gethostname()}:{os.getpid()}"
+        #: The models this trainer's evaluation replays trained, by (evaluation id, policy name); set by
+        #: ``TrainerJobs``. applyFromEvaluation through any replica starts from one when this trainer
+        #: still holds it (as the embedded engine does), else from a fresh model.
+        self.replay_models: Callable[[str, str], bytes | None] | None = None
         super().__init__(store, clock=store.db_now)
         self._publish()
 
@@ -633,8 +638,15 @@ class TrainerEngine(_SharedLog, LocalPersonalizer):
     def _apply_command(self, kind: str, payload: dict[str, Any], data: bytes | None) -> Any:
         """One command, with the embedded engine's own code (its checks run again here)."""
         if kind == "updatePolicy":
-            return self.update_policy(payload["policy"], exploration_percentage=payload.get("explorationPercentage"),
-                                      note=ChangeNote(**payload["note"]))
+            note = ChangeNote(**payload["note"])
+            policy = self.update_policy(payload["policy"], exploration_percentage=payload.get("explorationPercentage"),
+                                        note=note)
+            model = None
+            if note.evaluation_id is not None and self.replay_models is not None:
+                model = self.replay_models(note.evaluation_id, payload["policy"]["name"])
+            if model is not None:  # applied from an evaluation this trainer ran: its replay's model, as embedded
+                self.import_model(model)
+            return policy
         if kind == "resetPolicy":
             return self.reset_policy(note=ChangeNote(**payload["note"]))
         if kind == "rollbackPolicy":

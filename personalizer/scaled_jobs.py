@@ -34,6 +34,8 @@ __all__ = ["ReplicaEvaluations", "ReplicaFeatureImportances", "TrainerEvaluation
 
 #: Seconds between a replica's re-reads while a caller waits for a job (``wait``).
 WAIT_POLL_SECONDS = 0.2
+#: The trainer keeps the replay models of this many of the newest evaluations, for applyFromEvaluation.
+KEPT_MODEL_EVALUATIONS = 8
 
 
 def _wait_until_done(read: Callable[[], Any], timeout: float | None) -> None:
@@ -123,8 +125,9 @@ class ReplicaEvaluations(Evaluations):
         return super().policy(evaluation_id, policy_name)
 
     def apply(self, evaluation_id: str, policy_name: str | None = None, **kwargs: Any) -> dict[str, Any]:
-        """applyFromEvaluation through the trainer (a policy command). The replay's model stays in the
-        trainer, so the applied policy starts a fresh model here (``with_model`` has no model to import)."""
+        """applyFromEvaluation through the trainer (a policy command naming the evaluation). The replay's
+        model is the trainer's: the trainer that ran the evaluation installs it with the policy (one
+        transaction); a trainer that did not (a standby that took over since) starts a fresh model."""
         self._sync_one(evaluation_id)
         return super().apply(evaluation_id, policy_name, **kwargs)
 
@@ -268,19 +271,31 @@ class TrainerEvaluations(Evaluations):
                 return None
         _adopt(self._records, self._lock, self._engine.record_ids("evaluation"),  # type: ignore[attr-defined]
                read, self._submit)
+        self._drop_models()  # of evaluations deleted through a replica
         with self._lock:
             running = [r for r in self._records.values() if r.status == "running"]
         for rec in running:
             self._save_quietly(rec)
 
+    def replay_model(self, evaluation_id: str, policy_name: str) -> bytes | None:
+        """The model the replay of one policy trained (None once dropped, or never run here): what
+        applyFromEvaluation through a replica starts from (``TrainerEngine.replay_models``)."""
+        with self._lock:
+            return self._models.get((evaluation_id, policy_name))
+
     def _work(self, rec: _Record) -> None:
         self._save_quietly(rec)  # "running" shows on every replica
-        try:
-            super()._work(rec)
-        finally:
-            with self._lock:  # applyFromEvaluation runs on a replica, which cannot use the replay's models
-                for key in [k for k in self._models if k[0] == rec.id]:
-                    del self._models[key]
+        super()._work(rec)
+        self._drop_models()
+
+    def _drop_models(self) -> None:
+        """Keep the replay models of the newest ``KEPT_MODEL_EVALUATIONS`` evaluations still in the store
+        (the embedded engine keeps them until deleted; a trainer runs for months)."""
+        with self._lock:
+            held = [e for e in dict.fromkeys(k[0] for k in self._models) if e in self._records]
+            keep = set(held[-KEPT_MODEL_EVALUATIONS:])
+            for key in [k for k in self._models if k[0] not in keep]:
+                del self._models[key]
 
 
 class TrainerFeatureImportances(FeatureImportances):
@@ -316,6 +331,7 @@ class TrainerJobs:
 
     def __init__(self, engine: Any) -> None:
         self.evaluations = TrainerEvaluations(engine)
+        engine.replay_models = self.evaluations.replay_model
         self.feature_importances = TrainerFeatureImportances(engine)
 
     def sync(self) -> None:

@@ -58,10 +58,14 @@ def test_evaluate_after_a_simulator_run_table_chart_sentence_and_apply(app: AppT
     chart = charts(app)[0]
     layers = spec(chart)["layer"]
     assert {layer["mark"]["type"] for layer in layers} == {"rule", "point", "text"}
-    assert spec(chart)["height"] == 100 + 36 * (len(REFERENCES) + len(PRESET_POLICIES))
+    assert spec(chart)["height"] == 120 + 36 * (len(REFERENCES) + len(PRESET_POLICIES))
     data = chart_data(chart).dropna(subset=["policy"])
     assert set(data["policy"]) == set(REFERENCES) | set(PRESET_POLICIES)
     assert (data["low"] <= data["estimate"]).all() and (data["estimate"] <= data["high"]).all()
+    # The best row says so in its name (the value label beside it is only a number: room on a phone).
+    best_row = table.loc[table["best"], "policy"].item()
+    assert sorted(data.loc[data["row"] != data["policy"], "row"]) == [f"{best_row} · best"]
+    assert not data["label"].str.contains("best").any()
     # Later slots: their own numbers, with the caveat.
     app.segmented_control(key="eval-slot").set_value("SmallSidebar").run()
     assert "Slot SmallSidebar is filled after BigHeroPosition" in texts(app)

@@ -30,6 +30,7 @@ from personalizer.engine import LocalPersonalizer
 from personalizer.scaled import ReplicaEngine, TrainerEngine, run_trainer
 from personalizer.server import API_VERSIONS
 from personalizer.simulation import load_scenario, simulate
+from personalizer.vw import workspace as vw_workspace
 
 AUTH = {"Ocp-Apim-Subscription-Key": KEY}
 QUADRATIC = {"name": "quadratic", "arguments": "--ccb_explore_adf -q ::"}
@@ -345,6 +346,58 @@ def test_a_job_deleted_while_the_trainer_runs_it_is_cancelled_and_not_written_ba
 
 
 # ---------------------------------------------------------------- /health
+
+def _weights(model: bytes, arguments: str) -> list[float]:
+    vw = vw_workspace.load(model, arguments)
+    try:
+        return [vw.get_weight(i) for i in range(vw.num_weights())]
+    finally:
+        vw_workspace.finish(vw)
+
+
+def test_applying_an_evaluation_through_a_replica_starts_from_the_trainers_replay_model(pg_url: str) -> None:
+    """As embedded: the applied policy serves the model its replay trained, not a fresh one; a deleted
+    evaluation's models are dropped by the trainer."""
+    _logged(pg_url)
+    trainer = TrainerEngine(pg_url)
+    from personalizer.scaled_jobs import TrainerJobs
+
+    jobs = TrainerJobs(trainer)
+    replica = ReplicaEngine(pg_url)
+    stop = threading.Event()
+
+    def lead() -> None:  # run_trainer's loop, with the job managers in reach of the test
+        while not stop.is_set():
+            trainer.apply_commands()
+            jobs.sync()
+            stop.wait(0.05)
+
+    leader = threading.Thread(target=lead, daemon=True)
+    leader.start()
+    try:
+        evaluations, _ = replica.job_managers()
+        less = {"name": "less", "arguments": "--ccb_explore_adf -q :: --epsilon 0.1"}
+        evaluations.create("e1", "look", START, END, [less])
+        assert evaluations.wait("e1", timeout=60)["status"] == "completed"
+        replay = jobs.evaluations.replay_model("e1", "less")
+        assert replay is not None
+
+        policy = evaluations.apply("e1", "less")
+        assert policy["name"] == "less" and evaluations.get("e1")["status"] == "optimalPolicyApplied"
+        served = _weights(replica.export_model(), policy["arguments"])
+        assert served == _weights(replay, policy["arguments"])
+        replica.reset_model()
+        assert _weights(replica.export_model(), policy["arguments"]) != served  # the replay's, not a fresh one
+
+        evaluations.delete("e1")
+        wait_for(lambda: jobs.evaluations.replay_model("e1", "less") is None, 10, "the trainer to drop its models")
+    finally:
+        stop.set()
+        leader.join(timeout=30)
+        jobs.close()
+        replica.close()
+        trainer.close()
+
 
 def test_health_reports_role_store_model_and_the_trainers_heartbeat(pg_url: str, tmp_path: Path) -> None:
     LocalPersonalizer(pg_url, configuration={"rewardWaitTime": "PT5S"}).close()

@@ -134,17 +134,19 @@ def policy_estimates(frame: pd.DataFrame, colors: dict[str, str], online_kind: s
     A dashed line marks the row of kind ``online_kind`` (what was served). The axis
     starts at zero so differences are not exaggerated.
     """
-    data = frame.assign(label=[f"{e:.1%}" + (" · best" if b else "") if e == e else "—"
-                               for e, b in zip(frame["estimate"], frame["best"], strict=True)])
-    order = data["policy"].tolist()
+    # "best" rides on the row's name, not on the value label: a label right of the interval has
+    # room for a number only when a phone's plot is 130 px wide.
+    data = frame.assign(label=[f"{e:.1%}" if e == e else "—" for e in frame["estimate"]],
+                        row=[f"{p} · best" if b else p for p, b in zip(frame["policy"], frame["best"], strict=True)])
+    order = data["row"].tolist()
     kinds = [k for k in colors if k in set(data["kind"])]
     top = float(pd.concat([data["high"], data["estimate"]]).max(skipna=True) or 1.0)
     domain = [0.0, min(1.0, top + 0.12) if top == top else 1.0]
     base = alt.Chart(data).encode(
-        y=alt.Y("policy:N", sort=order, title=None, axis=alt.Axis(labelLimit=260, labelFontSize=13)),
+        y=alt.Y("row:N", sort=order, title=None, axis=alt.Axis(labelLimit=260, labelFontSize=13)),
     )
     color = alt.Color("kind:N", scale=alt.Scale(domain=kinds, range=[colors[k] for k in kinds]),
-                      legend=alt.Legend(title=None, orient="bottom", labelFontSize=12))
+                      legend=alt.Legend(title=None, orient="bottom", labelFontSize=12, columns=2))
     tooltip = [
         alt.Tooltip("policy:N", title="Policy"),
         alt.Tooltip("kind:N", title="Kind"),
@@ -166,4 +168,4 @@ def policy_estimates(frame: pd.DataFrame, colors: dict[str, str], online_kind: s
         # What was served, as a reference line through every row.
         layers.insert(0, alt.Chart(pd.DataFrame({"online": [float(online.iloc[0])]})).mark_rule(
             strokeDash=[4, 4], color=colors.get(online_kind, "#2563eb"), opacity=0.6).encode(x="online:Q"))
-    return alt.layer(*layers).properties(height=100 + 36 * len(data))  # fit: axis and legend included
+    return alt.layer(*layers).properties(height=120 + 36 * len(data))  # fit: axis and two legend rows included
