@@ -707,12 +707,14 @@ class TrainerEngine(_SharedLog, LocalPersonalizer):
 
 
 def run_trainer(url: str, *, stop: threading.Event | None = None, idle_seconds: float = 0.2,
-                run_jobs: bool = True) -> None:
+                run_jobs: bool = True, auto_optimization: dict[str, Any] | None = None) -> None:
     """Lead when the owner lock is free, else wait as a standby; runs until ``stop`` is set.
 
     While leading: applies the replicas' commands, closes and learns due events, publishes models,
     writes the heartbeat, and (``run_jobs``) runs the evaluations and feature-importance jobs the
-    replicas queued. A ``NOTIFY`` from a replica wakes it at once; otherwise it polls every ``idle_seconds``.
+    replicas queued and the automatic-optimization schedule (``scaled_jobs.TrainerSchedule``;
+    ``auto_optimization``: its options). A ``NOTIFY`` from a replica wakes it at once; otherwise it
+    polls every ``idle_seconds``.
     """
     import psycopg
 
@@ -726,14 +728,15 @@ def run_trainer(url: str, *, stop: threading.Event | None = None, idle_seconds: 
             stop.wait(0.5)  # another trainer leads (or the database is away): try again shortly
             continue
         log.info("trainer leads on %s", trainer.home)
-        jobs = None
+        jobs = schedule = None
         try:
             with psycopg.connect(url, autocommit=True) as wake:
                 wake.execute(f"LISTEN {WORK_CHANNEL}")
                 if run_jobs:
-                    from .scaled_jobs import TrainerJobs
+                    from .scaled_jobs import TrainerJobs, TrainerSchedule
 
                     jobs = TrainerJobs(trainer)
+                    schedule = TrainerSchedule(url, **(auto_optimization or {}))
                 jobs_due = 0.0
                 while not stop.is_set():
                     trainer.apply_commands()
@@ -753,6 +756,9 @@ def run_trainer(url: str, *, stop: threading.Event | None = None, idle_seconds: 
             # it; the next leader replays the log, which is the truth.
             trainer._since_checkpoint = 0
         finally:
+            if schedule is not None:
+                with contextlib.suppress(Exception):
+                    schedule.close()
             if jobs is not None:
                 with contextlib.suppress(Exception):
                     jobs.close()

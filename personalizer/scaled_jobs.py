@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
@@ -30,7 +31,7 @@ from .jobs import stored_jobs
 log = logging.getLogger(__name__)
 
 __all__ = ["ReplicaEvaluations", "ReplicaFeatureImportances", "TrainerEvaluations", "TrainerFeatureImportances",
-           "TrainerJobs"]
+           "TrainerJobs", "TrainerSchedule"]
 
 #: Seconds between a replica's re-reads while a caller waits for a job (``wait``).
 WAIT_POLL_SECONDS = 0.2
@@ -38,19 +39,25 @@ WAIT_POLL_SECONDS = 0.2
 KEPT_MODEL_EVALUATIONS = 8
 
 
-def _wait_until_done(read: Callable[[], Any], timeout: float | None) -> None:
-    """Poll ``read()`` (a job re-read from the store) until its ``done`` is set or ``timeout`` passes."""
+def _wait_until_done(read: Callable[[], Any], timeout: float | None, stop: threading.Event | None = None) -> None:
+    """Poll ``read()`` (a job re-read from the store) until its ``done`` is set, ``timeout`` passes or
+    ``stop`` is set."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    stop = stop or threading.Event()
     while not read().done.is_set():
         if deadline is not None and time.monotonic() >= deadline:
             return
-        time.sleep(WAIT_POLL_SECONDS)
+        if stop.wait(WAIT_POLL_SECONDS):
+            return
 
 
 # ================================================================ replicas: create and read, never run
 
 class ReplicaEvaluations(Evaluations):
     """Evaluations on a replica: validated and stored here, run by the trainer, read from the store."""
+
+    #: Whether this manager may create automatic-optimization runs (only ``TrainerSchedule``'s).
+    RUNS_SCHEDULE = False
 
     def _load(self) -> None:
         self._sync_all()
@@ -78,13 +85,12 @@ class ReplicaEvaluations(Evaluations):
                **kwargs: Any) -> dict[str, Any]:
         """Validate and store a pending evaluation for the trainer; returns it (status pending).
 
-        Automatic optimization (``evaluation_type="Auto"``) is refused: every replica runs the app's
-        schedule, so N replicas would evaluate and apply N times; it is not scaled out yet (its run is
-        recorded as failed with this message, and the policy stays).
+        Automatic optimization (``evaluation_type="Auto"``) is refused here: it runs once per
+        deployment, in the leading trainer (``TrainerSchedule``), never on the N replicas.
         """
-        if kwargs.get("evaluation_type") == "Auto":
-            raise PersonalizerError("NotSupportedOnReplica", "automatic optimization does not run on a scaled-out "
-                                    "deployment yet; evaluate and apply through the API instead", 501)
+        if kwargs.get("evaluation_type") == "Auto" and not self.RUNS_SCHEDULE:
+            raise PersonalizerError("NotSupportedOnReplica", "automatic optimization runs in the leading trainer "
+                                    "of a scaled-out deployment, not on a replica", 501)
         if isinstance(evaluation_id, str):
             self._sync_one(evaluation_id)
         return super().create(evaluation_id, name, start, end, *args, **kwargs)
@@ -346,3 +352,57 @@ class TrainerJobs:
         """Stop the runners (a running job is cancelled and runs again under the next leader)."""
         self.evaluations.close()
         self.feature_importances.close()
+
+
+# ================================================================ automatic optimization: once per deployment
+
+class _ScheduledEvaluations(ReplicaEvaluations):
+    """The leading trainer's automatic-optimization evaluations: stored like a replica's (the trainer's
+    jobs run them), applied through a policy command; waiting ends when the trainer stops leading."""
+
+    RUNS_SCHEDULE = True
+
+    def __init__(self, engine: Any) -> None:
+        self._stopping = threading.Event()
+        super().__init__(engine)
+
+    def wait(self, evaluation_id: str, timeout: float | None = None) -> dict[str, Any]:
+        def read() -> _Record:
+            self._sync_one(evaluation_id)
+            with self._lock:
+                return self._get(evaluation_id)
+        _wait_until_done(read, timeout, self._stopping)
+        if self._stopping.is_set():
+            raise PersonalizerError("ServiceUnavailable", "this trainer stopped leading; the next leader runs "
+                                    "the schedule", 503)
+        return self.get(evaluation_id)
+
+    def close(self) -> None:
+        self._stopping.set()
+        super().close()
+
+
+class TrainerSchedule:
+    """Automatic optimization of a scaled-out deployment, run by the leading trainer only.
+
+    Every replica serves the schedule's status but none runs it (N replicas would evaluate and apply N
+    times). The leader runs ``AutoOptimizer`` over a replica's view of the shared store: its evaluation
+    is stored as pending and run by the leader's jobs like any other, and a chosen policy is applied as
+    a replica's applyFromEvaluation is (a command the leader applies, with the replay's model).
+    ``options`` are ``AutoOptimizer``'s (``min_events``, ``margin``, ``poll_seconds``, ``clock``...).
+    """
+
+    def __init__(self, url: str, **options: Any) -> None:
+        from .optimization import AutoOptimizer
+        from .scaled import ReplicaEngine
+
+        self.view = ReplicaEngine(url)
+        self.evaluations = _ScheduledEvaluations(self.view)
+        self.optimizer = AutoOptimizer(self.view, self.evaluations, **options)
+        self.optimizer.start()
+
+    def close(self) -> None:
+        """Stop the schedule (a run waiting for its evaluation gives up; the next leader's schedule goes on)."""
+        self.evaluations.close()
+        self.optimizer.close()
+        self.view.close()

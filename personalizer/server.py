@@ -163,12 +163,15 @@ def create_app(
     engine_calls = EngineCalls(lock_timeout)
     manager, importances, owned = _job_managers(engine, evaluations, feature_importances)
     from .optimization import AutoOptimizer  # automatic optimization: a daemon thread over the manager
+    from .scaled_jobs import ReplicaEvaluations
 
     optimizer = AutoOptimizer(engine, manager, **(auto_optimization or {}))
+    # A replica reports the schedule (shared state) but never runs it: the leading trainer does, once.
+    scheduled_here = not isinstance(manager, ReplicaEvaluations)
     # Closed in this order when the app stops; closing a manager the app owns cancels its running
     # evaluation or feature-importance job, which runs again on the next start.
     closers = [c for c in (engine_calls.close, owned[0], optimizer.close, owned[1]) if c is not None]
-    lifespan = _lifespan(engine, process_interval, optimizer, closers)
+    lifespan = _lifespan(engine, process_interval, optimizer if scheduled_here else None, closers)
 
     app = FastAPI(
         title="Personalizer Studio",
@@ -216,14 +219,16 @@ def _job_managers(engine: LocalEngine, evaluations: Evaluations | None,
     return evaluations, importances, owned
 
 
-def _lifespan(engine: LocalEngine, process_interval: float, optimizer: AutoOptimizer,
+def _lifespan(engine: LocalEngine, process_interval: float, optimizer: AutoOptimizer | None,
               closers: list[Callable[[], None]]) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
-    """While the app runs, close due events and check the optimization schedule; then run ``closers``."""
+    """While the app runs, close due events and check the optimization schedule (``optimizer``, unless
+    None); then run ``closers``."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(_process_due_forever(engine, process_interval))
-        optimizer.start()
+        if optimizer is not None:
+            optimizer.start()
         try:
             yield
         finally:

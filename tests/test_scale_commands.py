@@ -469,9 +469,54 @@ def test_an_evaluation_half_run_by_a_dead_leader_is_run_again_by_the_next(pg_url
         replica.close()
 
 
-def test_automatic_optimization_is_not_run_by_replicas(pg_url: str) -> None:
-    """Every replica runs the app's schedule: N replicas would evaluate and apply N times, so a replica
-    records the run as failed, saying why, and the policy stays."""
+def test_automatic_optimization_runs_once_in_the_leading_trainer_never_on_replicas(pg_url: str) -> None:
+    """Replicas serve the schedule's status but never run it (N replicas would evaluate and apply N
+    times); the leading trainer runs it once: an Auto evaluation run by its jobs, the winner applied as
+    a policy command, recorded as automatic, with the replay's model."""
+    _logged(pg_url)
+    with LocalPersonalizer(pg_url) as engine:
+        engine.update_service_configuration({**engine.get_service_configuration(),
+                                             "isAutoOptimizationEnabled": True})
+    fast = {"min_events": 10, "margin": -1.0, "poll_seconds": 0.1, "clock": lambda: 1_800_050_000.0}
+    engines = [ReplicaEngine(pg_url) for _ in range(2)]
+    servers = [ThreadedServer(e, auto_optimization=fast).__enter__() for e in engines]
+    try:
+        time.sleep(1.0)  # ten schedule checks per replica: the run is due, and no replica runs it
+        assert engines[0].auto_optimization_state() == {}
+        assert _rows(pg_url, "SELECT COUNT(*) FROM evaluations") == [(0,)]
+        stop = threading.Event()
+        trainer = threading.Thread(target=run_trainer, args=(pg_url,),
+                                   kwargs={"stop": stop, "auto_optimization": fast}, daemon=True)
+        trainer.start()
+        try:
+            run = wait_for(lambda: engines[1].auto_optimization_state().get("lastRun"), 60,
+                           "the leading trainer to run automatic optimization")
+            assert run["decision"] == "applied", run
+            policy = engines[0].get_policy()
+            assert policy["name"] == run["best"]["name"] and policy["arguments"] == run["best"]["arguments"]
+            change = engines[1].policy_history(limit=1)[0]
+            assert change["id"] == run["changeId"] and change["who"] == "auto"
+            assert change["evaluationId"] == run["evaluationId"]
+            rows = _rows(pg_url, "SELECT id FROM evaluations")
+            assert rows == [(run["evaluationId"],)]
+            status = requests.get(f"{servers[0].base}/personalizer/v1.0/configurations/service", headers=AUTH,
+                                  timeout=30).json()
+            assert status["isAutoOptimizationEnabled"] is True
+            served = _weights(engines[0].export_model(), policy["arguments"])
+            assert any(served), "the applied policy starts from the replay's model, not a fresh one"
+        finally:
+            stop.set()
+            trainer.join(timeout=90)
+    finally:
+        for server in servers:
+            server.__exit__()
+        for e in engines:
+            e.close()
+
+
+def test_automatic_optimization_is_refused_by_a_replicas_manager(pg_url: str) -> None:
+    """A replica's evaluations manager never creates an automatic run (the app's schedule does not
+    start on a replica; this is the second guard): the run is recorded as failed, the policy stays."""
     from personalizer.optimization import AutoOptimizer
 
     _logged(pg_url)
