@@ -33,6 +33,17 @@ def _env(settings: Settings, name: str, default: object) -> str:
     return str(default) if value is None else value
 
 
+def _positive_seconds(text: str) -> float:
+    """A positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
+
+
 def _limit(text: str) -> int | None:
     """A positive integer, or 0 / 'none' for no limit."""
     if text.strip().lower() in ("0", "none"):
@@ -67,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _add_serve(commands: Any, settings: Settings) -> None:
     """``serve``: the REST server (role all or replica); every option also has its environment variable."""
+    from .scaled import COMMAND_TIMEOUT_SECONDS
+
     serve_cmd = commands.add_parser("serve", help="run the Personalizer-compatible REST server")
     serve_cmd.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
@@ -109,6 +122,11 @@ def _add_serve(commands: Any, settings: Settings) -> None:
                            help="all: rank, reward and learn in this process (default); replica: a stateless "
                                 "API replica of a scaled-out deployment on --store postgresql://... "
                                 "(run 'train' beside it); $PERSONALIZER_ROLE")
+    serve_cmd.add_argument("--command-timeout", type=_positive_seconds,
+                           default=_env(settings, "command_timeout", COMMAND_TIMEOUT_SECONDS),
+                           help=f"replica: seconds a policy, model or log change waits for the trainer before "
+                                f"it is cancelled and answered 503 (default {COMMAND_TIMEOUT_SECONDS:g}; "
+                                f"$PERSONALIZER_COMMAND_TIMEOUT)")
     serve_cmd.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve_cmd.add_argument("--access-log", action="store_true", help="log every request line (off: faster)")
 
@@ -151,7 +169,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
               lock_timeout=args.lock_timeout if args.lock_timeout > 0 else None,
               max_rank_features=args.max_rank_features, timeout_keep_alive=args.timeout_keep_alive,
               header_timeout=args.header_timeout, log_level=args.log_level, access_log=args.access_log,
-              role=args.role)
+              role=args.role, command_timeout=args.command_timeout)
     except (PersonalizerError, ValueError, OSError) as exc:  # e.g. the data directory is in use, a bad key
         print(f"error: {exc.message if isinstance(exc, PersonalizerError) else exc}", file=sys.stderr)
         return 1

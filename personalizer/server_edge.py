@@ -142,6 +142,7 @@ def serve(
     log_level: str = "info",
     access_log: bool = False,
     role: str = "all",
+    command_timeout: float | None = None,
 ) -> None:
     """Run the server on ``host:port`` over the data directory ``data`` until SIGTERM or SIGINT.
 
@@ -169,7 +170,8 @@ def serve(
 
         if not is_postgres_url(str(data or "")):
             raise ValueError("--role replica needs --store postgresql://...: replicas share a PostgreSQL log")
-        engine: Any = ReplicaEngine(str(data))
+        engine: Any = ReplicaEngine(str(data)) if command_timeout is None else \
+            ReplicaEngine(str(data), command_timeout=command_timeout)
     else:
         engine = LocalPersonalizer(data)
     try:

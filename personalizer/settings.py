@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     lock_timeout: str | None = None
     timeout_keep_alive: str | None = None
     header_timeout: str | None = None
+    command_timeout: str | None = None
 
     @property
     def full_sync(self) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 import requests
-from server_fixtures import KEY, ThreadedServer, rank_request
+from server_fixtures import KEY, ProcessServer, ThreadedServer, rank_request
 from test_scale_out import Trainer, leader_pid, wait_for
 from timing import FakeClock, Ticking
 
@@ -169,6 +169,18 @@ def test_without_a_trainer_a_command_is_a_503_and_is_never_applied_later(pg_url:
             trainer.close()
     finally:
         replicas.close()
+
+
+def test_serve_command_timeout_sets_how_long_a_replica_waits_for_the_trainer(pg_url: str, tmp_path: Path) -> None:
+    """``serve --role replica --command-timeout S``: without a trainer the change is cancelled after S
+    seconds (before the 3 s leaderless grace), and the 503 says so."""
+    LocalPersonalizer(pg_url).close()
+    with ProcessServer(tmp_path / "data", extra_args=("--store", pg_url, "--role", "replica",
+                                                      "--command-timeout", "1.5")) as server:
+        resp = requests.delete(f"{server.base}/personalizer/v1.0/model", headers=AUTH, timeout=30)
+        assert resp.status_code == 503, resp.text
+        assert "did not apply it within 1.5 s" in resp.json()["error"]["message"]
+    assert _rows(pg_url, "SELECT kind, state FROM commands") == [("resetModel", "cancelled")]
 
 
 def test_the_standby_applies_the_commands_queued_when_the_leader_is_killed(pg_url: str, tmp_path: Path) -> None:
