@@ -5,10 +5,12 @@
 Without ``--store`` a throwaway PostgreSQL cluster is started (``initdb`` in a temp dir, as the tests
 do) and removed afterwards. Two tables:
 
-- command round trip over HTTP: ``reset_model`` and ``update_policy`` (which runs the child-process
-  trial on the replica and again in the trainer) through one replica (``ThreadedServer`` around a
-  ``ReplicaEngine``) with the trainer in its own process (``python -m personalizer train``), beside the
-  same calls to the embedded server on the same database (role ``all``);
+- command round trip over HTTP: ``reset_model``, ``update_policy`` (which runs the child-process
+  trial on the replica and again in the trainer) and ``applyFromEvaluation`` (the policy and the
+  model the evaluation's replay trained, installed by the trainer that ran it; embedded: in process)
+  through one replica (``ThreadedServer`` around a ``ReplicaEngine``) with the trainer in its own
+  process (``python -m personalizer train``), beside the same calls to the embedded server on the
+  same database (role ``all``);
 - an offline evaluation of the same log (``--events`` rewarded seed visitors): run by the embedded
   engine's manager vs created on the replica and run by the trainer process (time until a replica
   reads it finished).
@@ -147,6 +149,10 @@ def run(server_url: str, rounds: int, events: int) -> None:
         done = manager.wait(f"embedded-{n}", timeout=600)
         emb_eval.append(time.perf_counter() - t0)
         assert done["status"] == "completed", done
+    applies = max(3, rounds // 4)
+    names = [POLICIES[i % 2]["name"] for i in range(applies)]
+    it = iter(names)
+    emb_apply = timed(lambda: manager.apply("embedded-1", next(it)), applies)
     manager.close()
     embedded.close()
 
@@ -179,6 +185,8 @@ def run(server_url: str, rounds: int, events: int) -> None:
                         "Running", "NotSubmitted"):
                     time.sleep(0.05)
                 rep_eval.append(time.perf_counter() - t0)
+            it = iter(names)
+            rep_apply = timed(lambda: client.apply_from_evaluation("trainer-1", next(it)), applies)
     finally:
         replica.close()
         trainer.terminate()
@@ -188,11 +196,15 @@ def run(server_url: str, rounds: int, events: int) -> None:
     print("| call | p50 | p90 | n |\n|---|---|---|---|")
     for name, samples in (("reset_model, embedded", emb_reset), ("reset_model, replica -> trainer", rep_reset),
                           ("update_policy, embedded", emb_policy),
-                          ("update_policy, replica -> trainer", rep_policy)):
+                          ("update_policy, replica -> trainer", rep_policy),
+                          ("applyFromEvaluation (policy + the replay's model), embedded", emb_apply),
+                          ("applyFromEvaluation (policy + the replay's model), replica -> trainer", rep_apply)):
         print(row(name, samples))
     reset_ratio = statistics.median(rep_reset) / statistics.median(emb_reset)
     policy_ratio = statistics.median(rep_policy) / statistics.median(emb_policy)
-    print(f"\nRatios (replica / embedded, p50): reset_model {reset_ratio:.2f}x, update_policy {policy_ratio:.2f}x")
+    apply_ratio = statistics.median(rep_apply) / statistics.median(emb_apply)
+    print(f"\nRatios (replica / embedded, p50): reset_model {reset_ratio:.2f}x, update_policy {policy_ratio:.2f}x, "
+          f"applyFromEvaluation {apply_ratio:.2f}x")
     print(f"\nEvaluation of {events} logged events, 2 custom policies (create to finished, s):\n")
     print("| run | embedded (create) | replica -> trainer (create on the replica) | ratio |\n|---|---|---|---|")
     for n, label in enumerate(("first in its process", "second (warm)")):

@@ -221,6 +221,10 @@ class PgEventLog:
                 self._pool.close()
         with contextlib.suppress(Exception):
             if self._lease is not None:
+                # Released now, not when the server notices the closed session (asynchronous): an engine
+                # opened right after this close (a restart, a standby) gets the lock at once.
+                with contextlib.suppress(Exception):
+                    self._lease.execute("SELECT pg_advisory_unlock_all()")
                 self._lease.close()
 
     def _migrate(self) -> None:
