@@ -165,13 +165,15 @@ def serve(
         raise ValueError(f"refusing to serve {host} without a key: anyone who can reach it could change the model "
                          "or delete the log; set PERSONALIZER_KEY, or pass --allow-no-key if that is intended")
     if role == "replica":
-        from .eventstore import is_postgres_url
+        from .eventstore import default_location, is_postgres_url
         from .scaled import ReplicaEngine
 
-        if not is_postgres_url(str(data or "")):
-            raise ValueError("--role replica needs --store postgresql://...: replicas share a PostgreSQL log")
-        engine: Any = ReplicaEngine(str(data)) if command_timeout is None else \
-            ReplicaEngine(str(data), command_timeout=command_timeout)
+        url = str(data) if data is not None else default_location() or ""  # as open_store: $PERSONALIZER_STORE
+        if not is_postgres_url(url):
+            raise ValueError("--role replica needs --store postgresql://... (or $PERSONALIZER_STORE): replicas "
+                             "share a PostgreSQL log")
+        engine: Any = ReplicaEngine(url) if command_timeout is None else \
+            ReplicaEngine(url, command_timeout=command_timeout)
     else:
         engine = LocalPersonalizer(data)
     try:

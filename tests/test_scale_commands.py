@@ -10,7 +10,10 @@ and SIGKILLs.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 import requests
-from server_fixtures import KEY, ProcessServer, ThreadedServer, rank_request
+from server_fixtures import KEY, ROOT, ProcessServer, ThreadedServer, free_port, rank_request, wait_healthy
 from test_scale_out import Trainer, leader_pid, wait_for
 from timing import FakeClock, Ticking
 
@@ -181,6 +184,25 @@ def test_serve_command_timeout_sets_how_long_a_replica_waits_for_the_trainer(pg_
         assert resp.status_code == 503, resp.text
         assert "did not apply it within 1.5 s" in resp.json()["error"]["message"]
     assert _rows(pg_url, "SELECT kind, state FROM commands") == [("resetModel", "cancelled")]
+
+
+def test_a_replica_finds_its_store_in_the_environment_as_the_readme_starts_it(pg_url: str, tmp_path: Path) -> None:
+    """README: ``export PERSONALIZER_STORE=postgresql://...`` then ``serve --role replica --port N``."""
+    LocalPersonalizer(pg_url).close()
+    port = free_port()
+    env = {**os.environ, "PERSONALIZER_STORE": pg_url, "PERSONALIZER_KEY": KEY,
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with open(tmp_path / "replica.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "personalizer", "serve", "--role", "replica", "--port",
+                                 str(port), "--log-level", "warning"], cwd=tmp_path, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc=proc)
+        health = requests.get(f"http://127.0.0.1:{port}/health", timeout=10).json()
+        assert health["role"] == "replica" and health["store"] == "postgresql"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_the_standby_applies_the_commands_queued_when_the_leader_is_killed(pg_url: str, tmp_path: Path) -> None:
