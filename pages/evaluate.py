@@ -373,7 +373,7 @@ def main() -> None:
         return
     try:
         manager = evaluations_for(backend)
-        listed = manager.list()
+        listed = manager.details()
     except BACKEND_ERRORS as exc:
         unavailable_state(exc, "Could not list the offline evaluations")
         policy_history.section(backend)

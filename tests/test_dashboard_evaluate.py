@@ -138,7 +138,7 @@ def test_a_running_evaluation_shows_progress_and_can_be_cancelled(app: AppTest,
     assert not app.exception
     assert app.progress and "Evaluating" in app.progress[0].proto.text
     manager = evaluations_for(shared_engine())
-    assert manager.list()[0]["status"] == "pending"
+    assert manager.details()[0]["status"] == "Running"
     app.button(key="eval-cancel").click().run()
     assert not app.exception
-    assert manager.list() == [] and not app.progress and not app.dataframe
+    assert manager.details() == [] and not app.progress and not app.dataframe

@@ -47,9 +47,10 @@ class EvaluationJobs(Protocol):
     adapter over a client of a server that runs them (``remote_jobs.ClientEvaluations``).
 
     ``create``/``get`` answer the v1.1 ``Evaluation`` (status pending, completed, failed,
-    optimalPolicyApplied...; ``policyResults`` once completed); ``list`` every evaluation oldest
-    first, each with at least ``id``, ``name`` and ``creationTime``; ``apply`` returns the policy now
-    running. Errors are ``PersonalizerError`` with the service's codes.
+    optimalPolicyApplied...; ``policyResults`` once completed); ``details`` every evaluation oldest
+    first without results (the 2022 listing: ``id``, ``name``, ``creationTime``, ``status`` in its words:
+    Running, Succeeded...), cheap enough for every rerun; ``apply`` returns the policy now running.
+    Errors are ``PersonalizerError`` with the service's codes.
     """
 
     def create(self, evaluation_id: str | None, name: str, start: float, end: float,
@@ -57,7 +58,7 @@ class EvaluationJobs(Protocol):
 
     def get(self, evaluation_id: str) -> dict[str, Any]: ...
 
-    def list(self) -> list[dict[str, Any]]: ...
+    def details(self) -> list[dict[str, Any]]: ...
 
     def delete(self, evaluation_id: str) -> None: ...
 

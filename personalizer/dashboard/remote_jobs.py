@@ -5,7 +5,7 @@ methods of the engine's :class:`~personalizer.evaluation.Evaluations` that the p
 (:class:`.capabilities.EvaluationJobs`), so one page shows evaluations run in process, by
 an embedded ``serve`` or by the trainer of a scaled-out deployment (any replica answers).
 Answers stay the wire's: the v1.1 ``Evaluation`` for ``create``/``get``, ``EvaluationDetails``
-for ``list`` (no results: a listing on every rerun stays small).
+for ``details`` (no results: a listing on every rerun stays small).
 
 Plain Python (no Streamlit).
 """
@@ -43,7 +43,7 @@ class ClientEvaluations:
         """The evaluation as the v1.1 ``Evaluation`` (results once completed)."""
         return self.client.get_evaluation(evaluation_id)
 
-    def list(self) -> list[dict[str, Any]]:
+    def details(self) -> list[dict[str, Any]]:
         """Every evaluation, oldest first, without results."""
         return self.client.list_evaluations()
 
