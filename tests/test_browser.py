@@ -40,12 +40,17 @@ def _free_port() -> int:
 
 
 @contextmanager
-def streamlit_app(home: Path, log: Path) -> Iterator[str]:
-    """``streamlit run app.py`` on a free loopback port; yields its URL and stops it afterwards."""
+def streamlit_app(home: Path, log: Path, remote: tuple[str, str] | None = None) -> Iterator[str]:
+    """``streamlit run app.py`` on a free loopback port; yields its URL and stops it afterwards.
+
+    Zero configuration (the embedded engine, whatever endpoint the developer's shell points at), or with
+    ``remote`` = (endpoint, key) as ``PERSONALIZER_ENDPOINT``/``PERSONALIZER_KEY``: every session starts there.
+    """
     port = _free_port()
-    # Zero configuration: the embedded engine, whatever remote endpoint the developer's shell points at.
     env = {k: v for k, v in os.environ.items() if k not in ("PERSONALIZER_ENDPOINT", "PERSONALIZER_KEY")}
     env["PERSONALIZER_HOME"] = str(home)
+    if remote is not None:
+        env["PERSONALIZER_ENDPOINT"], env["PERSONALIZER_KEY"] = remote
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
            "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none",

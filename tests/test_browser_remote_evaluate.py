@@ -10,17 +10,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from server_fixtures import KEY, ProcessServer
-from test_browser import ARTIFACTS, PHONE_USER_AGENT, ROOT, _button, _choose, _free_port, _settle, _tall, browser_page
+from test_browser import ARTIFACTS, PHONE_USER_AGENT, _button, _choose, _settle, _tall, browser_page, streamlit_app
 
 from personalizer.client import PersonalizerClient
 from personalizer.dashboard.scenarios import builtin
@@ -29,45 +23,12 @@ from personalizer.simulation import simulate
 pytestmark = pytest.mark.browser
 
 
-@contextmanager
-def remote_streamlit_app(home: Path, log: Path, endpoint: str, key: str) -> Iterator[str]:
-    """``streamlit run app.py`` with ``PERSONALIZER_ENDPOINT``/``PERSONALIZER_KEY`` set: every session starts on
-    that endpoint. Yields the app's URL; stops it afterwards."""
-    port = _free_port()
-    env = {**os.environ, "PERSONALIZER_HOME": str(home), "PERSONALIZER_ENDPOINT": endpoint, "PERSONALIZER_KEY": key}
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-           "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none", "--secrets.files", str(home.parent / "no-secrets.toml")]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"streamlit did not start; see {log}") from None
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 def test_a_remote_evaluation_in_chromium(tmp_path: Path) -> None:
     shots = Path(os.environ.get("STUDIO_SHOTS") or ARTIFACTS)
     shots.mkdir(parents=True, exist_ok=True)
     with ProcessServer(tmp_path / "server-data", key=KEY) as server, PersonalizerClient(server.base, KEY) as client:
         simulate(client, builtin("seed"), 400, seed=11)  # the server's log: 400 answered visitors
-        with remote_streamlit_app(tmp_path / "home", tmp_path / "streamlit.log", server.base, KEY) as url, \
+        with streamlit_app(tmp_path / "home", tmp_path / "streamlit.log", (server.base, KEY)) as url, \
                     browser_page(1400, 900) as page:
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))

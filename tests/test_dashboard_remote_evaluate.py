@@ -12,6 +12,7 @@ import pytest
 from dashboard_fixtures import EVALUATE, shared_engine, texts
 from server_fixtures import KEY, ThreadedServer
 from streamlit.testing.v1 import AppTest
+from test_client_evaluations import finished
 from test_dashboard_remote import _connect
 
 from personalizer.client import PersonalizerClient
@@ -31,21 +32,12 @@ def client_fixture(server: ThreadedServer) -> Iterator[PersonalizerClient]:
         yield client
 
 
-def finished(client: PersonalizerClient, evaluation_id: str, timeout: float = 90.0) -> dict[str, Any]:
-    """The evaluation once the server finished it (bounded)."""
-    deadline = time.monotonic() + timeout
-    while (answer := client.get_evaluation(evaluation_id))["status"] == "pending":
-        assert time.monotonic() < deadline, answer
-        time.sleep(0.1)
-    return answer
-
-
 def run_remote_evaluation(at: AppTest, client: PersonalizerClient) -> dict[str, Any]:
     """Click "Run evaluation", wait for the server to finish it, redraw (what the progress fragment does)."""
     at.button(key="eval-run").click().run()
     assert not at.exception, at.exception
     assert at.progress and "Evaluating" in at.progress[0].proto.text  # polled through the API meanwhile
-    done = finished(client, at.session_state["studio.evaluation"])
+    done = finished(client, at.session_state["studio.evaluation"], timeout=90)
     at.run()
     assert not at.exception, at.exception
     return done
