@@ -113,7 +113,7 @@ def settings(manager: EvaluationJobs, covered: tuple[float, float], since: float
                 dates = list(picked) if isinstance(picked, (list, tuple)) else [picked]
             st.caption(f"The log covers {offline.range_label(*covered)}.")
         with right:
-            presets = st.pills("Candidate policies", list(PRESET_POLICIES), selection_mode="multi",
+            presets = st.pills("Candidate policies", list(PRESET_POLICIES), selection_mode="multi", wrap=True,
                                default=list(PRESET_POLICIES), key="eval-presets",
                                help="Learning settings, each replayed over the log in a fresh model.  \n"
                                     + "  \n".join(f"**{n}**: `{a}`" for n, a in PRESET_POLICIES.items()))
