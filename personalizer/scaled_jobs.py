@@ -54,10 +54,15 @@ def _wait_until_done(read: Callable[[], Any], timeout: float | None, stop: threa
 # ================================================================ replicas: create and read, never run
 
 class ReplicaEvaluations(Evaluations):
-    """Evaluations on a replica: validated and stored here, run by the trainer, read from the store."""
+    """Evaluations on a replica: validated and stored here, run by the trainer, read from the store.
 
-    #: Whether this manager may create automatic-optimization runs (only ``TrainerSchedule``'s).
-    RUNS_SCHEDULE = False
+    ``runs_schedule``: this manager may create automatic-optimization runs (only ``TrainerSchedule``'s).
+    """
+
+    def __init__(self, engine: Any, *, runs_schedule: bool = False) -> None:
+        self.runs_schedule = runs_schedule
+        self._closed = threading.Event()  # ends a ``wait`` (the trainer stopped leading, the app stops)
+        super().__init__(engine)
 
     def _load(self) -> None:
         self._sync_all()
@@ -88,7 +93,7 @@ class ReplicaEvaluations(Evaluations):
         Automatic optimization (``evaluation_type="Auto"``) is refused here: it runs once per
         deployment, in the leading trainer (``TrainerSchedule``), never on the N replicas.
         """
-        if kwargs.get("evaluation_type") == "Auto" and not self.RUNS_SCHEDULE:
+        if kwargs.get("evaluation_type") == "Auto" and not self.runs_schedule:
             raise PersonalizerError("NotSupportedOnReplica", "automatic optimization runs in the leading trainer "
                                     "of a scaled-out deployment, not on a replica", 501)
         if isinstance(evaluation_id, str):
@@ -117,13 +122,21 @@ class ReplicaEvaluations(Evaluations):
         return super().result(evaluation_id)
 
     def wait(self, evaluation_id: str, timeout: float | None = None) -> dict[str, Any]:
-        """Block until the trainer finished it (or ``timeout``); returns it."""
+        """Block until the trainer finished it (or ``timeout``); returns it. 503 once this manager is closed
+        (for the schedule: this trainer stopped leading; the next leader's schedule goes on)."""
         def read() -> _Record:
             self._sync_one(evaluation_id)
             with self._lock:
                 return self._get(evaluation_id)
-        _wait_until_done(read, timeout)
+        _wait_until_done(read, timeout, self._closed)
+        if self._closed.is_set():
+            raise PersonalizerError("ServiceUnavailable", "stopped waiting for the evaluation: closed", 503)
         return self.get(evaluation_id)
+
+    def close(self) -> None:
+        """End any ``wait`` and stop the (idle) runner."""
+        self._closed.set()
+        super().close()
 
     def policy(self, evaluation_id: str, policy_name: str) -> dict[str, str]:
         """A policy of a finished evaluation (re-read from the store)."""
@@ -356,32 +369,6 @@ class TrainerJobs:
 
 # ================================================================ automatic optimization: once per deployment
 
-class _ScheduledEvaluations(ReplicaEvaluations):
-    """The leading trainer's automatic-optimization evaluations: stored like a replica's (the trainer's
-    jobs run them), applied through a policy command; waiting ends when the trainer stops leading."""
-
-    RUNS_SCHEDULE = True
-
-    def __init__(self, engine: Any) -> None:
-        self._stopping = threading.Event()
-        super().__init__(engine)
-
-    def wait(self, evaluation_id: str, timeout: float | None = None) -> dict[str, Any]:
-        def read() -> _Record:
-            self._sync_one(evaluation_id)
-            with self._lock:
-                return self._get(evaluation_id)
-        _wait_until_done(read, timeout, self._stopping)
-        if self._stopping.is_set():
-            raise PersonalizerError("ServiceUnavailable", "this trainer stopped leading; the next leader runs "
-                                    "the schedule", 503)
-        return self.get(evaluation_id)
-
-    def close(self) -> None:
-        self._stopping.set()
-        super().close()
-
-
 class TrainerSchedule:
     """Automatic optimization of a scaled-out deployment, run by the leading trainer only.
 
@@ -397,7 +384,7 @@ class TrainerSchedule:
         from .scaled import ReplicaEngine
 
         self.view = ReplicaEngine(url)
-        self.evaluations = _ScheduledEvaluations(self.view)
+        self.evaluations = ReplicaEvaluations(self.view, runs_schedule=True)
         self.optimizer = AutoOptimizer(self.view, self.evaluations, **options)
         self.optimizer.start()
 

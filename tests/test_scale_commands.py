@@ -548,6 +548,31 @@ def test_automatic_optimization_runs_once_in_the_leading_trainer_never_on_replic
             e.close()
 
 
+def test_closing_a_replicas_manager_ends_a_wait_for_the_trainer(pg_url: str) -> None:
+    """What lets a trainer that stops leading stop its schedule at once, not after the evaluation timeout."""
+    _logged(pg_url)
+    replica = ReplicaEngine(pg_url)
+    try:
+        evaluations, _ = replica.job_managers()
+        evaluations.create("waits", "look", START, END)  # no trainer: it stays pending
+        outcome: list[PersonalizerError] = []
+
+        def wait() -> None:
+            try:
+                evaluations.wait("waits", timeout=600)
+            except PersonalizerError as exc:
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=wait, daemon=True)
+        waiter.start()
+        time.sleep(0.5)
+        evaluations.close()
+        waiter.join(timeout=10)
+        assert not waiter.is_alive() and [e.status for e in outcome] == [503]
+    finally:
+        replica.close()
+
+
 def test_automatic_optimization_is_refused_by_a_replicas_manager(pg_url: str) -> None:
     """A replica's evaluations manager never creates an automatic run (the app's schedule does not
     start on a replica; this is the second guard): the run is recorded as failed, the policy stays."""
